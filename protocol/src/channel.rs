@@ -1,0 +1,172 @@
+//! The supervisor <-> worker channel: one JSON object per line on the worker's stdin/stdout.
+//!
+//! Handshake, written down where it lives:
+//! 1. The worker starts and sends [`WorkerMessage::Hello`] with [`PROTOCOL_VERSION`].
+//! 2. The supervisor checks the version and answers [`SupervisorMessage::Start`], or closes the
+//!    worker's stdin (and kills it) when the version differs or no hello came within
+//!    [`HELLO_TIMEOUT`].
+//! 3. From then on the worker streams [`WorkerMessage::Event`]s and heartbeats, ending with a
+//!    `finished` event; the supervisor may send `steer`, `cancel` and `shutdown` at any time.
+//!
+//! A worker whose stdin reaches end-of-file treats it as `cancel`: nobody is listening any more.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// Version of the worker channel. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How long a supervisor waits for a worker's `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a shadow should do. Sent once, in `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Task id (also the name of the task directory and the branch suffix).
+    pub id: String,
+    /// The user's request.
+    pub prompt: String,
+    /// `PROVIDER/MODEL`.
+    pub model: String,
+    /// The turn budget; the task fails once it is spent.
+    pub max_turns: u32,
+    /// Wall-clock deadline as milliseconds since the Unix epoch, if the task has a timeout.
+    #[serde(default)]
+    pub deadline_unix_ms: Option<u64>,
+    /// `<state_dir>/tasks/<id>`: where the worker keeps its journal and full tool outputs.
+    pub task_dir: String,
+    /// Token budget the worker keeps its context under, if not the model's default.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    /// Model that writes compaction summaries, if not the task's model.
+    #[serde(default)]
+    pub compaction_model: Option<String>,
+}
+
+/// What a worker is doing, reported in heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Handshake done, loop not yet running.
+    Starting,
+    /// Waiting for the model's response to begin.
+    WaitingModel,
+    /// Receiving the model's streamed response.
+    Streaming,
+    /// Running a tool.
+    Tool,
+    /// Summarising older turns.
+    Compacting,
+}
+
+/// Messages from supervisor to worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SupervisorMessage {
+    /// Answer to `hello`: run this task, from its journal when `resume` is true.
+    Start { task: TaskSpec, resume: bool },
+    /// A message from the user, to be handed to the model at the next safe point.
+    Steer { text: String },
+    /// Stop the task: kill any running tool, emit `finished` with status `cancelled`, exit.
+    Cancel,
+    /// Exit as soon as possible without a `finished` event (the supervisor will resume it).
+    Shutdown,
+}
+
+impl SupervisorMessage {
+    /// Every `type` tag a supervisor message can carry.
+    pub const TYPES: &'static [&'static str] = &["start", "steer", "cancel", "shutdown"];
+}
+
+/// Messages from worker to supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerMessage {
+    /// The first line a worker writes.
+    Hello {
+        protocol: u32,
+        /// The worker's crate version.
+        version: String,
+        pid: u32,
+    },
+    /// Sent periodically while the worker is alive, so a hung worker can be told apart.
+    Heartbeat { phase: Phase },
+    /// A task event (see [`Event`]).
+    Event(Event),
+}
+
+/// Wire form of the non-event worker messages.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Control {
+    Hello {
+        protocol: u32,
+        version: String,
+        pid: u32,
+    },
+    Heartbeat {
+        phase: Phase,
+    },
+}
+
+impl WorkerMessage {
+    /// The control `type` tags; every other known tag is an [`Event`].
+    const CONTROL_TYPES: &'static [&'static str] = &["hello", "heartbeat"];
+
+    /// Every `type` tag a worker message can carry.
+    pub fn is_known_type(tag: &str) -> bool {
+        Self::CONTROL_TYPES.contains(&tag) || Event::TYPES.contains(&tag)
+    }
+}
+
+impl Serialize for WorkerMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkerMessage::Hello {
+                protocol,
+                version,
+                pid,
+            } => Control::Hello {
+                protocol: *protocol,
+                version: version.clone(),
+                pid: *pid,
+            }
+            .serialize(serializer),
+            WorkerMessage::Heartbeat { phase } => {
+                Control::Heartbeat { phase: *phase }.serialize(serializer)
+            }
+            WorkerMessage::Event(event) => event.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let tag = value
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| D::Error::missing_field("type"))?;
+        if Self::CONTROL_TYPES.contains(&tag) {
+            match serde_json::from_value::<Control>(value).map_err(D::Error::custom)? {
+                Control::Hello {
+                    protocol,
+                    version,
+                    pid,
+                } => Ok(WorkerMessage::Hello {
+                    protocol,
+                    version,
+                    pid,
+                }),
+                Control::Heartbeat { phase } => Ok(WorkerMessage::Heartbeat { phase }),
+            }
+        } else {
+            serde_json::from_value::<Event>(value)
+                .map(WorkerMessage::Event)
+                .map_err(D::Error::custom)
+        }
+    }
+}

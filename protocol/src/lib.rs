@@ -1,0 +1,23 @@
+//! Wire types and framing shared by the `kugetsu` supervisor and its `kugetsu-worker` processes.
+//!
+//! A worker talks to its supervisor over its own stdin and stdout, one JSON object per line.
+//! This crate holds the vocabulary of that channel and of the public event stream, and nothing
+//! else: no I/O policy, no agent logic.
+//!
+//! - [`event`]: the task events of the public stream (`kugetsu run --json`, `events.jsonl`) and
+//!   their envelope.
+//! - [`channel`]: the supervisor <-> worker messages (handshake, control, heartbeats).
+//! - [`codec`]: the JSON-lines codec with a maximum line length and per-line errors.
+//! - [`model`]: `PROVIDER/MODEL` strings and what each provider needs from the environment.
+
+pub mod channel;
+pub mod codec;
+pub mod event;
+pub mod model;
+
+pub use channel::{
+    HELLO_TIMEOUT, PROTOCOL_VERSION, Phase, SupervisorMessage, TaskSpec, WorkerMessage,
+};
+pub use codec::{DecodeError, LineReader, MAX_LINE_BYTES, decode, encode};
+pub use event::{Event, EventEnvelope, FinishStatus, Finished, Priority, Usage};
+pub use model::{ModelError, ModelRef, ProviderKind};

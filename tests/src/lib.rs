@@ -1,0 +1,1 @@
+//! Test support for kugetsu end-to-end tests.

@@ -1,0 +1,22 @@
+//! `kugetsu-worker`: one shadow, i.e. one coding agent loop in its own process.
+//!
+//! The supervisor starts the worker with its cwd in the shadow's worktree and its stdin/stdout
+//! as a JSON-lines channel (see [`kugetsu_protocol::channel`]). The worker says hello, receives
+//! its task, runs the agent loop (prompt -> model -> tools -> model ...) and streams events until
+//! `finished`.
+//!
+//! - [`ipc`]: the channel: one reader task, one writer task (the only code that touches stdout).
+//! - [`agent`]: the agent loop.
+//! - [`conversation`]: provider-neutral messages.
+//! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
+//! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
+//! - [`process`]: process groups and descendant clean-up shared with the supervisor.
+
+#![deny(clippy::print_stdout)]
+
+pub mod agent;
+pub mod conversation;
+pub mod ipc;
+pub mod llm;
+pub mod process;
+pub mod tools;

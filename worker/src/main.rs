@@ -1,0 +1,22 @@
+//! The `kugetsu-worker` binary: one shadow. Started by `kugetsu`, never by hand.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        eprintln!("kugetsu-worker {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    // One thread is plenty for one agent loop and keeps the idle footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kugetsu-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    runtime.block_on(kugetsu_worker::ipc::serve())
+}

@@ -1,0 +1,166 @@
+//! Process groups and clean-up of what a shadow started.
+//!
+//! Guarantees this module gives the code that spawns children, and how:
+//! - A child runs in its own process group ([`contain`] calls `setpgid(0, 0)`), so one signal
+//!   to the group reaches everything it forked that did not call `setsid`.
+//! - A child dies with the thread that spawned it (`PR_SET_PDEATHSIG` = `SIGKILL`), and a child
+//!   whose parent already died between `fork` and `exec` exits at once (parent re-check).
+//! - [`become_subreaper`] makes orphans of our descendants (e.g. a `setsid` grandchild whose
+//!   parent exited) reparent to us instead of init, so [`kill_descendants`] can still find them.
+//!
+//! Linux-only: kugetsu targets Linux VPSes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// The id of a process group we created (equal to its leader's pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroup(pub i32);
+
+impl ProcessGroup {
+    /// The group led by the child `pid` (valid for children spawned through [`contain`]).
+    pub fn of_leader(pid: u32) -> Option<Self> {
+        i32::try_from(pid).ok().filter(|p| *p > 0).map(ProcessGroup)
+    }
+
+    /// Sends `signal` to every process of the group; a group already gone is not an error.
+    pub fn signal(self, signal: Signal) {
+        let _ = killpg(Pid::from_raw(self.0), signal);
+    }
+
+    /// Whether any process of the group is still alive.
+    pub fn is_alive(self) -> bool {
+        killpg(Pid::from_raw(self.0), None).is_ok()
+    }
+
+    /// SIGTERM to the group, up to `grace` for it to go, then SIGKILL.
+    pub async fn terminate(self, grace: Duration) {
+        self.signal(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.is_alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Makes `command` spawn its child in a new process group that dies with this process.
+pub fn contain(command: &mut tokio::process::Command) {
+    command.process_group(0);
+    let parent = std::process::id();
+    #[expect(
+        unsafe_code,
+        reason = "pre_exec is the only way to set PDEATHSIG in the child"
+    )]
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls
+    // (prctl, getppid, _exit); it allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect: then nobody would kill us.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`).
+pub fn become_subreaper() -> std::io::Result<()> {
+    #[expect(
+        unsafe_code,
+        reason = "prctl has no safe wrapper in nix for this option"
+    )]
+    // SAFETY: a plain prctl call with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Every living descendant of `root` (children, grandchildren, ...), read from `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = parent_of(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        if let Some(kids) = children.get(&pid) {
+            for &kid in kids {
+                out.push(kid);
+                stack.push(kid);
+            }
+        }
+    }
+    out
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILLs every descendant of `root` except those in `keep`, and returns how many it killed.
+pub fn kill_descendants(root: u32, keep: &[u32]) -> usize {
+    let mut killed = 0;
+    // Killing a process may orphan its children onto us; loop until nothing is left.
+    for _ in 0..8 {
+        let victims: Vec<u32> = descendants(root)
+            .into_iter()
+            .filter(|pid| !keep.contains(pid))
+            .collect();
+        if victims.is_empty() {
+            break;
+        }
+        for pid in victims {
+            if let Ok(raw) = i32::try_from(pid) {
+                if nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed
+}
+
+/// Reaps every exited child that nobody else waits for (adopted orphans), without blocking.
+pub fn reap_orphans(keep: &[u32]) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    for pid in descendants(std::process::id()) {
+        if keep.contains(&pid) || parent_of(pid) != Some(std::process::id()) {
+            continue;
+        }
+        if let Ok(raw) = i32::try_from(pid) {
+            match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => {}
+                Ok(_) => {}
+            }
+        }
+    }
+}
