@@ -53,7 +53,7 @@ impl ProviderKind {
     pub fn base_url(self) -> Option<(&'static str, &'static str)> {
         match self {
             ProviderKind::OpenAi => Some(("OPENAI_BASE_URL", "https://api.openai.com/v1")),
-            ProviderKind::Anthropic => Some(("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1")),
+            ProviderKind::Anthropic => Some(("ANTHROPIC_BASE_URL", "https://api.anthropic.com")),
             ProviderKind::OpenRouter => {
                 Some(("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1"))
             }
