@@ -73,10 +73,8 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
             eprintln!("the diff the shadow made on branch {branch}:");
             eprintln!();
             match git::diff(&prepared.record.workdir, base).await {
-                Ok(diff) => crate::run::print_result(&kugetsu_protocol::Finished {
-                    result: Some(diff),
-                    ..finished.clone()
-                }),
+                Ok(diff) if diff.trim().is_empty() => eprintln!("(no changes)"),
+                Ok(diff) => crate::run::print_text(&diff),
                 Err(e) => eprintln!("cannot show the diff: {e}"),
             }
         }

@@ -7,7 +7,7 @@
 //! supervisor knows (branch, worktree, changed files).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,10 +66,15 @@ pub fn print_json(envelope: &EventEnvelope) {
 /// Prints the model's final text on stdout (the human mode's result).
 pub fn print_result(finished: &Finished) {
     if let Some(result) = &finished.result {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", result.trim_end());
-        let _ = out.flush();
+        print_text(result);
     }
+}
+
+/// Prints `text` on stdout with exactly one trailing newline.
+pub fn print_text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", text.trim_end());
+    let _ = out.flush();
 }
 
 /// Checks the request and creates the task: its directory, `task.json` and worktree.
@@ -401,12 +406,4 @@ fn instant_at(unix_ms_at: u64) -> tokio::time::Instant {
 
 fn tracing_warn(message: &str) {
     eprintln!("kugetsu: warning: {message}");
-}
-
-/// The absolute form of `path` for messages.
-pub fn display_path(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_owned())
-        .display()
-        .to_string()
 }
