@@ -1,8 +1,7 @@
 //! Golden fixtures pin the wire format; codec tests pin the error behaviour.
 
 use kugetsu_protocol::{
-    DecodeError, Event, EventEnvelope, LineReader, SupervisorMessage, WorkerMessage, decode,
-    encode,
+    DecodeError, Event, EventEnvelope, LineReader, SupervisorMessage, WorkerMessage, decode, encode,
 };
 
 const EVENTS: &str = include_str!("fixtures/events.jsonl");
@@ -51,8 +50,14 @@ fn channel_messages_round_trip_byte_for_byte() {
         round_trips::<SupervisorMessage>(lines[4]),
         SupervisorMessage::Steer { .. }
     ));
-    assert_eq!(round_trips::<SupervisorMessage>(lines[5]), SupervisorMessage::Cancel);
-    assert_eq!(round_trips::<SupervisorMessage>(lines[6]), SupervisorMessage::Shutdown);
+    assert_eq!(
+        round_trips::<SupervisorMessage>(lines[5]),
+        SupervisorMessage::Cancel
+    );
+    assert_eq!(
+        round_trips::<SupervisorMessage>(lines[6]),
+        SupervisorMessage::Shutdown
+    );
 }
 
 #[test]
@@ -71,7 +76,10 @@ fn bad_lines_get_errors_that_name_the_problem() {
         (b"{not json", "malformed JSON"),
         (b"[1,2]", "no string \"type\""),
         (b"{\"type\":7}", "no string \"type\""),
-        (b"{\"type\":\"explode\"}", "unknown message type \"explode\""),
+        (
+            b"{\"type\":\"explode\"}",
+            "unknown message type \"explode\"",
+        ),
         (b"{\"type\":\"steer\"}", "invalid \"steer\" message"),
         (b"{\"type\":\"steer\",\"text\":\"\xff\"}", "not valid UTF-8"),
     ];
