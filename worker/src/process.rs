@@ -138,10 +138,10 @@ pub fn kill_descendants(root: u32, keep: &[u32]) -> usize {
             break;
         }
         for pid in victims {
-            if let Ok(raw) = i32::try_from(pid) {
-                if nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok() {
-                    killed += 1;
-                }
+            if let Ok(raw) = i32::try_from(pid)
+                && nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok()
+            {
+                killed += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(5));

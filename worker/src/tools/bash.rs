@@ -136,7 +136,7 @@ where
         log,
     };
     let ending = running.finish(Duration::from_secs_f64(timeout_s)).await;
-    Ok(running.report(ending, timeout_s))
+    Ok(running.report(&ending, timeout_s))
 }
 
 /// Starts `command` under bash (or sh), returning the child and the read end of its output.
@@ -275,7 +275,7 @@ impl Running {
     }
 
     /// The text the model gets: the capped output, then how the command ended.
-    fn report(self, finished: Finished, timeout_s: f64) -> ToolOutput {
+    fn report(self, finished: &Finished, timeout_s: f64) -> ToolOutput {
         let total = self.capture.total();
         let log = &self.log;
         let mut text = self.capture.render(|omitted| {
@@ -572,6 +572,41 @@ mod tests {
         drop(call);
         assert_eq!(survivors("305.123", GONE_WITHIN).await, Vec::<u32>::new());
         assert_eq!(survivors("306.123", GONE_WITHIN).await, Vec::<u32>::new());
+    }
+
+    /// The worker is a child subreaper; a shared test process must not be one (it would kill
+    /// its neighbours' processes), so this part runs in a child test process.
+    #[tokio::test]
+    #[ignore = "run in its own process by bash_as_a_subreaper_kills_processes_that_hid"]
+    async fn subreaper_child() {
+        if std::env::var_os("KUGETSU_SUBREAPER_TEST").is_none() {
+            return;
+        }
+        crate::process::become_subreaper().unwrap();
+        let fx = Fixture::new();
+        // No tag (env -i) and no group (setsid): only the subreaper sweep can find it.
+        // The loop waits until the untagged sleep runs: before its exec it is a tagged subshell.
+        let command = "env -i setsid sleep 307.123 & \
+            until pgrep -f '^sleep 307[.]123' >/dev/null; do sleep 0.01; done; echo started";
+        let out = bash(&fx, json!({ "command": command })).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(survivors("307.123", GONE_WITHIN).await, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn bash_as_a_subreaper_kills_processes_that_hid() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "tools::bash::tests::subreaper_child",
+            ])
+            .env("KUGETSU_SUBREAPER_TEST", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(stdout.contains("1 passed"), "{stdout}");
     }
 
     #[tokio::test]

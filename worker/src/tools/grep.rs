@@ -220,7 +220,7 @@ impl Search {
         let mut number = 0u64;
         while let Some(full) = lines.next_line(&mut buf)? {
             number += 1;
-            if number % 4096 == 0 && stop.requested() {
+            if number.is_multiple_of(4096) && stop.requested() {
                 return Ok(());
             }
             if !self.regex.is_match(&buf) {

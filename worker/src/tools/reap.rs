@@ -112,7 +112,13 @@ impl CallProcesses {
         if is_subreaper() {
             let me = std::process::id();
             crate::process::kill_descendants(me, &[]);
-            crate::process::reap_orphans(&[]);
+            // The shell itself is tokio's child: tokio reaps it, we must not.
+            let shell: Vec<u32> = self
+                .group
+                .and_then(|g| u32::try_from(g.0).ok())
+                .into_iter()
+                .collect();
+            crate::process::reap_orphans(&shell);
         }
         alive.len()
     }

@@ -106,10 +106,10 @@ pub(crate) fn pids_with(marker: &str) -> Vec<u32> {
             continue;
         };
         // A zombie's cmdline is empty, so only processes still running can match.
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(marker) {
-                pids.push(pid);
-            }
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            pids.push(pid);
         }
     }
     pids
