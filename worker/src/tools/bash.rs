@@ -50,6 +50,8 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long to keep reading output once everything was killed (a process that escaped may
 /// hold the pipe open forever).
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(1);
+/// How long to wait for a killed shell to be reaped (it could be stuck in the kernel).
+const REAP_WAIT: Duration = Duration::from_secs(5);
 /// Bytes shown from the start of the output.
 const HEAD_BYTES: usize = 12 * 1024;
 /// Bytes shown from the end of the output.
@@ -183,8 +185,8 @@ fn spawn(
 enum Ending {
     /// It exited by itself.
     Exited(ExitStatus),
-    /// It ran past its timeout and was killed; the status is the shell's, if it was reaped.
-    TimedOut(Option<ExitStatus>),
+    /// It ran past its timeout and was killed.
+    TimedOut,
     /// Waiting for it failed; it was killed.
     Lost(std::io::Error),
 }
@@ -218,21 +220,16 @@ impl Running {
             Ok(Some(status)) => Ending::Exited(status),
             Ok(None) => {
                 self.processes.terminate_group();
-                match self.pump_until(Instant::now() + TERM_GRACE).await {
-                    Ok(Some(status)) => Ending::TimedOut(Some(status)),
-                    Ok(None) | Err(_) => Ending::TimedOut(None),
-                }
+                let _ = self.pump_until(Instant::now() + TERM_GRACE).await;
+                Ending::TimedOut
             }
             Err(e) => Ending::Lost(e),
         };
         let left_running = self.processes.kill_all();
-        let ending = match ending {
-            Ending::TimedOut(None) => {
-                let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-                Ending::TimedOut(status.ok().and_then(Result::ok))
-            }
-            other => other,
-        };
+        if !matches!(ending, Ending::Exited(_)) {
+            // Reap the killed shell now rather than leave a zombie for tokio to find later.
+            let _ = tokio::time::timeout(REAP_WAIT, self.child.wait()).await;
+        }
         let drained = tokio::time::timeout(DRAIN_AFTER_KILL, self.drain())
             .await
             .is_ok();
@@ -293,7 +290,7 @@ impl Running {
         let ok = matches!(&finished.ending, Ending::Exited(status) if status.success());
         match &finished.ending {
             Ending::Exited(status) => text.push_str(&describe(*status)),
-            Ending::TimedOut(_) => text.push_str(&format!(
+            Ending::TimedOut => text.push_str(&format!(
                 "[timed out after {timeout_s} s; the command and every process it started were \
                  killed]"
             )),
@@ -649,6 +646,28 @@ mod tests {
                 out.output
             );
         }
+    }
+
+    #[tokio::test]
+    async fn bash_falls_back_to_sh_without_bash() {
+        let fx = Fixture::new();
+        let bin = fx.outside.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let sh = which("sh");
+        std::os::unix::fs::symlink(&sh, bin.join("sh")).unwrap();
+        let vars = vec![(OsString::from("PATH"), bin.into_os_string())];
+        let args = json!({"command": "echo \"$0\""});
+        let out = ToolOutput::from_result(run_with_env(&fx.ctx(), "c", &args, vars).await);
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.output, "sh\n[exit code 0]");
+    }
+
+    /// The absolute path of `program` on this machine's PATH.
+    fn which(program: &str) -> std::path::PathBuf {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+            .unwrap()
     }
 
     #[tokio::test]

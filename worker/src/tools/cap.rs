@@ -118,6 +118,7 @@ fn tail_start(bytes: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether `byte` continues a UTF-8 sequence (rather than starting one).
 fn is_continuation(byte: u8) -> bool {
     byte & 0xC0 == 0x80
 }

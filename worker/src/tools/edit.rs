@@ -63,6 +63,7 @@ pub(crate) async fn run(
     run_blocking(move |_| edit_file(&target, &old_text, &new_text)).await
 }
 
+/// Replaces the one occurrence of `old_text` in the file, or says why it cannot.
 fn edit_file(target: &Confined, old_text: &str, new_text: &str) -> Result<ToolOutput, ToolError> {
     let given = &target.given;
     let content = load(target)?;

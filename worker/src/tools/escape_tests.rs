@@ -32,6 +32,7 @@ const DIR_ESCAPES: [&str; 7] = [
     "sub/rel_out",
 ];
 
+/// Runs `tool` and checks it refused `given` by name and left the outside untouched.
 async fn assert_refused(fx: &Fixture, tool: &str, given: &str, args: Value) {
     let before = fx.outside_snapshot();
     let out = fx.run(tool, args).await;
@@ -48,6 +49,7 @@ async fn assert_refused(fx: &Fixture, tool: &str, given: &str, args: Value) {
     );
 }
 
+/// `path` with `{outside}` replaced by the outside directory.
 fn expand(fx: &Fixture, path: &str) -> String {
     path.replace("{outside}", fx.outside.to_str().unwrap())
 }

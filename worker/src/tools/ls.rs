@@ -46,6 +46,7 @@ pub(crate) async fn run(
     run_blocking(move |_| list(&target)).await
 }
 
+/// The listing of the directory at `target`.
 fn list(target: &Confined) -> Result<ToolOutput, ToolError> {
     let given = &target.given;
     let entries = std::fs::read_dir(&target.real).map_err(|e| match e.kind() {

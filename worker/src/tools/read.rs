@@ -79,6 +79,7 @@ struct Shown {
     more_follow: bool,
 }
 
+/// Shows `limit` lines of the file from line `offset`, within the byte cap.
 fn read_lines(
     target: &Confined,
     offset: u64,

@@ -150,6 +150,7 @@ fn tagged(entry: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// SIGKILLs each of `pids` (gone ones are skipped silently).
 fn kill(pids: &[u32]) {
     for &pid in pids {
         if let Ok(raw) = i32::try_from(pid) {
