@@ -349,7 +349,8 @@ pub(crate) fn classify(
 /// Codes: OpenAI `context_length_exceeded`, llama.cpp `exceed_context_size_error`, Anthropic
 /// `request_too_large`. Messages: OpenAI/vLLM/OpenRouter "maximum context length", Anthropic
 /// "prompt is too long" and "exceed context limit", llama.cpp "exceeds the available context
-/// size", Ollama and others "context length"/"context window".
+/// size", Gemini "exceeds the maximum number of tokens", others "context length"/"context
+/// window".
 fn is_overflow_report(kind: &str, code: &str, message: &str) -> bool {
     const CODES: &[&str] = &[
         "context_length_exceeded",
@@ -367,6 +368,7 @@ fn is_overflow_report(kind: &str, code: &str, message: &str) -> bool {
         "prompt too long",
         "input is too long",
         "reduce the length of the messages",
+        "exceeds the maximum number of tokens",
     ];
     if CODES.iter().any(|c| kind == *c || code == *c) {
         return true;
@@ -472,6 +474,11 @@ mod tests {
                 "invalid_request_error",
                 "",
                 "input length and `max_tokens` exceed context limit: 190000 + 32000 > 200000",
+            ),
+            report(
+                "",
+                "400",
+                "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
             ),
             report(
                 "exceed_context_size_error",

@@ -5,7 +5,9 @@
 //! - Dropping the future returned by [`Endpoint::stream`] drops the request and any retry
 //!   sleep, which aborts the connection: cancel and timeout need nothing else.
 //! - An attempt that has begun streaming a tool call is never retried; neither is an error
-//!   that is not [`LlmError::is_retryable`].
+//!   that is not [`LlmError::is_retryable`]. An attempt that failed after streaming only text
+//!   may be retried: the next attempt streams its own text to `on_text` from the start, and
+//!   the returned [`Completion`] holds only the successful attempt's text.
 //! - A stalled stream fails after [`READ_TIMEOUT`] without a byte; it never hangs.
 //! - The API key only lives in headers marked sensitive, and [`Endpoint`]'s `Debug` prints
 //!   header names only.
