@@ -12,10 +12,10 @@ use tokio::process::Command;
 
 use crate::cli::{DemoArgs, TaskOptions};
 use crate::config::Config;
+use crate::driver::{Resume, prepare};
 use crate::exit::{self, CliError};
 use crate::git;
-use crate::render::Renderer;
-use crate::run::{Resume, drive, prepare, print_json};
+use crate::run::drive_in_foreground;
 
 /// Entry point of `kugetsu demo`.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
@@ -58,12 +58,7 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;
     let prepared = prepare(&options, DEMO_PROMPT, &config, &|_| None).await?;
-    let finished = if args.json {
-        drive(&prepared, Resume::FRESH, &mut print_json).await
-    } else {
-        let mut renderer = Renderer::new();
-        drive(&prepared, Resume::FRESH, &mut |e| renderer.show(e)).await
-    };
+    let finished = drive_in_foreground(&prepared, Resume::FRESH, args.json).await?;
     if !args.json {
         if let Some(result) = &finished.result {
             eprintln!();

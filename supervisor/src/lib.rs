@@ -23,6 +23,7 @@
 //! - [`shadow`]: spawning a worker, the handshake, the event relay.
 //! - [`events`]: event envelopes and the per-task event log.
 //! - [`render`]: the human progress view.
+//! - [`driver`]: preparing a task, driving its workers, restarts, resume.
 //! - [`run`]: `kugetsu run`, one shadow in the foreground.
 //! - [`demo`]: `kugetsu demo`, the offline showcase.
 //! - [`exit`]: exit codes and the error type that carries one.
@@ -30,6 +31,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod driver;
 pub mod events;
 pub mod exit;
 pub mod git;

@@ -1,43 +1,21 @@
 //! `kugetsu run`: one shadow in the foreground, no daemon.
 //!
-//! [`prepare`] validates everything that can be wrong before anything is created (model,
-//! keys, repository) so that bad input costs nothing and exits 2; then it creates the task
-//! directory and the worktree. [`drive`] runs the worker to its `finished` event, turning
-//! SIGINT/SIGTERM into `cancel`, and completes the `finished` event with what only the
-//! supervisor knows (branch, worktree, changed files).
+//! SIGINT and SIGTERM become [`ShadowControl::Cancel`] (a second one kills at once); events go
+//! to stdout as JSON lines with `--json`, else to the live view on stderr with the model's
+//! final text on stdout.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kugetsu_protocol::{
-    Event, EventEnvelope, FinishStatus, Finished, ModelRef, ProviderKind, TaskSpec, Usage,
-    WorkerMessage,
-};
+use kugetsu_protocol::{Event, EventEnvelope, Finished};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
-use crate::cli::{RunArgs, TaskOptions};
+use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::events::EventLog;
+use crate::driver::{Prepared, Reopened, Resume, ShadowControl, drive, prepare, reopen};
 use crate::exit::{self, CliError};
-use crate::git;
 use crate::render::Renderer;
-use crate::shadow::{FromWorker, Shadow, describe_exit, find_worker};
-use crate::task::{StateDir, TaskRecord, write_json_atomic};
-
-/// How long a cancelled worker gets to report `finished` before it is killed.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
-/// How long past its deadline a worker may run before the supervisor kills it.
-const DEADLINE_GRACE: Duration = Duration::from_secs(15);
-
-/// A task ready to run: validated, with its directory and worktree created.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub record: TaskRecord,
-    pub task_dir: PathBuf,
-    pub config: Config,
-}
 
 /// Entry point of `kugetsu run`.
 pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
@@ -70,16 +48,47 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         }
         (None, None) => return Err(CliError::Usage("a PROMPT is required".to_owned())),
     };
-    let finished = if args.json {
-        drive(&prepared, resume, &mut print_json).await
-    } else {
-        let mut renderer = Renderer::new();
-        drive(&prepared, resume, &mut |e| renderer.show(e)).await
-    };
+    let finished = drive_in_foreground(&prepared, resume, args.json).await?;
     if !args.json {
         print_result(&finished);
     }
     Ok(ExitCode::from(exit::for_status(finished.status)))
+}
+
+/// Drives a task with this process as its only owner: signals cancel it, events go to stdout
+/// (`json`) or the live view.
+pub async fn drive_in_foreground(
+    prepared: &Prepared,
+    resume: Resume,
+    json: bool,
+) -> Result<Finished, CliError> {
+    if let Err(e) = kugetsu_worker::process::become_subreaper() {
+        eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
+    }
+    let (control, mut controls) = mpsc::unbounded_channel();
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::Failed(format!("cannot handle SIGINT: {e}")))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| CliError::Failed(format!("cannot handle SIGTERM: {e}")))?;
+    let signals = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+            if control.send(ShadowControl::Cancel).is_err() {
+                break;
+            }
+        }
+    });
+    let finished = if json {
+        drive(prepared, resume, &mut controls, &mut print_json).await
+    } else {
+        let mut renderer = Renderer::new();
+        drive(prepared, resume, &mut controls, &mut |e| renderer.show(e)).await
+    };
+    signals.abort();
+    finished.ok_or_else(|| CliError::Failed("the task was detached".to_owned()))
 }
 
 /// Writes one event as a JSON line on stdout.
@@ -101,625 +110,4 @@ pub fn print_text(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", text.trim_end());
     let _ = out.flush();
-}
-
-/// Checks the request and creates the task: its directory, `task.json` and worktree.
-pub async fn prepare(
-    options: &TaskOptions,
-    prompt: &str,
-    config: &Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Prepared, CliError> {
-    if prompt.trim().is_empty() {
-        return Err(CliError::Usage("the prompt is empty".to_owned()));
-    }
-    let model = resolve_model(options.model.as_deref(), config, env)?;
-    let repo = git::toplevel(&options.repo).await?;
-    let base_ref = options.base.as_deref().unwrap_or("HEAD");
-    let base_commit = if options.no_worktree && options.base.is_none() {
-        git::resolve_commit(&repo, "HEAD").await.ok()
-    } else {
-        Some(git::resolve_commit(&repo, base_ref).await?)
-    };
-    if options.no_worktree && options.base.is_some() {
-        return Err(CliError::Usage(
-            "--base needs a worktree; drop --no-worktree or --base".to_owned(),
-        ));
-    }
-    let state = StateDir {
-        root: crate::config::state_dir(options.state_dir.as_deref(), env)?,
-    };
-    let (id, task_dir) = state.create_task_dir().map_err(|e| {
-        CliError::Usage(format!(
-            "cannot create a task directory under {}: {e}",
-            state.root.display()
-        ))
-    })?;
-    let (workdir, branch) = if options.no_worktree {
-        (repo.clone(), git::current_branch(&repo).await)
-    } else {
-        let path = state.worktree(&id);
-        let branch = format!("kugetsu/{id}");
-        let base = base_commit.as_deref().unwrap_or(base_ref);
-        if let Err(e) = git::add_worktree(&repo, &path, &branch, base).await {
-            let _ = std::fs::remove_dir_all(&task_dir);
-            return Err(e);
-        }
-        (path, Some(branch))
-    };
-    let now_ms = unix_ms(SystemTime::now());
-    let record = TaskRecord {
-        id,
-        prompt: prompt.to_owned(),
-        model: model.to_string(),
-        repo,
-        workdir,
-        branch,
-        base_commit,
-        worktree: !options.no_worktree,
-        max_turns: options.max_turns.unwrap_or(config.max_turns),
-        deadline_unix_ms: options
-            .timeout
-            .map(|t| now_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
-        mem_limit: options.mem_limit.unwrap_or(config.mem_limit),
-        created_unix_ms: now_ms,
-    };
-    write_json_atomic(&task_dir.join("task.json"), &record)
-        .map_err(|e| CliError::Failed(format!("cannot write task.json: {e}")))?;
-    Ok(Prepared {
-        record,
-        task_dir,
-        config: config.clone(),
-    })
-}
-
-/// What `--resume ID` found.
-#[derive(Debug)]
-pub enum Reopened {
-    /// The task can continue from its journal.
-    Resumable(Prepared, Resume),
-    /// The task already ended; this is its `finished` event.
-    Finished(EventEnvelope),
-}
-
-/// Loads an existing task for `--resume`.
-pub async fn reopen(
-    id: &str,
-    options: &TaskOptions,
-    config: &Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Reopened, CliError> {
-    if !crate::task::is_valid_id(id) {
-        return Err(CliError::Usage(format!("{id:?} is not a task id")));
-    }
-    let state = StateDir {
-        root: crate::config::state_dir(options.state_dir.as_deref(), env)?,
-    };
-    let task_dir = state.task_dir(id);
-    let text = std::fs::read(task_dir.join("task.json"))
-        .map_err(|e| CliError::Usage(format!("no task {id} in {} ({e})", state.root.display())))?;
-    let record: TaskRecord = serde_json::from_slice(&text)
-        .map_err(|e| CliError::Usage(format!("task {id}: unreadable task.json: {e}")))?;
-    let events = crate::events::read_all(&task_dir.join("events.jsonl"))
-        .await
-        .unwrap_or_default();
-    if let Some(last) = events.last()
-        && matches!(last.event, Event::Finished(_))
-    {
-        return Ok(Reopened::Finished(last.clone()));
-    }
-    if !record.workdir.is_dir() {
-        return Err(CliError::Usage(format!(
-            "task {id}: its worktree {} is gone",
-            record.workdir.display()
-        )));
-    }
-    resolve_model(Some(&record.model), config, env)?;
-    let count = |kind: &str| events.iter().filter(|e| e.event.kind() == kind).count() as u32;
-    let resume = Resume {
-        attempt: count("started") + 1,
-        from_journal: true,
-        earlier_restarts: count("restarted"),
-    };
-    Ok(Reopened::Resumable(
-        Prepared {
-            record,
-            task_dir,
-            config: config.clone(),
-        },
-        resume,
-    ))
-}
-
-/// Picks the model (flag, then config/`KUGETSU_MODEL`) and checks its provider can be used.
-fn resolve_model(
-    flag: Option<&str>,
-    config: &Config,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<ModelRef, CliError> {
-    let text = flag.or(config.model.as_deref()).ok_or_else(|| {
-        CliError::Usage(
-            "no model set: pass -m PROVIDER/MODEL (e.g. -m openai/gpt-4.1-mini), set KUGETSU_MODEL, \
-             or put model = \"PROVIDER/MODEL\" in the config file"
-                .to_owned(),
-        )
-    })?;
-    let mut model: ModelRef = text
-        .parse()
-        .map_err(|e: kugetsu_protocol::ModelError| CliError::Usage(e.to_string()))?;
-    if let Some(key) = model.provider.api_key_env()
-        && env(key).is_none_or(|v| v.trim().is_empty())
-    {
-        return Err(CliError::Usage(format!(
-            "{key} is not set; model {model} needs it (export {key}=...)"
-        )));
-    }
-    if model.provider == ProviderKind::Scripted && model.model != "demo" {
-        // The worker runs in the worktree: pin the script's path to where the user stands.
-        let path = std::path::absolute(&model.model)
-            .map_err(|e| CliError::Usage(format!("script {}: {e}", model.model)))?;
-        if !path.is_file() {
-            return Err(CliError::Usage(format!(
-                "script {} does not exist (model {model})",
-                path.display()
-            )));
-        }
-        model.model = path.display().to_string();
-    }
-    Ok(model)
-}
-
-/// What the supervisor saw of a task, to describe it if the worker cannot.
-#[derive(Debug, Default)]
-struct Observed {
-    turns: u32,
-    usage: Usage,
-    last_text: Option<String>,
-}
-
-impl Observed {
-    fn note(&mut self, event: &Event) {
-        match event {
-            Event::TurnStart { turn } => self.turns = self.turns.max(*turn),
-            Event::TurnEnd { usage, .. } => self.usage.add(*usage),
-            Event::AssistantMessage { text } if !text.is_empty() => {
-                self.last_text = Some(text.clone());
-            }
-            _ => {}
-        }
-    }
-
-    fn finished(&self, status: FinishStatus, error: String) -> Finished {
-        Finished {
-            status,
-            result: self.last_text.clone(),
-            error: Some(error),
-            turns: self.turns,
-            usage: self.usage,
-            restarts: 0,
-            branch: None,
-            worktree: None,
-            changed_files: Vec::new(),
-        }
-    }
-}
-
-/// Runs a prepared task to its end, publishing every event to the log and to `watch`.
-pub async fn drive(
-    prepared: &Prepared,
-    resume: Resume,
-    watch: &mut dyn FnMut(&EventEnvelope),
-) -> Finished {
-    let record = &prepared.record;
-    let mut log = match EventLog::open(&prepared.task_dir.join("events.jsonl"), &record.id).await {
-        Ok(log) => log,
-        Err(e) => {
-            let finished = Observed::default().finished(
-                FinishStatus::Failed,
-                format!("cannot open the event log: {e}"),
-            );
-            return finished;
-        }
-    };
-    let mut publish = |log: &mut EventLog, event: Event| {
-        let envelope = log.publish(event);
-        watch(&envelope);
-    };
-    if let Err(e) = kugetsu_worker::process::become_subreaper() {
-        tracing_warn(&format!(
-            "cannot become a subreaper ({e}); orphans may escape"
-        ));
-    }
-    let mut finished = run_worker(prepared, &mut log, &mut publish, resume).await;
-
-    // Nothing a shadow started may outlive it: whatever is left below us is a straggler.
-    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
-    kugetsu_worker::process::reap_orphans(&[]);
-
-    if record.worktree {
-        let message = format!(
-            "kugetsu {}: {}",
-            record.id,
-            record
-                .prompt
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(72)
-                .collect::<String>()
-        );
-        if let Err(e) = git::commit_all(&record.workdir, &message).await {
-            tracing_warn(&format!(
-                "cannot commit the shadow's work on its branch: {e}"
-            ));
-        }
-    }
-    finished.changed_files =
-        git::changed_files(&record.workdir, record.base_commit.as_deref()).await;
-    finished.branch.clone_from(&record.branch);
-    finished.worktree = Some(record.workdir.display().to_string());
-    publish(&mut log, Event::Finished(finished.clone()));
-    finished
-}
-
-/// How a single worker process ended.
-enum Attempt {
-    /// It reported `finished` (or the supervisor ended the task for it).
-    Finished(Finished),
-    /// It died or hung without `finished`; `reason` says how, `progressed` whether it had
-    /// emitted any task event first.
-    Crashed { reason: String, progressed: bool },
-}
-
-/// Runs workers for the task until one reports `finished`, restarting crashed ones from
-/// their journal with exponential backoff plus jitter.
-async fn run_worker(
-    prepared: &Prepared,
-    log: &mut EventLog,
-    publish: &mut dyn FnMut(&mut EventLog, Event),
-    mut resume: Resume,
-) -> Finished {
-    let mut observed = Observed::default();
-    let (mut sigint, mut sigterm) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => {
-            return observed.finished(
-                FinishStatus::Failed,
-                "cannot install signal handlers".to_owned(),
-            );
-        }
-    };
-    let program = match find_worker() {
-        Ok(program) => program,
-        Err(e) => return observed.finished(FinishStatus::Failed, e.to_string()),
-    };
-    let mut restarts = RestartPolicy::new(prepared.config.max_restarts);
-    let mut restarts_total = resume.earlier_restarts;
-    if resume.from_journal {
-        publish(
-            log,
-            Event::Restarted {
-                attempt: resume.attempt,
-                reason: "resumed by kugetsu run --resume".to_owned(),
-            },
-        );
-    }
-    loop {
-        let outcome = run_attempt(
-            prepared,
-            &program,
-            log,
-            publish,
-            &mut observed,
-            resume.attempt,
-            resume.from_journal,
-            (&mut sigint, &mut sigterm),
-        )
-        .await;
-        let (reason, progressed) = match outcome {
-            Attempt::Finished(mut finished) => {
-                finished.restarts = restarts_total;
-                return finished;
-            }
-            Attempt::Crashed { reason, progressed } => (reason, progressed),
-        };
-        let Some(delay) = restarts.next_delay(progressed) else {
-            let mut finished = observed.finished(
-                FinishStatus::Failed,
-                format!(
-                    "the worker crashed more than {} times within {}s; last: {reason}",
-                    prepared.config.max_restarts,
-                    RESTART_WINDOW.as_secs()
-                ),
-            );
-            finished.restarts = restarts_total;
-            return finished;
-        };
-        // Between workers a signal ends the task at once: there is nobody to cancel.
-        let cancelled = tokio::select! {
-            () = tokio::time::sleep(delay) => false,
-            _ = sigint.recv() => true,
-            _ = sigterm.recv() => true,
-        };
-        if cancelled {
-            let mut finished = observed.finished(FinishStatus::Cancelled, "cancelled".to_owned());
-            finished.restarts = restarts_total;
-            return finished;
-        }
-        restarts_total += 1;
-        resume.attempt += 1;
-        resume.from_journal = true;
-        publish(
-            log,
-            Event::Restarted {
-                attempt: resume.attempt,
-                reason,
-            },
-        );
-    }
-}
-
-/// Where a run starts: which attempt, and whether the worker resumes from its journal.
-#[derive(Debug, Clone, Copy)]
-pub struct Resume {
-    pub attempt: u32,
-    pub from_journal: bool,
-    pub earlier_restarts: u32,
-}
-
-impl Resume {
-    /// A task's first run.
-    pub const FRESH: Resume = Resume {
-        attempt: 1,
-        from_journal: false,
-        earlier_restarts: 0,
-    };
-}
-
-/// Restarts allowed within this window before the task fails.
-pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
-/// A worker silent for this long (no event, no heartbeat) is taken for hung and restarted.
-const SILENCE_LIMIT: Duration = Duration::from_secs(60);
-
-/// Exponential backoff with jitter, and the cap on restarts per window.
-///
-/// The backoff grows only over consecutive crashes that made no progress (a crash loop); a
-/// worker that got as far as working on its task before dying restarts at the base delay, so
-/// a single `kill -9` costs milliseconds. Every restart counts against the window's cap.
-#[derive(Debug)]
-struct RestartPolicy {
-    max: u32,
-    recent: std::collections::VecDeque<tokio::time::Instant>,
-    /// Crashes in a row without progress.
-    fruitless: u32,
-}
-
-impl RestartPolicy {
-    fn new(max: u32) -> Self {
-        RestartPolicy {
-            max,
-            recent: std::collections::VecDeque::new(),
-            fruitless: 0,
-        }
-    }
-
-    /// The delay before the next restart, or `None` when the budget is spent. `progressed`
-    /// says whether the crashed worker had emitted any task event.
-    fn next_delay(&mut self, progressed: bool) -> Option<Duration> {
-        let now = tokio::time::Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= self.max as usize {
-            return None;
-        }
-        self.recent.push_back(now);
-        self.fruitless = if progressed { 0 } else { self.fruitless + 1 };
-        // 10 ms, 20 ms, 40 ms ... capped at 5 s.
-        let exponent = self.fruitless.min(9);
-        let base = Duration::from_millis(10 << exponent).min(Duration::from_secs(5));
-        Some(base + jitter(base / 2))
-    }
-}
-
-/// A random duration in `[0, max)`.
-fn jitter(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(nanos);
-    Duration::from_nanos(hasher.finish() % nanos)
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-async fn run_attempt(
-    prepared: &Prepared,
-    program: &std::path::Path,
-    log: &mut EventLog,
-    publish: &mut dyn FnMut(&mut EventLog, Event),
-    observed: &mut Observed,
-    attempt: u32,
-    from_journal: bool,
-    (sigint, sigterm): (
-        &mut tokio::signal::unix::Signal,
-        &mut tokio::signal::unix::Signal,
-    ),
-) -> Attempt {
-    let record = &prepared.record;
-    let spec = TaskSpec {
-        id: record.id.clone(),
-        prompt: record.prompt.clone(),
-        model: record.model.clone(),
-        max_turns: record.max_turns,
-        deadline_unix_ms: record.deadline_unix_ms,
-        task_dir: prepared.task_dir.display().to_string(),
-        context_window: prepared.config.context_window,
-        compaction_model: prepared.config.compaction_model.clone(),
-    };
-    let worker_log = prepared.task_dir.join("worker.log");
-    let (mut shadow, mut from_worker) =
-        match Shadow::spawn(program, &record.workdir, &worker_log, spec, from_journal).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                return Attempt::Crashed {
-                    reason: kugetsu_worker::ipc::error_chain(&e),
-                    progressed: false,
-                };
-            }
-        };
-    publish(
-        log,
-        Event::Started {
-            attempt,
-            pid: shadow.pid,
-            worktree: Some(record.workdir.display().to_string()),
-            branch: record.branch.clone(),
-            model: record.model.clone(),
-        },
-    );
-    let backstop = record
-        .deadline_unix_ms
-        .map(|ms| instant_at(ms) + DEADLINE_GRACE);
-    let mut cancel_by: Option<tokio::time::Instant> = None;
-    let mut silent_since = tokio::time::Instant::now();
-    let mut progressed = false;
-    let outcome = loop {
-        tokio::select! {
-            item = from_worker.recv() => {
-                silent_since = tokio::time::Instant::now();
-                match item {
-                    Some(FromWorker::Message(WorkerMessage::Event(Event::Finished(finished)))) => {
-                        break Attempt::Finished(finished);
-                    }
-                    Some(FromWorker::Message(WorkerMessage::Event(event))) => {
-                        progressed = true;
-                        observed.note(&event);
-                        publish(log, event);
-                    }
-                    Some(FromWorker::Message(_)) => {}
-                    Some(FromWorker::BadLine(reason)) => {
-                        tracing_warn(&format!("worker sent a bad line: {reason}"));
-                    }
-                    None => {
-                        let status = shadow.finish(Duration::from_secs(2)).await;
-                        let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
-                        if cancel_by.is_some() {
-                            break Attempt::Finished(observed.finished(
-                                FinishStatus::Cancelled,
-                                format!("cancelled; the worker exited without reporting ({how})"),
-                            ));
-                        }
-                        break Attempt::Crashed {
-                            reason: format!("worker {how} without finishing"),
-                            progressed,
-                        };
-                    }
-                }
-            }
-            _ = sigint.recv() => cancel(&mut shadow, &mut cancel_by),
-            _ = sigterm.recv() => cancel(&mut shadow, &mut cancel_by),
-            () = sleep_until(cancel_by) => {
-                shadow.kill();
-                break Attempt::Finished(observed.finished(
-                    FinishStatus::Cancelled,
-                    "cancelled; the worker did not stop in time and was killed".to_owned(),
-                ));
-            }
-            () = sleep_until(backstop) => {
-                shadow.kill();
-                break Attempt::Finished(observed.finished(
-                    FinishStatus::TimedOut,
-                    "timed out; the worker did not stop at its deadline and was killed".to_owned(),
-                ));
-            }
-            () = tokio::time::sleep_until(silent_since + SILENCE_LIMIT) => {
-                shadow.kill();
-                break Attempt::Crashed {
-                    reason: format!(
-                        "worker silent for {}s (no heartbeat); killed",
-                        SILENCE_LIMIT.as_secs()
-                    ),
-                    progressed,
-                };
-            }
-        }
-    };
-    shadow.finish(Duration::from_secs(5)).await;
-    // Tool processes the dead worker left behind (reparented to us) go with it.
-    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
-    kugetsu_worker::process::reap_orphans(&[]);
-    outcome
-}
-
-fn cancel(shadow: &mut Shadow, cancel_by: &mut Option<tokio::time::Instant>) {
-    if cancel_by.is_some() {
-        // A second signal: the user wants out now.
-        shadow.kill();
-        *cancel_by = Some(tokio::time::Instant::now());
-    } else {
-        shadow.cancel();
-        *cancel_by = Some(tokio::time::Instant::now() + CANCEL_GRACE);
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn instant_at(unix_ms_at: u64) -> tokio::time::Instant {
-    let now = unix_ms(SystemTime::now());
-    tokio::time::Instant::now() + Duration::from_millis(unix_ms_at.saturating_sub(now))
-}
-
-fn tracing_warn(message: &str) {
-    eprintln!("kugetsu: warning: {message}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn backoff_grows_over_fruitless_crashes_and_resets_on_progress() {
-        let mut policy = RestartPolicy::new(6);
-        let d1 = policy.next_delay(false).unwrap();
-        let d2 = policy.next_delay(false).unwrap();
-        let d3 = policy.next_delay(false).unwrap();
-        assert!(d1 < Duration::from_millis(40), "{d1:?}");
-        assert!(d2 >= Duration::from_millis(20) && d3 >= Duration::from_millis(40), "{d2:?} {d3:?}");
-        let reset = policy.next_delay(true).unwrap();
-        assert!(reset < Duration::from_millis(15), "{reset:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn more_than_max_restarts_in_the_window_is_refused_until_it_slides() {
-        let mut policy = RestartPolicy::new(2);
-        assert!(policy.next_delay(true).is_some());
-        assert!(policy.next_delay(true).is_some());
-        assert!(policy.next_delay(true).is_none());
-        tokio::time::advance(RESTART_WINDOW + Duration::from_secs(1)).await;
-        assert!(policy.next_delay(true).is_some());
-    }
 }

@@ -24,6 +24,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+/// The environment variable naming the task a process belongs to.
+pub const SHADOW_ENV: &str = "KUGETSU_SHADOW";
+
 /// The `oom_score_adj` given to workers (the supervisor keeps its own, lower one).
 pub const WORKER_OOM_SCORE_ADJ: i32 = 500;
 
@@ -105,6 +108,8 @@ pub struct Shadow {
     /// Messages for the writer task, which owns the worker's stdin. A channel, not the pipe
     /// itself, so a worker that stops reading can never block the supervisor.
     to_worker: mpsc::UnboundedSender<SupervisorMessage>,
+    /// `KUGETSU_SHADOW=<task id>`: the environment entry every process of this shadow has.
+    marker: Vec<u8>,
 }
 
 impl Shadow {
@@ -136,6 +141,8 @@ impl Shadow {
         for key in SUPERVISOR_ONLY_ENV {
             command.env_remove(key);
         }
+        // Inherited by every process the shadow starts, so leftovers can be found later.
+        command.env(SHADOW_ENV, &task.id);
         contain(&mut command);
         let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
             program: program.display().to_string(),
@@ -160,6 +167,7 @@ impl Shadow {
             group,
             pid,
             to_worker,
+            marker: format!("{SHADOW_ENV}={}", task.id).into_bytes(),
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, events.recv()).await;
         let failure = match hello {
@@ -203,6 +211,24 @@ impl Shadow {
     /// Hands a steering message to the worker.
     pub fn steer(&self, text: String) {
         self.send(SupervisorMessage::Steer { text });
+    }
+
+    /// Asks the worker to exit without `finished`; the task stays resumable.
+    pub fn shutdown(&self) {
+        self.send(SupervisorMessage::Shutdown);
+    }
+
+    /// Kills every process this shadow started that is still alive other than the worker
+    /// (e.g. tool processes orphaned by a killed worker) and reaps those adopted by us.
+    pub fn kill_leftovers(&self) {
+        let leftovers: Vec<u32> = kugetsu_worker::process::processes_with_env(&self.marker)
+            .into_iter()
+            .filter(|&pid| pid != self.pid)
+            .collect();
+        if !leftovers.is_empty() {
+            kugetsu_worker::process::kill_pids(&leftovers);
+            kugetsu_worker::process::reap(&leftovers, Duration::from_millis(500));
+        }
     }
 
     /// SIGKILLs the worker's whole process group.

@@ -162,3 +162,56 @@ pub fn reap_orphans(keep: &[u32]) {
         }
     }
 }
+
+/// Live processes (other than us) whose environment holds the exact `NAME=value` `entry`.
+/// Zombies have an empty environment, so they never match.
+pub fn processes_with_env(entry: &[u8]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == entry))
+        })
+        .collect()
+}
+
+/// SIGKILLs each of `pids` (gone ones are skipped silently).
+pub fn kill_pids(pids: &[u32]) {
+    for &pid in pids {
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reaps `pids` that are our children and have exited (adopted orphans we killed), waiting
+/// at most `limit` for them to die.
+pub fn reap(pids: &[u32], limit: Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = std::time::Instant::now() + limit;
+    let mut left: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&pid| parent_of(pid) == Some(std::process::id()))
+        .collect();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        left.retain(|&pid| {
+            let Ok(raw) = i32::try_from(pid) else {
+                return false;
+            };
+            matches!(
+                waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        if !left.is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

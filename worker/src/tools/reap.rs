@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::process::ProcessGroup;
 
@@ -132,32 +131,7 @@ impl Drop for CallProcesses {
     }
 }
 
-/// Live processes (other than us) whose environment holds `entry`. Zombies have an empty
-/// environment, so they never match.
-fn tagged(entry: &[u8]) -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    proc_dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|environ| environ.split(|b| *b == 0).any(|var| var == entry))
-        })
-        .collect()
-}
-
-/// SIGKILLs each of `pids` (gone ones are skipped silently).
-fn kill(pids: &[u32]) {
-    for &pid in pids {
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
-        }
-    }
-}
+use crate::process::{kill_pids as kill, processes_with_env as tagged};
 
 /// Whether orphans of our descendants reparent to us (see the module docs, step 3).
 fn is_subreaper() -> bool {
