@@ -179,24 +179,26 @@ fn as_refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a 
 }
 
 fn openai_body(server: &FakeLlm, messages: Value) -> Value {
-    json!({
+    let mut body = json!({
         "model": server.model().unwrap(),
         "stream": true,
         "stream_options": {"include_usage": true},
-        "messages": messages,
         "tools": [{"type": "function", "function": {"name": "write", "parameters": {"type": "object"}}}],
-    })
+    });
+    body["messages"] = messages;
+    body
 }
 
 fn anthropic_body(server: &FakeLlm, messages: Value) -> Value {
-    json!({
+    let mut body = json!({
         "model": server.model().unwrap(),
         "max_tokens": 1024,
         "stream": true,
         "system": "you are a test",
-        "messages": messages,
         "tools": [{"name": "write", "description": "writes", "input_schema": {"type": "object"}}],
-    })
+    });
+    body["messages"] = messages;
+    body
 }
 
 /// The OpenAI stream's chunks as JSON, asserting the `[DONE]` terminator when `done`.
