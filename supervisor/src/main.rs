@@ -1,1 +1,34 @@
-fn main() {}
+//! The `kugetsu` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kugetsu_supervisor::cli::{Cli, Command};
+use kugetsu_supervisor::{demo, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kugetsu: cannot start the async runtime: {e}");
+            return ExitCode::from(kugetsu_supervisor::exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Demo(args) => demo::demo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kugetsu: {e}");
+            e.code()
+        }
+    }
+}

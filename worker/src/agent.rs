@@ -96,7 +96,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 fn deadline_instant(unix_ms: u64) -> tokio::time::Instant {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| millis(d));
+        .map_or(0, millis);
     tokio::time::Instant::now() + Duration::from_millis(unix_ms.saturating_sub(now_ms))
 }
 

@@ -8,6 +8,7 @@
 //! - [`ipc`]: the channel: one reader task, one writer task (the only code that touches stdout).
 //! - [`agent`]: the agent loop.
 //! - [`conversation`]: provider-neutral messages.
+//! - [`journal`]: the checkpoint journal (append, fdatasync, longest-valid-prefix replay).
 //! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
 //! - [`process`]: process groups and descendant clean-up shared with the supervisor.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod conversation;
 pub mod ipc;
+pub mod journal;
 pub mod llm;
 pub mod process;
 pub mod tools;

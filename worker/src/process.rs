@@ -138,10 +138,10 @@ pub fn kill_descendants(root: u32, keep: &[u32]) -> usize {
             break;
         }
         for pid in victims {
-            if let Ok(raw) = i32::try_from(pid) {
-                if nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok() {
-                    killed += 1;
-                }
+            if let Ok(raw) = i32::try_from(pid)
+                && nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL).is_ok()
+            {
+                killed += 1;
             }
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -151,16 +151,14 @@ pub fn kill_descendants(root: u32, keep: &[u32]) -> usize {
 
 /// Reaps every exited child that nobody else waits for (adopted orphans), without blocking.
 pub fn reap_orphans(keep: &[u32]) {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::sys::wait::{WaitPidFlag, waitpid};
     for pid in descendants(std::process::id()) {
         if keep.contains(&pid) || parent_of(pid) != Some(std::process::id()) {
             continue;
         }
         if let Ok(raw) = i32::try_from(pid) {
-            match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => {}
-                Ok(_) => {}
-            }
+            // Only zombies answer; a living orphan stays as it is.
+            let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
         }
     }
 }

@@ -1,0 +1,247 @@
+//! Configuration: the TOML file, `KUGETSU_<KEY>` overrides, and the state directory.
+//!
+//! Precedence, highest first: command-line flags, `KUGETSU_<KEY>` environment variables, the
+//! config file (`--config`, else `$XDG_CONFIG_HOME/kugetsu/config.toml`), built-in defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::exit::CliError;
+
+/// Default number of shadows running at once.
+pub const DEFAULT_MAX_SHADOWS: u32 = 20;
+/// Default queue capacity.
+pub const DEFAULT_QUEUE_CAPACITY: u32 = 1000;
+/// Default per-shadow memory limit: 512 MiB.
+pub const DEFAULT_MEM_LIMIT: u64 = 512 * 1024 * 1024;
+/// Default restarts allowed within the restart window.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Default turn budget of a task.
+pub const DEFAULT_MAX_TURNS: u32 = 100;
+
+/// The settings in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the settings came from, for error messages.
+    pub path: Option<PathBuf>,
+    pub model: Option<String>,
+    pub compaction_model: Option<String>,
+    pub max_shadows: u32,
+    pub queue_capacity: u32,
+    pub mem_limit: u64,
+    pub max_restarts: u32,
+    pub max_turns: u32,
+    pub context_window: Option<u64>,
+}
+
+/// The file's shape: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    model: Option<String>,
+    compaction_model: Option<String>,
+    max_shadows: Option<u32>,
+    queue_capacity: Option<u32>,
+    mem_limit: Option<SizeValue>,
+    max_restarts: Option<u32>,
+    max_turns: Option<u32>,
+    context_window: Option<u64>,
+}
+
+/// A size written as a number of bytes or a string such as "512MiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Config {
+    /// Loads the config from `explicit` (which must exist) or the default location (which may
+    /// not), then applies `KUGETSU_*` variables read through `env`.
+    pub fn load(
+        explicit: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, CliError> {
+        let (path, file) = match explicit {
+            Some(path) => (Some(path.to_owned()), Some(read_file(path)?)),
+            None => match default_path(env) {
+                Some(path) if path.exists() => {
+                    let file = read_file(&path)?;
+                    (Some(path), Some(file))
+                }
+                _ => (None, None),
+            },
+        };
+        let file = file.unwrap_or_default();
+        let origin = path
+            .as_ref()
+            .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
+        let mem_limit = match file.mem_limit {
+            None => None,
+            Some(SizeValue::Bytes(n)) => Some(n),
+            Some(SizeValue::Text(t)) => Some(
+                parse_size(&t).map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
+            ),
+        };
+        let mut config = Config {
+            path,
+            model: file.model,
+            compaction_model: file.compaction_model,
+            max_shadows: file.max_shadows.unwrap_or(DEFAULT_MAX_SHADOWS),
+            queue_capacity: file.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY),
+            mem_limit: mem_limit.unwrap_or(DEFAULT_MEM_LIMIT),
+            max_restarts: file.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
+            max_turns: file.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
+            context_window: file.context_window,
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
+        let get = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+        fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, CliError> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| CliError::Usage(format!("{key}={value:?} is not a valid number")))
+        }
+        if let Some(v) = get("KUGETSU_MODEL") {
+            self.model = Some(v);
+        }
+        if let Some(v) = get("KUGETSU_COMPACTION_MODEL") {
+            self.compaction_model = Some(v);
+        }
+        if let Some(v) = get("KUGETSU_MAX_SHADOWS") {
+            self.max_shadows = number("KUGETSU_MAX_SHADOWS", &v)?;
+        }
+        if let Some(v) = get("KUGETSU_QUEUE_CAPACITY") {
+            self.queue_capacity = number("KUGETSU_QUEUE_CAPACITY", &v)?;
+        }
+        if let Some(v) = get("KUGETSU_MEM_LIMIT") {
+            self.mem_limit = parse_size(&v)
+                .map_err(|e| CliError::Usage(format!("KUGETSU_MEM_LIMIT={v:?}: {e}")))?;
+        }
+        if let Some(v) = get("KUGETSU_MAX_RESTARTS") {
+            self.max_restarts = number("KUGETSU_MAX_RESTARTS", &v)?;
+        }
+        if let Some(v) = get("KUGETSU_MAX_TURNS") {
+            self.max_turns = number("KUGETSU_MAX_TURNS", &v)?;
+        }
+        if let Some(v) = get("KUGETSU_CONTEXT_WINDOW") {
+            self.context_window = Some(number("KUGETSU_CONTEXT_WINDOW", &v)?);
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("config {}: {}", path.display(), e.message())))
+}
+
+/// `$XDG_CONFIG_HOME/kugetsu/config.toml`, else `~/.config/kugetsu/config.toml`.
+fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("kugetsu").join("config.toml"))
+}
+
+/// The state directory: `--state-dir`, `$KUGETSU_STATE_DIR`, `$STATE_DIRECTORY` (systemd),
+/// `$XDG_STATE_HOME/kugetsu`, `~/.local/state/kugetsu`.
+pub fn state_dir(
+    flag: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, CliError> {
+    let nonempty = |key: &str| env(key).filter(|v| !v.is_empty());
+    let dir = if let Some(flag) = flag {
+        flag.to_owned()
+    } else if let Some(dir) = nonempty("KUGETSU_STATE_DIR") {
+        PathBuf::from(dir)
+    } else if let Some(dirs) = nonempty("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; the first is ours.
+        PathBuf::from(dirs.split(':').next().unwrap_or(&dirs))
+    } else if let Some(xdg) = nonempty("XDG_STATE_HOME") {
+        Path::new(&xdg).join("kugetsu")
+    } else if let Some(home) = nonempty("HOME") {
+        Path::new(&home).join(".local/state/kugetsu")
+    } else {
+        return Err(CliError::Usage(
+            "no state directory: pass --state-dir or set KUGETSU_STATE_DIR".to_owned(),
+        ));
+    };
+    std::path::absolute(&dir)
+        .map_err(|e| CliError::Usage(format!("state directory {}: {e}", dir.display())))
+}
+
+/// Parses a size such as `512MiB`, `512M`, `1.5G`, `1GiB`, `4096` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512MiB, 2G, 1048576)"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    let bytes = number * multiplier as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{text:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("kugetsu-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "model = \"openai/a\"\nmax_shadows = 3\nmem_limit = \"1GiB\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "KUGETSU_MAX_SHADOWS").then(|| "4".to_owned());
+        let config = Config::load(Some(&path), &env).unwrap();
+        assert_eq!(config.max_shadows, 4);
+        assert_eq!(config.model.as_deref(), Some("openai/a"));
+        assert_eq!(config.mem_limit, 1 << 30);
+
+        std::fs::write(&path, "max_shadow = 3\n").unwrap();
+        let err = Config::load(Some(&path), &|_| None).unwrap_err();
+        assert!(err.to_string().contains("max_shadow"), "{err}");
+        let bad = |k: &str| (k == "KUGETSU_MAX_SHADOWS").then(|| "many".to_owned());
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::load(Some(&path), &bad).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,123 @@
+//! `kugetsu demo`: the offline showcase.
+//!
+//! Creates a throwaway git repository, runs one shadow on the built-in `scripted/demo` model
+//! against it (the live view shows every step), then prints the diff the shadow made on its
+//! branch. Needs no network and no API key.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use kugetsu_worker::llm::scripted::{DEMO_FILES, DEMO_PROMPT};
+use tokio::process::Command;
+
+use crate::cli::{DemoArgs, TaskOptions};
+use crate::config::Config;
+use crate::exit::{self, CliError};
+use crate::git;
+use crate::render::Renderer;
+use crate::run::{drive, prepare, print_json};
+
+/// Entry point of `kugetsu demo`.
+pub async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
+    let base = std::env::temp_dir().join(format!("kugetsu-demo-{}", crate::task::new_task_id()));
+    let repo = base.join("repo");
+    let state = base.join("state");
+    let outcome = run_demo(&args, &repo, &state).await;
+    if args.keep {
+        eprintln!(
+            "kept the demo repository {} and state {}",
+            repo.display(),
+            state.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    outcome
+}
+
+async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode, CliError> {
+    make_repo(repo)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot create the demo repository: {e}")))?;
+    eprintln!("kugetsu demo: a shadow on the scripted model works on a throwaway repository");
+    eprintln!("  repo   {}", repo.display());
+    eprintln!("  task   {DEMO_PROMPT}");
+    eprintln!();
+    let options = TaskOptions {
+        repo: repo.to_owned(),
+        base: None,
+        no_worktree: false,
+        model: Some("scripted/demo".to_owned()),
+        max_turns: Some(10),
+        timeout: Some(std::time::Duration::from_secs(120)),
+        mem_limit: None,
+        state_dir: Some(state.to_owned()),
+        config: None,
+    };
+    // The demo must not depend on the user's config or environment.
+    let config = Config::load(None, &|_| None)?;
+    let prepared = prepare(&options, DEMO_PROMPT, &config, &|_| None).await?;
+    let finished = if args.json {
+        drive(&prepared, &mut print_json).await
+    } else {
+        let mut renderer = Renderer::new();
+        drive(&prepared, &mut |e| renderer.show(e)).await
+    };
+    if !args.json {
+        if let Some(result) = &finished.result {
+            eprintln!();
+            eprintln!("result: {result}");
+        }
+        if let (Some(base), Some(branch)) = (&prepared.record.base_commit, &finished.branch) {
+            eprintln!();
+            eprintln!("the diff the shadow made on branch {branch}:");
+            eprintln!();
+            match git::diff(&prepared.record.workdir, base).await {
+                Ok(diff) if diff.trim().is_empty() => eprintln!("(no changes)"),
+                Ok(diff) => crate::run::print_text(&diff),
+                Err(e) => eprintln!("cannot show the diff: {e}"),
+            }
+        }
+    }
+    Ok(ExitCode::from(exit::for_status(finished.status)))
+}
+
+async fn make_repo(repo: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(repo)?;
+    for (name, content) in DEMO_FILES {
+        std::fs::write(repo.join(name), content)?;
+    }
+    let steps: [&[&str]; 3] = [
+        &["init", "--quiet", "--initial-branch=main"],
+        &["add", "--all"],
+        &[
+            "-c",
+            "user.name=kugetsu demo",
+            "-c",
+            "user.email=demo@localhost",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "--quiet",
+            "-m",
+            "greet: initial version",
+        ],
+    ];
+    for args in steps {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "git {} failed",
+                args.join(" ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Git: repository checks, worktrees on their own branch, and what a task changed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::exit::CliError;
+
+/// Runs `git -C dir args...` and returns its trimmed stdout, or its stderr as the error.
+async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("git failed")
+            .trim()
+            .to_owned())
+    }
+}
+
+/// The top level of the repository containing `dir`.
+pub async fn toplevel(dir: &Path) -> Result<PathBuf, CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    git(dir, &["rev-parse", "--show-toplevel"])
+        .await
+        .map(PathBuf::from)
+        .map_err(|_| CliError::Usage(format!("{} is not a git repository", dir.display())))
+}
+
+/// The commit `reference` names in `repo`.
+pub async fn resolve_commit(repo: &Path, reference: &str) -> Result<String, CliError> {
+    git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{reference}^{{commit}}"),
+        ],
+    )
+    .await
+    .map_err(|_| {
+        if reference == "HEAD" {
+            CliError::Usage(format!(
+                "{} has no commits yet: commit something first, or use --no-worktree",
+                repo.display()
+            ))
+        } else {
+            CliError::Usage(format!(
+                "--base {reference:?} is not a commit in {}",
+                repo.display()
+            ))
+        }
+    })
+}
+
+/// The current branch of `dir`, if it is on one.
+pub async fn current_branch(dir: &Path) -> Option<String> {
+    git(dir, &["symbolic-ref", "--quiet", "--short", "HEAD"])
+        .await
+        .ok()
+}
+
+/// `git worktree add <path> -b <branch> <base>`.
+pub async fn add_worktree(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    base: &str,
+) -> Result<(), CliError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let path_text = path.to_string_lossy();
+    git(
+        repo,
+        &["worktree", "add", "--quiet", &path_text, "-b", branch, base],
+    )
+    .await
+    .map(drop)
+    .map_err(|e| CliError::Failed(format!("git worktree add failed: {e}")))
+}
+
+/// Commits everything the shadow left in its worktree onto its branch, so the work survives
+/// the worktree's removal. Returns whether there was anything to commit.
+pub async fn commit_all(worktree: &Path, message: &str) -> Result<bool, String> {
+    git(worktree, &["add", "--all"]).await?;
+    if git(worktree, &["diff", "--cached", "--quiet"])
+        .await
+        .is_ok()
+    {
+        return Ok(false);
+    }
+    git(
+        worktree,
+        &[
+            "-c",
+            "user.name=kugetsu",
+            "-c",
+            "user.email=kugetsu@localhost",
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            message,
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Paths that differ between `base` and the working tree of `dir` (committed, staged,
+/// unstaged and untracked), sorted and without duplicates.
+pub async fn changed_files(dir: &Path, base: Option<&str>) -> Vec<String> {
+    let mut files = Vec::new();
+    if let Some(base) = base
+        && let Ok(out) = git(dir, &["diff", "--name-only", "--no-renames", base]).await
+    {
+        files.extend(out.lines().map(str::to_owned));
+    }
+    if let Ok(out) = git(dir, &["ls-files", "--others", "--exclude-standard"]).await {
+        files.extend(out.lines().map(str::to_owned));
+    }
+    files.retain(|f| !f.is_empty());
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// `git diff` of `dir` against `base`, for showing a person what a shadow did.
+pub async fn diff(dir: &Path, base: &str) -> Result<String, String> {
+    git(
+        dir,
+        &["-c", "color.ui=never", "diff", "--stat", "--patch", base],
+    )
+    .await
+}

@@ -1,0 +1,409 @@
+//! `kugetsu run`: one shadow in the foreground, no daemon.
+//!
+//! [`prepare`] validates everything that can be wrong before anything is created (model,
+//! keys, repository) so that bad input costs nothing and exits 2; then it creates the task
+//! directory and the worktree. [`drive`] runs the worker to its `finished` event, turning
+//! SIGINT/SIGTERM into `cancel`, and completes the `finished` event with what only the
+//! supervisor knows (branch, worktree, changed files).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kugetsu_protocol::{
+    Event, EventEnvelope, FinishStatus, Finished, ModelRef, ProviderKind, TaskSpec, Usage,
+    WorkerMessage,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{RunArgs, TaskOptions};
+use crate::config::Config;
+use crate::events::EventLog;
+use crate::exit::{self, CliError};
+use crate::git;
+use crate::render::Renderer;
+use crate::shadow::{FromWorker, Shadow, describe_exit, find_worker};
+use crate::task::{StateDir, TaskRecord, write_json_atomic};
+
+/// How long a cancelled worker gets to report `finished` before it is killed.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How long past its deadline a worker may run before the supervisor kills it.
+const DEADLINE_GRACE: Duration = Duration::from_secs(15);
+
+/// A task ready to run: validated, with its directory and worktree created.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub record: TaskRecord,
+    pub task_dir: PathBuf,
+    pub config: Config,
+}
+
+/// Entry point of `kugetsu run`.
+pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    let env = |key: &str| std::env::var(key).ok();
+    let config = Config::load(args.task.config.as_deref(), &env)?;
+    let prepared = prepare(&args.task, &args.prompt, &config, &env).await?;
+    let finished = if args.json {
+        drive(&prepared, &mut print_json).await
+    } else {
+        let mut renderer = Renderer::new();
+        drive(&prepared, &mut |e| renderer.show(e)).await
+    };
+    if !args.json {
+        print_result(&finished);
+    }
+    Ok(ExitCode::from(exit::for_status(finished.status)))
+}
+
+/// Writes one event as a JSON line on stdout.
+pub fn print_json(envelope: &EventEnvelope) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&kugetsu_protocol::encode(envelope));
+    let _ = out.flush();
+}
+
+/// Prints the model's final text on stdout (the human mode's result).
+pub fn print_result(finished: &Finished) {
+    if let Some(result) = &finished.result {
+        print_text(result);
+    }
+}
+
+/// Prints `text` on stdout with exactly one trailing newline.
+pub fn print_text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", text.trim_end());
+    let _ = out.flush();
+}
+
+/// Checks the request and creates the task: its directory, `task.json` and worktree.
+pub async fn prepare(
+    options: &TaskOptions,
+    prompt: &str,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Prepared, CliError> {
+    if prompt.trim().is_empty() {
+        return Err(CliError::Usage("the prompt is empty".to_owned()));
+    }
+    let model = resolve_model(options.model.as_deref(), config, env)?;
+    let repo = git::toplevel(&options.repo).await?;
+    let base_ref = options.base.as_deref().unwrap_or("HEAD");
+    let base_commit = if options.no_worktree && options.base.is_none() {
+        git::resolve_commit(&repo, "HEAD").await.ok()
+    } else {
+        Some(git::resolve_commit(&repo, base_ref).await?)
+    };
+    if options.no_worktree && options.base.is_some() {
+        return Err(CliError::Usage(
+            "--base needs a worktree; drop --no-worktree or --base".to_owned(),
+        ));
+    }
+    let state = StateDir {
+        root: crate::config::state_dir(options.state_dir.as_deref(), env)?,
+    };
+    let (id, task_dir) = state.create_task_dir().map_err(|e| {
+        CliError::Usage(format!(
+            "cannot create a task directory under {}: {e}",
+            state.root.display()
+        ))
+    })?;
+    let (workdir, branch) = if options.no_worktree {
+        (repo.clone(), git::current_branch(&repo).await)
+    } else {
+        let path = state.worktree(&id);
+        let branch = format!("kugetsu/{id}");
+        let base = base_commit.as_deref().unwrap_or(base_ref);
+        if let Err(e) = git::add_worktree(&repo, &path, &branch, base).await {
+            let _ = std::fs::remove_dir_all(&task_dir);
+            return Err(e);
+        }
+        (path, Some(branch))
+    };
+    let now_ms = unix_ms(SystemTime::now());
+    let record = TaskRecord {
+        id,
+        prompt: prompt.to_owned(),
+        model: model.to_string(),
+        repo,
+        workdir,
+        branch,
+        base_commit,
+        worktree: !options.no_worktree,
+        max_turns: options.max_turns.unwrap_or(config.max_turns),
+        deadline_unix_ms: options
+            .timeout
+            .map(|t| now_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+        mem_limit: options.mem_limit.unwrap_or(config.mem_limit),
+        created_unix_ms: now_ms,
+    };
+    write_json_atomic(&task_dir.join("task.json"), &record)
+        .map_err(|e| CliError::Failed(format!("cannot write task.json: {e}")))?;
+    Ok(Prepared {
+        record,
+        task_dir,
+        config: config.clone(),
+    })
+}
+
+/// Picks the model (flag, then config/`KUGETSU_MODEL`) and checks its provider can be used.
+fn resolve_model(
+    flag: Option<&str>,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ModelRef, CliError> {
+    let text = flag.or(config.model.as_deref()).ok_or_else(|| {
+        CliError::Usage(
+            "no model set: pass -m PROVIDER/MODEL (e.g. -m openai/gpt-4.1-mini), set KUGETSU_MODEL, \
+             or put model = \"PROVIDER/MODEL\" in the config file"
+                .to_owned(),
+        )
+    })?;
+    let mut model: ModelRef = text
+        .parse()
+        .map_err(|e: kugetsu_protocol::ModelError| CliError::Usage(e.to_string()))?;
+    if let Some(key) = model.provider.api_key_env()
+        && env(key).is_none_or(|v| v.trim().is_empty())
+    {
+        return Err(CliError::Usage(format!(
+            "{key} is not set; model {model} needs it (export {key}=...)"
+        )));
+    }
+    if model.provider == ProviderKind::Scripted && model.model != "demo" {
+        // The worker runs in the worktree: pin the script's path to where the user stands.
+        let path = std::path::absolute(&model.model)
+            .map_err(|e| CliError::Usage(format!("script {}: {e}", model.model)))?;
+        if !path.is_file() {
+            return Err(CliError::Usage(format!(
+                "script {} does not exist (model {model})",
+                path.display()
+            )));
+        }
+        model.model = path.display().to_string();
+    }
+    Ok(model)
+}
+
+/// What the supervisor saw of a task, to describe it if the worker cannot.
+#[derive(Debug, Default)]
+struct Observed {
+    turns: u32,
+    usage: Usage,
+    last_text: Option<String>,
+}
+
+impl Observed {
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::TurnStart { turn } => self.turns = self.turns.max(*turn),
+            Event::TurnEnd { usage, .. } => self.usage.add(*usage),
+            Event::AssistantMessage { text } if !text.is_empty() => {
+                self.last_text = Some(text.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn finished(&self, status: FinishStatus, error: String) -> Finished {
+        Finished {
+            status,
+            result: self.last_text.clone(),
+            error: Some(error),
+            turns: self.turns,
+            usage: self.usage,
+            restarts: 0,
+            branch: None,
+            worktree: None,
+            changed_files: Vec::new(),
+        }
+    }
+}
+
+/// Runs a prepared task to its end, publishing every event to the log and to `watch`.
+pub async fn drive(prepared: &Prepared, watch: &mut dyn FnMut(&EventEnvelope)) -> Finished {
+    let record = &prepared.record;
+    let mut log = match EventLog::open(&prepared.task_dir.join("events.jsonl"), &record.id).await {
+        Ok(log) => log,
+        Err(e) => {
+            let finished = Observed::default().finished(
+                FinishStatus::Failed,
+                format!("cannot open the event log: {e}"),
+            );
+            return finished;
+        }
+    };
+    let mut publish = |log: &mut EventLog, event: Event| {
+        let envelope = log.publish(event);
+        watch(&envelope);
+    };
+    if let Err(e) = kugetsu_worker::process::become_subreaper() {
+        tracing_warn(&format!(
+            "cannot become a subreaper ({e}); orphans may escape"
+        ));
+    }
+    let mut finished = run_worker(prepared, &mut log, &mut publish).await;
+
+    // Nothing a shadow started may outlive it: whatever is left below us is a straggler.
+    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
+    kugetsu_worker::process::reap_orphans(&[]);
+
+    if record.worktree {
+        let message = format!(
+            "kugetsu {}: {}",
+            record.id,
+            record
+                .prompt
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(72)
+                .collect::<String>()
+        );
+        if let Err(e) = git::commit_all(&record.workdir, &message).await {
+            tracing_warn(&format!(
+                "cannot commit the shadow's work on its branch: {e}"
+            ));
+        }
+    }
+    finished.changed_files =
+        git::changed_files(&record.workdir, record.base_commit.as_deref()).await;
+    finished.branch.clone_from(&record.branch);
+    finished.worktree = Some(record.workdir.display().to_string());
+    publish(&mut log, Event::Finished(finished.clone()));
+    finished
+}
+
+async fn run_worker(
+    prepared: &Prepared,
+    log: &mut EventLog,
+    publish: &mut dyn FnMut(&mut EventLog, Event),
+) -> Finished {
+    let record = &prepared.record;
+    let mut observed = Observed::default();
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => {
+            return observed.finished(
+                FinishStatus::Failed,
+                "cannot install signal handlers".to_owned(),
+            );
+        }
+    };
+    let program = match find_worker() {
+        Ok(program) => program,
+        Err(e) => return observed.finished(FinishStatus::Failed, e.to_string()),
+    };
+    let spec = TaskSpec {
+        id: record.id.clone(),
+        prompt: record.prompt.clone(),
+        model: record.model.clone(),
+        max_turns: record.max_turns,
+        deadline_unix_ms: record.deadline_unix_ms,
+        task_dir: prepared.task_dir.display().to_string(),
+        context_window: prepared.config.context_window,
+        compaction_model: prepared.config.compaction_model.clone(),
+    };
+    let worker_log = prepared.task_dir.join("worker.log");
+    let (mut shadow, mut from_worker) =
+        match Shadow::spawn(&program, &record.workdir, &worker_log, spec, false).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                return observed
+                    .finished(FinishStatus::Failed, kugetsu_worker::ipc::error_chain(&e));
+            }
+        };
+    publish(
+        log,
+        Event::Started {
+            attempt: 1,
+            pid: shadow.pid,
+            worktree: Some(record.workdir.display().to_string()),
+            branch: record.branch.clone(),
+            model: record.model.clone(),
+        },
+    );
+    let backstop = record
+        .deadline_unix_ms
+        .map(|ms| instant_at(ms) + DEADLINE_GRACE);
+    let mut cancel_by: Option<tokio::time::Instant> = None;
+    let finished = loop {
+        tokio::select! {
+            item = from_worker.recv() => match item {
+                Some(FromWorker::Message(WorkerMessage::Event(Event::Finished(finished)))) => {
+                    break finished;
+                }
+                Some(FromWorker::Message(WorkerMessage::Event(event))) => {
+                    observed.note(&event);
+                    publish(log, event);
+                }
+                Some(FromWorker::Message(_)) => {}
+                Some(FromWorker::BadLine(reason)) => {
+                    tracing_warn(&format!("worker sent a bad line: {reason}"));
+                }
+                None => {
+                    let status = shadow.finish(Duration::from_secs(2)).await;
+                    let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
+                    break observed.finished(
+                        FinishStatus::Failed,
+                        format!("the worker exited without finishing ({how}); see {}", worker_log.display()),
+                    );
+                }
+            },
+            _ = sigint.recv() => cancel(&mut shadow, &mut cancel_by),
+            _ = sigterm.recv() => cancel(&mut shadow, &mut cancel_by),
+            () = sleep_until(cancel_by) => {
+                shadow.kill();
+                break observed.finished(
+                    FinishStatus::Cancelled,
+                    "cancelled; the worker did not stop in time and was killed".to_owned(),
+                );
+            }
+            () = sleep_until(backstop) => {
+                shadow.kill();
+                break observed.finished(
+                    FinishStatus::TimedOut,
+                    "timed out; the worker did not stop at its deadline and was killed".to_owned(),
+                );
+            }
+        }
+    };
+    shadow.finish(Duration::from_secs(5)).await;
+    finished
+}
+
+fn cancel(shadow: &mut Shadow, cancel_by: &mut Option<tokio::time::Instant>) {
+    if cancel_by.is_some() {
+        // A second signal: the user wants out now.
+        shadow.kill();
+        *cancel_by = Some(tokio::time::Instant::now());
+    } else {
+        shadow.cancel();
+        *cancel_by = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn instant_at(unix_ms_at: u64) -> tokio::time::Instant {
+    let now = unix_ms(SystemTime::now());
+    tokio::time::Instant::now() + Duration::from_millis(unix_ms_at.saturating_sub(now))
+}
+
+fn tracing_warn(message: &str) {
+    eprintln!("kugetsu: warning: {message}");
+}

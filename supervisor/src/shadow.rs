@@ -1,0 +1,283 @@
+//! One running worker process: spawning it, the handshake, and the channel to it.
+//!
+//! Guarantees, and how they are kept:
+//! - The worker runs in its own process group with `PDEATHSIG` (see
+//!   [`kugetsu_worker::process::contain`]): a terminal's Ctrl-C reaches the supervisor only
+//!   (which turns it into `cancel`), and a supervisor killed with `kill -9` takes the worker with it.
+//! - stdin and stdout are the JSON-lines channel; stderr goes to `worker.log`, so nothing the
+//!   worker prints by accident can corrupt the channel or the user's terminal.
+//! - Dropping a [`Shadow`] SIGKILLs the worker's process group.
+//! - The worker's `oom_score_adj` is raised above ours so the kernel's OOM killer picks a
+//!   shadow before the supervisor.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use kugetsu_protocol::{
+    DecodeError, HELLO_TIMEOUT, LineReader, PROTOCOL_VERSION, SupervisorMessage, TaskSpec,
+    WorkerMessage, encode,
+};
+use kugetsu_worker::process::{ProcessGroup, contain};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The `oom_score_adj` given to workers (the supervisor keeps its own, lower one).
+pub const WORKER_OOM_SCORE_ADJ: i32 = 500;
+
+/// Environment variables a worker must not inherit: they belong to the supervisor's service
+/// manager, and a child that used them would speak for the supervisor.
+const SUPERVISOR_ONLY_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// No worker binary was found.
+    #[error(
+        "cannot find kugetsu-worker next to {exe} and KUGETSU_WORKER is not set (reinstall kugetsu)"
+    )]
+    NotFound { exe: String },
+    /// The process could not be started.
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker's log could not be opened.
+    #[error("cannot open the worker log {path}")]
+    Log {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker did not complete the handshake.
+    #[error("the worker failed its handshake: {0}")]
+    Handshake(String),
+}
+
+/// Where the worker binary is: beside our own executable, else `$KUGETSU_WORKER`.
+pub fn find_worker() -> Result<PathBuf, SpawnError> {
+    let exe = std::env::current_exe().ok();
+    if let Some(candidate) = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("kugetsu-worker"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(candidate);
+    }
+    if let Some(path) = std::env::var_os("KUGETSU_WORKER").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    Err(SpawnError::NotFound {
+        exe: exe.map_or_else(|| "kugetsu".to_owned(), |p| p.display().to_string()),
+    })
+}
+
+/// What the supervisor hears from a worker.
+#[derive(Debug)]
+pub enum FromWorker {
+    /// A decoded message.
+    Message(WorkerMessage),
+    /// A line that could not be decoded (it is skipped; later lines still arrive).
+    BadLine(String),
+}
+
+/// Handle to a running worker. Dropping it kills the worker's process group.
+#[derive(Debug)]
+pub struct Shadow {
+    /// The worker process; `kill_on_drop` is the last line of defence.
+    child: Child,
+    /// The worker's process group (the worker leads it).
+    group: ProcessGroup,
+    /// The worker's pid, as reported in `started`.
+    pub pid: u32,
+    /// Messages for the writer task, which owns the worker's stdin. A channel, not the pipe
+    /// itself, so a worker that stops reading can never block the supervisor.
+    to_worker: mpsc::UnboundedSender<SupervisorMessage>,
+}
+
+impl Shadow {
+    /// Starts `program` in `workdir`, completes the handshake and sends `start`.
+    ///
+    /// Returns the handle and the stream of what the worker says after its hello.
+    pub async fn spawn(
+        program: &Path,
+        workdir: &Path,
+        log: &Path,
+        task: TaskSpec,
+        resume: bool,
+    ) -> Result<(Shadow, mpsc::UnboundedReceiver<FromWorker>), SpawnError> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| SpawnError::Log {
+                path: log.display().to_string(),
+                source,
+            })?;
+        let mut command = Command::new(program);
+        command
+            .current_dir(workdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for key in SUPERVISOR_ONLY_ENV {
+            command.env_remove(key);
+        }
+        contain(&mut command);
+        let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let group = ProcessGroup::of_leader(pid)
+            .ok_or_else(|| SpawnError::Handshake("the worker exited at once".to_owned()))?;
+        set_oom_score_adj(pid, WORKER_OOM_SCORE_ADJ);
+
+        let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => (stdin, stdout),
+            _ => return Err(SpawnError::Handshake("no pipes to the worker".to_owned())),
+        };
+        let (to_worker, writer_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_to_worker(stdin, writer_rx));
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(read_from_worker(stdout, events_tx));
+
+        let mut shadow = Shadow {
+            child,
+            group,
+            pid,
+            to_worker,
+        };
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, events.recv()).await;
+        let failure = match hello {
+            Ok(Some(FromWorker::Message(WorkerMessage::Hello {
+                protocol, pid: _, ..
+            }))) if protocol == PROTOCOL_VERSION => None,
+            Ok(Some(FromWorker::Message(WorkerMessage::Hello {
+                protocol, version, ..
+            }))) => Some(format!(
+                "worker {version} speaks protocol {protocol}, this supervisor speaks {PROTOCOL_VERSION}"
+            )),
+            Ok(Some(FromWorker::Message(other))) => Some(format!("expected hello, got {other:?}")),
+            Ok(Some(FromWorker::BadLine(line))) => Some(format!("expected hello, got {line}")),
+            Ok(None) => {
+                let status = shadow.wait_for_exit(Duration::from_secs(2)).await;
+                Some(format!(
+                    "the worker exited before saying hello ({}); see {}",
+                    status.map_or_else(|| "still running".to_owned(), describe_exit),
+                    log.display()
+                ))
+            }
+            Err(_) => Some(format!("no hello within {HELLO_TIMEOUT:?}")),
+        };
+        if let Some(reason) = failure {
+            shadow.kill();
+            return Err(SpawnError::Handshake(reason));
+        }
+        shadow.send(SupervisorMessage::Start { task, resume });
+        Ok((shadow, events))
+    }
+
+    fn send(&self, message: SupervisorMessage) {
+        let _ = self.to_worker.send(message);
+    }
+
+    /// Asks the worker to stop its task and report `finished` with status `cancelled`.
+    pub fn cancel(&self) {
+        self.send(SupervisorMessage::Cancel);
+    }
+
+    /// Hands a steering message to the worker.
+    pub fn steer(&self, text: String) {
+        self.send(SupervisorMessage::Steer { text });
+    }
+
+    /// SIGKILLs the worker's whole process group.
+    pub fn kill(&mut self) {
+        self.group.signal(Signal::SIGKILL);
+        let _ = self.child.start_kill();
+    }
+
+    /// Waits up to `limit` for the worker to exit.
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Waits up to `grace` for the worker to exit, then kills it and reaps it.
+    pub async fn finish(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.wait_for_exit(grace).await {
+            // The worker is gone; its group may still hold stragglers.
+            self.group.signal(Signal::SIGKILL);
+            return Some(status);
+        }
+        self.kill();
+        self.child.wait().await.ok()
+    }
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.group.signal(Signal::SIGKILL);
+    }
+}
+
+/// Describes how a process ended, e.g. `exit status 3` or `killed by SIGKILL`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        let name = Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
+        format!("killed by {name}")
+    } else {
+        format!("exit status {}", status.code().unwrap_or(-1))
+    }
+}
+
+fn set_oom_score_adj(pid: u32, value: i32) {
+    // Best effort: raising a child's score needs no privilege, but /proc may be read-only.
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string());
+}
+
+async fn write_to_worker(
+    mut stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<SupervisorMessage>,
+) {
+    while let Some(message) = rx.recv().await {
+        if stdin.write_all(&encode(&message)).await.is_err() || stdin.flush().await.is_err() {
+            return;
+        }
+    }
+    // All senders gone: closing stdin tells the worker nobody is listening.
+}
+
+async fn read_from_worker(
+    stdout: tokio::process::ChildStdout,
+    tx: mpsc::UnboundedSender<FromWorker>,
+) {
+    let mut reader = LineReader::new(BufReader::new(stdout));
+    while let Some(item) = reader.next::<WorkerMessage>().await {
+        let forwarded = match item {
+            Ok(message) => FromWorker::Message(message),
+            Err(DecodeError::Io { .. }) => break,
+            Err(e) => FromWorker::BadLine(kugetsu_worker::ipc::error_chain(&e)),
+        };
+        if tx.send(forwarded).is_err() {
+            break;
+        }
+    }
+}
