@@ -28,6 +28,22 @@ impl fmt::Debug for Events {
     }
 }
 
+/// The strings of a JSON array (panics on anything else), sorted.
+pub fn sorted_strings(value: &Value) -> Vec<String> {
+    let mut out: Vec<String> = value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("not a string: {v}"))
+                .to_owned()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The `type` of an event.
 pub fn kind(event: &Value) -> &str {
     event.get("type").and_then(Value::as_str).unwrap_or("")
@@ -57,6 +73,14 @@ impl Events {
     /// The `type` of every event, in order.
     pub fn types(&self) -> Vec<&str> {
         self.0.iter().map(kind).collect()
+    }
+
+    /// The `type` of every event whose type is in `kinds`, in order.
+    pub fn types_among(&self, kinds: &[&str]) -> Vec<&str> {
+        self.types()
+            .into_iter()
+            .filter(|t| kinds.contains(t))
+            .collect()
     }
 
     /// Every event of type `kind`.

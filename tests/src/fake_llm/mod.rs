@@ -29,4 +29,6 @@ mod server;
 
 pub use record::{RecordedRequest, ToolResult};
 pub use reply::{ApiError, ErrorKind, Reply, Turn};
-pub use server::{FakeLlm, FakeLlmBuilder, Wire};
+pub use server::{
+    ANTHROPIC_KEY, ANTHROPIC_MODEL, FakeLlm, FakeLlmBuilder, OPENAI_KEY, OPENAI_MODEL, Wire,
+};

@@ -1,3 +1,10 @@
 //! The suites, one file per area.
 
+mod bash;
+mod cli;
+mod confinement;
+mod errors;
 mod fake_server;
+mod providers;
+mod scripted;
+mod streaming;
