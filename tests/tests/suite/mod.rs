@@ -8,3 +8,4 @@ mod fake_server;
 mod providers;
 mod scripted;
 mod streaming;
+mod tools;

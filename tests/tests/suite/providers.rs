@@ -80,7 +80,15 @@ async fn multi_step_task(wire: Wire) {
     assert_eq!(repo.read("notes/new.txt"), None);
     assert_eq!(repo.git(&["status", "--porcelain"]).trim(), "");
     assert!(repo.has_branch(&branch), "branches: {:?}", repo.branches());
-    assert!(repo.task_dir(id).join("events.jsonl").is_file());
+    let logged: Vec<Value> = std::fs::read_to_string(repo.task_dir(id).join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        logged, out.events.0,
+        "events.jsonl holds exactly the events printed on stdout"
+    );
 
     // started names the worker, the worktree, the branch and the model.
     let started = out.events.first("started");
