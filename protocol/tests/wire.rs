@@ -1,5 +1,7 @@
 //! Golden fixtures pin the wire format; codec tests pin the error behaviour.
 
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
 use kugetsu_protocol::{
     DecodeError, Event, EventEnvelope, LineReader, SupervisorMessage, WorkerMessage, decode, encode,
 };

@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one shadow in the foreground (no daemon) and print its result.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Offline showcase: a shadow on the scripted model edits a throwaway repository.
     Demo(DemoArgs),
 }
@@ -48,6 +48,9 @@ pub struct TaskOptions {
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Continue an earlier task from its checkpoint (no PROMPT then).
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<String>,
     /// Config file (default: $XDG_CONFIG_HOME/kugetsu/config.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -62,8 +65,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// What the shadow should do.
-    #[arg(value_name = "PROMPT")]
-    pub prompt: String,
+    #[arg(value_name = "PROMPT", required_unless_present = "resume")]
+    pub prompt: Option<String>,
 }
 
 /// `kugetsu demo`.

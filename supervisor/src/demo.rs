@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::exit::{self, CliError};
 use crate::git;
 use crate::render::Renderer;
-use crate::run::{drive, prepare, print_json};
+use crate::run::{Resume, drive, prepare, print_json};
 
 /// Entry point of `kugetsu demo`.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
@@ -52,16 +52,17 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
         timeout: Some(std::time::Duration::from_secs(120)),
         mem_limit: None,
         state_dir: Some(state.to_owned()),
+        resume: None,
         config: None,
     };
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;
     let prepared = prepare(&options, DEMO_PROMPT, &config, &|_| None).await?;
     let finished = if args.json {
-        drive(&prepared, &mut print_json).await
+        drive(&prepared, Resume::FRESH, &mut print_json).await
     } else {
         let mut renderer = Renderer::new();
-        drive(&prepared, &mut |e| renderer.show(e)).await
+        drive(&prepared, Resume::FRESH, &mut |e| renderer.show(e)).await
     };
     if !args.json {
         if let Some(result) = &finished.result {

@@ -43,12 +43,38 @@ pub struct Prepared {
 pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let env = |key: &str| std::env::var(key).ok();
     let config = Config::load(args.task.config.as_deref(), &env)?;
-    let prepared = prepare(&args.task, &args.prompt, &config, &env).await?;
+    let (prepared, resume) = match (&args.task.resume, &args.prompt) {
+        (Some(id), None) => match reopen(id, &args.task, &config, &env).await? {
+            Reopened::Resumable(prepared, resume) => (prepared, resume),
+            Reopened::Finished(envelope) => {
+                let Event::Finished(finished) = &envelope.event else {
+                    return Err(CliError::Failed("corrupt event log".to_owned()));
+                };
+                if args.json {
+                    print_json(&envelope);
+                } else {
+                    eprintln!("task {id} already finished ({})", finished.status.as_str());
+                    print_result(finished);
+                }
+                return Ok(ExitCode::from(exit::for_status(finished.status)));
+            }
+        },
+        (None, Some(prompt)) => (
+            prepare(&args.task, prompt, &config, &env).await?,
+            Resume::FRESH,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(CliError::Usage(
+                "--resume continues an existing task: give no PROMPT with it".to_owned(),
+            ));
+        }
+        (None, None) => return Err(CliError::Usage("a PROMPT is required".to_owned())),
+    };
     let finished = if args.json {
-        drive(&prepared, &mut print_json).await
+        drive(&prepared, resume, &mut print_json).await
     } else {
         let mut renderer = Renderer::new();
-        drive(&prepared, &mut |e| renderer.show(e)).await
+        drive(&prepared, resume, &mut |e| renderer.show(e)).await
     };
     if !args.json {
         print_result(&finished);
@@ -147,6 +173,64 @@ pub async fn prepare(
     })
 }
 
+/// What `--resume ID` found.
+#[derive(Debug)]
+pub enum Reopened {
+    /// The task can continue from its journal.
+    Resumable(Prepared, Resume),
+    /// The task already ended; this is its `finished` event.
+    Finished(EventEnvelope),
+}
+
+/// Loads an existing task for `--resume`.
+pub async fn reopen(
+    id: &str,
+    options: &TaskOptions,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Reopened, CliError> {
+    if !crate::task::is_valid_id(id) {
+        return Err(CliError::Usage(format!("{id:?} is not a task id")));
+    }
+    let state = StateDir {
+        root: crate::config::state_dir(options.state_dir.as_deref(), env)?,
+    };
+    let task_dir = state.task_dir(id);
+    let text = std::fs::read(task_dir.join("task.json"))
+        .map_err(|e| CliError::Usage(format!("no task {id} in {} ({e})", state.root.display())))?;
+    let record: TaskRecord = serde_json::from_slice(&text)
+        .map_err(|e| CliError::Usage(format!("task {id}: unreadable task.json: {e}")))?;
+    let events = crate::events::read_all(&task_dir.join("events.jsonl"))
+        .await
+        .unwrap_or_default();
+    if let Some(last) = events.last()
+        && matches!(last.event, Event::Finished(_))
+    {
+        return Ok(Reopened::Finished(last.clone()));
+    }
+    if !record.workdir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "task {id}: its worktree {} is gone",
+            record.workdir.display()
+        )));
+    }
+    resolve_model(Some(&record.model), config, env)?;
+    let count = |kind: &str| events.iter().filter(|e| e.event.kind() == kind).count() as u32;
+    let resume = Resume {
+        attempt: count("started") + 1,
+        from_journal: true,
+        earlier_restarts: count("restarted"),
+    };
+    Ok(Reopened::Resumable(
+        Prepared {
+            record,
+            task_dir,
+            config: config.clone(),
+        },
+        resume,
+    ))
+}
+
 /// Picks the model (flag, then config/`KUGETSU_MODEL`) and checks its provider can be used.
 fn resolve_model(
     flag: Option<&str>,
@@ -221,7 +305,11 @@ impl Observed {
 }
 
 /// Runs a prepared task to its end, publishing every event to the log and to `watch`.
-pub async fn drive(prepared: &Prepared, watch: &mut dyn FnMut(&EventEnvelope)) -> Finished {
+pub async fn drive(
+    prepared: &Prepared,
+    resume: Resume,
+    watch: &mut dyn FnMut(&EventEnvelope),
+) -> Finished {
     let record = &prepared.record;
     let mut log = match EventLog::open(&prepared.task_dir.join("events.jsonl"), &record.id).await {
         Ok(log) => log,
@@ -242,7 +330,7 @@ pub async fn drive(prepared: &Prepared, watch: &mut dyn FnMut(&EventEnvelope)) -
             "cannot become a subreaper ({e}); orphans may escape"
         ));
     }
-    let mut finished = run_worker(prepared, &mut log, &mut publish).await;
+    let mut finished = run_worker(prepared, &mut log, &mut publish, resume).await;
 
     // Nothing a shadow started may outlive it: whatever is left below us is a straggler.
     kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
@@ -275,12 +363,22 @@ pub async fn drive(prepared: &Prepared, watch: &mut dyn FnMut(&EventEnvelope)) -
     finished
 }
 
+/// How a single worker process ended.
+enum Attempt {
+    /// It reported `finished` (or the supervisor ended the task for it).
+    Finished(Finished),
+    /// It died or hung without `finished`; the reason says how.
+    Crashed(String),
+}
+
+/// Runs workers for the task until one reports `finished`, restarting crashed ones from
+/// their journal with exponential backoff plus jitter.
 async fn run_worker(
     prepared: &Prepared,
     log: &mut EventLog,
     publish: &mut dyn FnMut(&mut EventLog, Event),
+    mut resume: Resume,
 ) -> Finished {
-    let record = &prepared.record;
     let mut observed = Observed::default();
     let (mut sigint, mut sigterm) = match (
         signal(SignalKind::interrupt()),
@@ -298,6 +396,161 @@ async fn run_worker(
         Ok(program) => program,
         Err(e) => return observed.finished(FinishStatus::Failed, e.to_string()),
     };
+    let mut restarts = RestartPolicy::new(prepared.config.max_restarts);
+    let mut restarts_total = resume.earlier_restarts;
+    if resume.from_journal {
+        publish(
+            log,
+            Event::Restarted {
+                attempt: resume.attempt,
+                reason: "resumed by kugetsu run --resume".to_owned(),
+            },
+        );
+    }
+    loop {
+        let outcome = run_attempt(
+            prepared,
+            &program,
+            log,
+            publish,
+            &mut observed,
+            resume.attempt,
+            resume.from_journal,
+            (&mut sigint, &mut sigterm),
+        )
+        .await;
+        let reason = match outcome {
+            Attempt::Finished(mut finished) => {
+                finished.restarts = restarts_total;
+                return finished;
+            }
+            Attempt::Crashed(reason) => reason,
+        };
+        let Some(delay) = restarts.next_delay() else {
+            let mut finished = observed.finished(
+                FinishStatus::Failed,
+                format!(
+                    "the worker crashed more than {} times within {}s; last: {reason}",
+                    prepared.config.max_restarts,
+                    RESTART_WINDOW.as_secs()
+                ),
+            );
+            finished.restarts = restarts_total;
+            return finished;
+        };
+        // Between workers a signal ends the task at once: there is nobody to cancel.
+        let cancelled = tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            _ = sigint.recv() => true,
+            _ = sigterm.recv() => true,
+        };
+        if cancelled {
+            let mut finished = observed.finished(FinishStatus::Cancelled, "cancelled".to_owned());
+            finished.restarts = restarts_total;
+            return finished;
+        }
+        restarts_total += 1;
+        resume.attempt += 1;
+        resume.from_journal = true;
+        publish(
+            log,
+            Event::Restarted {
+                attempt: resume.attempt,
+                reason,
+            },
+        );
+    }
+}
+
+/// Where a run starts: which attempt, and whether the worker resumes from its journal.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    pub attempt: u32,
+    pub from_journal: bool,
+    pub earlier_restarts: u32,
+}
+
+impl Resume {
+    /// A task's first run.
+    pub const FRESH: Resume = Resume {
+        attempt: 1,
+        from_journal: false,
+        earlier_restarts: 0,
+    };
+}
+
+/// Restarts allowed within this window before the task fails.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// A worker silent for this long (no event, no heartbeat) is taken for hung and restarted.
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with jitter, and the cap on restarts per window.
+#[derive(Debug)]
+struct RestartPolicy {
+    max: u32,
+    recent: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+impl RestartPolicy {
+    fn new(max: u32) -> Self {
+        RestartPolicy {
+            max,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The delay before the next restart, or `None` when the budget is spent.
+    fn next_delay(&mut self) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max as usize {
+            return None;
+        }
+        self.recent.push_back(now);
+        // 10 ms, 20 ms, 40 ms ... capped at 5 s; the first restart is near-immediate so a
+        // killed worker resumes fast, repeated crashes back off.
+        let exponent = (self.recent.len() as u32).saturating_sub(1).min(9);
+        let base = Duration::from_millis(10 << exponent).min(Duration::from_secs(5));
+        Some(base + jitter(base / 2))
+    }
+}
+
+/// A random duration in `[0, max)`.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(nanos);
+    Duration::from_nanos(hasher.finish() % nanos)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+async fn run_attempt(
+    prepared: &Prepared,
+    program: &std::path::Path,
+    log: &mut EventLog,
+    publish: &mut dyn FnMut(&mut EventLog, Event),
+    observed: &mut Observed,
+    attempt: u32,
+    from_journal: bool,
+    (sigint, sigterm): (
+        &mut tokio::signal::unix::Signal,
+        &mut tokio::signal::unix::Signal,
+    ),
+) -> Attempt {
+    let record = &prepared.record;
     let spec = TaskSpec {
         id: record.id.clone(),
         prompt: record.prompt.clone(),
@@ -310,17 +563,14 @@ async fn run_worker(
     };
     let worker_log = prepared.task_dir.join("worker.log");
     let (mut shadow, mut from_worker) =
-        match Shadow::spawn(&program, &record.workdir, &worker_log, spec, false).await {
+        match Shadow::spawn(program, &record.workdir, &worker_log, spec, from_journal).await {
             Ok(pair) => pair,
-            Err(e) => {
-                return observed
-                    .finished(FinishStatus::Failed, kugetsu_worker::ipc::error_chain(&e));
-            }
+            Err(e) => return Attempt::Crashed(kugetsu_worker::ipc::error_chain(&e)),
         };
     publish(
         log,
         Event::Started {
-            attempt: 1,
+            attempt,
             pid: shadow.pid,
             worktree: Some(record.workdir.display().to_string()),
             branch: record.branch.clone(),
@@ -331,49 +581,66 @@ async fn run_worker(
         .deadline_unix_ms
         .map(|ms| instant_at(ms) + DEADLINE_GRACE);
     let mut cancel_by: Option<tokio::time::Instant> = None;
-    let finished = loop {
+    let mut silent_since = tokio::time::Instant::now();
+    let outcome = loop {
         tokio::select! {
-            item = from_worker.recv() => match item {
-                Some(FromWorker::Message(WorkerMessage::Event(Event::Finished(finished)))) => {
-                    break finished;
+            item = from_worker.recv() => {
+                silent_since = tokio::time::Instant::now();
+                match item {
+                    Some(FromWorker::Message(WorkerMessage::Event(Event::Finished(finished)))) => {
+                        break Attempt::Finished(finished);
+                    }
+                    Some(FromWorker::Message(WorkerMessage::Event(event))) => {
+                        observed.note(&event);
+                        publish(log, event);
+                    }
+                    Some(FromWorker::Message(_)) => {}
+                    Some(FromWorker::BadLine(reason)) => {
+                        tracing_warn(&format!("worker sent a bad line: {reason}"));
+                    }
+                    None => {
+                        let status = shadow.finish(Duration::from_secs(2)).await;
+                        let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
+                        if cancel_by.is_some() {
+                            break Attempt::Finished(observed.finished(
+                                FinishStatus::Cancelled,
+                                format!("cancelled; the worker exited without reporting ({how})"),
+                            ));
+                        }
+                        break Attempt::Crashed(format!("worker {how} without finishing"));
+                    }
                 }
-                Some(FromWorker::Message(WorkerMessage::Event(event))) => {
-                    observed.note(&event);
-                    publish(log, event);
-                }
-                Some(FromWorker::Message(_)) => {}
-                Some(FromWorker::BadLine(reason)) => {
-                    tracing_warn(&format!("worker sent a bad line: {reason}"));
-                }
-                None => {
-                    let status = shadow.finish(Duration::from_secs(2)).await;
-                    let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
-                    break observed.finished(
-                        FinishStatus::Failed,
-                        format!("the worker exited without finishing ({how}); see {}", worker_log.display()),
-                    );
-                }
-            },
+            }
             _ = sigint.recv() => cancel(&mut shadow, &mut cancel_by),
             _ = sigterm.recv() => cancel(&mut shadow, &mut cancel_by),
             () = sleep_until(cancel_by) => {
                 shadow.kill();
-                break observed.finished(
+                break Attempt::Finished(observed.finished(
                     FinishStatus::Cancelled,
                     "cancelled; the worker did not stop in time and was killed".to_owned(),
-                );
+                ));
             }
             () = sleep_until(backstop) => {
                 shadow.kill();
-                break observed.finished(
+                break Attempt::Finished(observed.finished(
                     FinishStatus::TimedOut,
                     "timed out; the worker did not stop at its deadline and was killed".to_owned(),
-                );
+                ));
+            }
+            () = tokio::time::sleep_until(silent_since + SILENCE_LIMIT) => {
+                shadow.kill();
+                break Attempt::Crashed(format!(
+                    "worker silent for {}s (no heartbeat); killed",
+                    SILENCE_LIMIT.as_secs()
+                ));
             }
         }
     };
     shadow.finish(Duration::from_secs(5)).await;
-    finished
+    // Tool processes the dead worker left behind (reparented to us) go with it.
+    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
+    kugetsu_worker::process::reap_orphans(&[]);
+    outcome
 }
 
 fn cancel(shadow: &mut Shadow, cancel_by: &mut Option<tokio::time::Instant>) {

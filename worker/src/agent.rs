@@ -4,30 +4,31 @@
 //! The loop runs inside a `select!` with the cancel and shutdown tokens and the deadline.
 //! Losing that race drops the loop's future, which aborts an in-flight model request and kills
 //! a running tool's process group (the tools' drop guards): cancellation needs no cooperation
-//! from the code being cancelled.
+//! from the code being cancelled. Everything that must outlive that drop (the conversation,
+//! the counters, the journal) lives in a [`Session`] owned by [`run`].
+//!
+//! Safe points: steering messages and finished compactions are applied only at turn
+//! boundaries, after the tool results of the previous turn, so no message ever lands between
+//! a tool call and its result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kugetsu_protocol::{Event, FinishStatus, Finished, ModelRef, Phase, TaskSpec, Usage};
+use kugetsu_protocol::{Event, FinishStatus, Finished, ModelRef, Phase, TaskSpec};
 
-use crate::conversation::{Message, ToolCall, ToolSpec};
+use crate::context::{self, Budget, Compactor};
+use crate::conversation::{ToolCall, ToolSpec};
 use crate::ipc::{Control, Outbox, error_chain};
-use crate::llm::{LlmRequest, Provider};
+use crate::journal::INTERRUPTED_RESULT;
+use crate::llm::{LlmError, LlmRequest, Provider};
+use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
 
 /// Output token budget of one assistant turn.
 const MAX_OUTPUT_TOKENS: u32 = 8192;
-
-/// Running totals kept outside the loop's future so they survive its cancellation.
-#[derive(Debug, Default)]
-struct Progress {
-    turns: u32,
-    usage: Usage,
-    last_text: Option<String>,
-    /// The tool running right now, so a cancelled task can close its `tool_start`.
-    running_tool: Option<(String, String, Instant)>,
-}
+/// How often a request that overflowed the context is pruned and retried.
+const OVERFLOW_RETRIES: u32 = 2;
 
 /// How the loop itself ended.
 enum LoopEnd {
@@ -35,28 +36,60 @@ enum LoopEnd {
     Failed(String),
 }
 
+/// The tool running right now, so a stopped task can close its `tool_start`.
+type RunningTool = Option<(String, String, Instant)>;
+
 /// Runs `task` to its end. Returns the `finished` event to send, or `None` on `shutdown`.
 pub async fn run(
     task: TaskSpec,
-    _resume: bool,
+    resume: bool,
     outbox: Outbox,
     mut control: Control,
 ) -> Option<Finished> {
-    let mut progress = Progress::default();
+    let journal_path = Path::new(&task.task_dir).join("journal.jsonl");
+    let opened = if resume {
+        Session::resume(&journal_path, &task.prompt).map(|(session, interrupted, tail)| {
+            if let crate::journal::Tail::Damaged { line, reason } = tail {
+                eprintln!("kugetsu-worker: journal damaged at line {line} ({reason}); resuming from the record before it");
+            }
+            for call in interrupted {
+                outbox.emit(Event::ToolEnd {
+                    call_id: call.call_id,
+                    tool: call.tool,
+                    ok: false,
+                    output: INTERRUPTED_RESULT.to_owned(),
+                    truncated: false,
+                    duration_ms: 0,
+                });
+            }
+            session
+        })
+    } else {
+        Session::start(&journal_path, &task.prompt)
+    };
+    let mut session = match opened {
+        Ok(session) => session,
+        Err(e) => return Some(finished(None, FinishStatus::Failed, Some(error_chain(&e)))),
+    };
+
+    let mut running: RunningTool = None;
     let deadline = task.deadline_unix_ms.map(deadline_instant);
     let (cancel, shutdown) = (control.cancel.clone(), control.shutdown.clone());
     let end = tokio::select! {
-        end = agent_loop(&task, &outbox, &mut control, &mut progress) => Ok(end),
+        end = agent_loop(&task, &outbox, &mut control, &mut session, &mut running) => Ok(end),
         () = cancel.cancelled() => Err(FinishStatus::Cancelled),
         () = shutdown.cancelled() => return None,
         () = sleep_until(deadline) => Err(FinishStatus::TimedOut),
     };
-    if let Some((call_id, tool, started)) = progress.running_tool.take() {
+    if let Some((call_id, tool, started)) = running.take() {
+        let output = "interrupted: the task was stopped while this tool ran".to_owned();
+        // Journal the outcome so a later resume does not report it as unknown.
+        let _ = session.tool_result(&call_id, &tool, false, &output, false);
         outbox.emit(Event::ToolEnd {
             call_id,
             tool,
             ok: false,
-            output: "interrupted: the task was stopped while this tool ran".to_owned(),
+            output,
             truncated: false,
             duration_ms: millis(started.elapsed()),
         });
@@ -69,21 +102,25 @@ pub async fn run(
             status,
             Some(format!(
                 "timed out after {} turns: the task's deadline passed",
-                progress.turns
+                session.turns
             )),
         ),
     };
-    Some(Finished {
+    Some(finished(Some(&session), status, error))
+}
+
+fn finished(session: Option<&Session>, status: FinishStatus, error: Option<String>) -> Finished {
+    Finished {
         status,
-        result: progress.last_text,
+        result: session.and_then(|s| s.last_text.clone()),
         error,
-        turns: progress.turns,
-        usage: progress.usage,
+        turns: session.map_or(0, |s| s.turns),
+        usage: session.map(|s| s.usage).unwrap_or_default(),
         restarts: 0,
         branch: None,
         worktree: None,
         changed_files: Vec::new(),
-    })
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -104,7 +141,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn system_prompt(root: &std::path::Path) -> String {
+fn system_prompt(root: &Path) -> String {
     format!(
         "You are a coding agent working alone in a git worktree at {root}.\n\
          Use the tools to inspect and change files; every path is relative to the worktree and \
@@ -115,54 +152,147 @@ fn system_prompt(root: &std::path::Path) -> String {
     )
 }
 
+/// What the loop needs besides the session, set up once.
+struct Setup {
+    provider: Arc<Provider>,
+    summarizer: Arc<Provider>,
+    ctx: ToolContext,
+    specs: Vec<ToolSpec>,
+    system: String,
+    budget: Budget,
+}
+
+fn setup(task: &TaskSpec) -> Result<Setup, String> {
+    let model: ModelRef = task
+        .model
+        .parse()
+        .map_err(|e: kugetsu_protocol::ModelError| e.to_string())?;
+    let env = |name: &str| std::env::var(name).ok();
+    let provider = Arc::new(Provider::from_model(&model, &env).map_err(|e| error_chain(&e))?);
+    let summarizer = match task.compaction_model.as_deref().filter(|m| !m.is_empty()) {
+        None => provider.clone(),
+        Some(text) => {
+            let model: ModelRef = text
+                .parse()
+                .map_err(|e: kugetsu_protocol::ModelError| format!("compaction_model: {e}"))?;
+            Arc::new(
+                Provider::from_model(&model, &env)
+                    .map_err(|e| format!("compaction_model: {}", error_chain(&e)))?,
+            )
+        }
+    };
+    let root = std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .map_err(|e| format!("cannot resolve the worktree: {e}"))?;
+    Ok(Setup {
+        provider,
+        summarizer,
+        ctx: ToolContext {
+            root: root.clone(),
+            output_dir: PathBuf::from(&task.task_dir).join("tool-output"),
+        },
+        specs: tools::specs(),
+        system: system_prompt(&root),
+        budget: Budget::new(
+            task.context_window
+                .unwrap_or_else(|| context::default_window(&model)),
+        ),
+    })
+}
+
 async fn agent_loop(
     task: &TaskSpec,
     outbox: &Outbox,
     control: &mut Control,
-    progress: &mut Progress,
+    session: &mut Session,
+    running: &mut RunningTool,
 ) -> LoopEnd {
-    let model: ModelRef = match task.model.parse() {
-        Ok(model) => model,
-        Err(e) => return LoopEnd::Failed(e.to_string()),
-    };
-    let env = |name: &str| std::env::var(name).ok();
-    let provider = match Provider::from_model(&model, &env) {
-        Ok(provider) => provider,
-        Err(e) => return LoopEnd::Failed(error_chain(&e)),
-    };
-    let root = match std::env::current_dir().and_then(|d| d.canonicalize()) {
-        Ok(root) => root,
-        Err(e) => return LoopEnd::Failed(format!("cannot resolve the worktree: {e}")),
-    };
-    let ctx = ToolContext {
-        root: root.clone(),
-        output_dir: PathBuf::from(&task.task_dir).join("tool-output"),
-    };
-    let specs: Vec<ToolSpec> = tools::specs();
-    let system = system_prompt(&root);
-    let mut messages = vec![Message::User {
-        text: task.prompt.clone(),
-    }];
+    match agent_turns(task, outbox, control, session, running).await {
+        Ok(end) => end,
+        Err(error) => LoopEnd::Failed(error),
+    }
+}
+
+async fn agent_turns(
+    task: &TaskSpec,
+    outbox: &Outbox,
+    control: &mut Control,
+    session: &mut Session,
+    running: &mut RunningTool,
+) -> Result<LoopEnd, String> {
+    let mut setup = setup(task)?;
+    let mut compactor = Compactor::default();
+    let journal_err = |e: crate::session::JournalError| error_chain(&e);
 
     loop {
-        if progress.turns >= task.max_turns {
-            return LoopEnd::Failed(format!(
+        match session.next() {
+            Next::RunTools(calls) => {
+                for call in &calls {
+                    control.phase.send_replace(Phase::Tool);
+                    run_tool(&setup.ctx, call, outbox, session, running).await?;
+                }
+                session.turn_end().map_err(journal_err)?;
+                outbox.emit(Event::TurnEnd {
+                    turn: session.turns,
+                    usage: session.last_usage,
+                });
+                continue;
+            }
+            Next::Done => {
+                // A steer that arrived while the model was finishing is never dropped.
+                if !deliver_steering(control, outbox, session)? {
+                    return Ok(LoopEnd::Completed);
+                }
+            }
+            Next::AskModel => {
+                deliver_steering(control, outbox, session)?;
+            }
+        }
+
+        manage_context(task, outbox, control, session, &mut setup, &mut compactor).await?;
+
+        if session.turns >= task.max_turns {
+            return Ok(LoopEnd::Failed(format!(
                 "reached max_turns ({}) before the model finished",
                 task.max_turns
-            ));
+            )));
         }
-        deliver_steering(control, outbox, &mut messages);
-        progress.turns += 1;
-        let turn = progress.turns;
+        let turn = session.turns + 1;
         outbox.emit(Event::TurnStart { turn });
-        control.phase.send_replace(Phase::WaitingModel);
+        let completion = ask_model(outbox, control, session, &mut setup).await?;
+        outbox.emit(Event::AssistantMessage {
+            text: completion.text.clone(),
+        });
+        session
+            .assistant(completion.text, completion.tool_calls, completion.usage)
+            .map_err(journal_err)?;
+        if let Next::Done = session.next() {
+            session.turn_end().map_err(journal_err)?;
+            outbox.emit(Event::TurnEnd {
+                turn: session.turns,
+                usage: session.last_usage,
+            });
+        }
+    }
+}
 
+/// Streams one assistant turn; on a context overflow, prunes and tries again.
+async fn ask_model(
+    outbox: &Outbox,
+    control: &mut Control,
+    session: &mut Session,
+    setup: &mut Setup,
+) -> Result<crate::llm::Completion, String> {
+    let mut attempt = 0;
+    loop {
+        control.phase.send_replace(Phase::WaitingModel);
         let request = LlmRequest {
-            system: &system,
-            messages: &messages,
-            tools: &specs,
+            system: &setup.system,
+            messages: &session.messages,
+            tools: &setup.specs,
             max_tokens: MAX_OUTPUT_TOKENS,
         };
+        let bytes = context::request_bytes(&setup.system, &session.messages);
         let phase = &control.phase;
         let mut on_text = |text: &str| {
             phase.send_if_modified(|p| std::mem::replace(p, Phase::Streaming) != Phase::Streaming);
@@ -170,52 +300,140 @@ async fn agent_loop(
                 text: text.to_owned(),
             });
         };
-        let completion = match provider.complete(&request, &mut on_text).await {
-            Ok(completion) => completion,
-            Err(e) => return LoopEnd::Failed(format!("model request failed: {}", error_chain(&e))),
-        };
-        progress.usage.add(completion.usage);
-        outbox.emit(Event::AssistantMessage {
-            text: completion.text.clone(),
-        });
-        if !completion.text.is_empty() {
-            progress.last_text = Some(completion.text.clone());
-        }
-        let calls = completion.tool_calls.clone();
-        messages.push(Message::Assistant {
-            text: completion.text,
-            tool_calls: completion.tool_calls,
-        });
-
-        for call in &calls {
-            control.phase.send_replace(Phase::Tool);
-            let result = run_tool(&ctx, call, outbox, progress).await;
-            messages.push(result);
-        }
-        outbox.emit(Event::TurnEnd {
-            turn,
-            usage: completion.usage,
-        });
-        if calls.is_empty() {
-            return LoopEnd::Completed;
+        match setup.provider.complete(&request, &mut on_text).await {
+            Ok(completion) => {
+                setup.budget.calibrate(bytes, completion.usage.input_tokens);
+                return Ok(completion);
+            }
+            Err(e) if e.is_context_overflow() && attempt < OVERFLOW_RETRIES => {
+                attempt += 1;
+                let target =
+                    (setup.budget.window as f64 * context::PRUNE_TO / f64::from(attempt)) as u64;
+                if !prune_now(outbox, session, setup, target)? {
+                    return Err(overflow_error(&e));
+                }
+            }
+            Err(e) if e.is_context_overflow() => return Err(overflow_error(&e)),
+            Err(e) => return Err(format!("model request failed: {}", error_chain(&e))),
         }
     }
 }
 
-/// Hands every pending steering message to the model as a user message.
-fn deliver_steering(control: &mut Control, outbox: &Outbox, messages: &mut Vec<Message>) {
-    while let Ok(text) = control.steer.try_recv() {
-        outbox.emit(Event::Steered { text: text.clone() });
-        messages.push(Message::User { text });
+fn overflow_error(e: &LlmError) -> String {
+    format!(
+        "the context does not fit the model even after pruning: {}",
+        error_chain(e)
+    )
+}
+
+/// Applies a finished compaction, starts one when the context grew past the threshold, and
+/// prunes when it is about to overflow.
+async fn manage_context(
+    task: &TaskSpec,
+    outbox: &Outbox,
+    control: &mut Control,
+    session: &mut Session,
+    setup: &mut Setup,
+    compactor: &mut Compactor,
+) -> Result<(), String> {
+    let estimate = setup.budget.estimate(&setup.system, &session.messages);
+    let mut finished = compactor.take_finished().await;
+    if finished.is_none()
+        && compactor.is_running()
+        && setup.budget.over(estimate, context::PRUNE_AT)
+    {
+        // About to overflow: better to wait for the summary than to prune blindly.
+        control.phase.send_replace(Phase::Compacting);
+        finished = compactor.wait().await;
     }
+    match finished {
+        Some(Ok(summary)) if summary.cut <= session.messages.len() => {
+            let messages = context::compacted(&task.prompt, &session.messages, &summary);
+            let after = setup.budget.estimate(&setup.system, &messages);
+            session
+                .replace(messages, estimate, after)
+                .map_err(|e| error_chain(&e))?;
+            outbox.emit(Event::Compaction {
+                tokens_before: estimate,
+                tokens_after: after,
+                ok: true,
+            });
+        }
+        Some(Ok(_)) => {}
+        Some(Err(reason)) => {
+            eprintln!("kugetsu-worker: compaction failed: {reason}");
+            outbox.emit(Event::Compaction {
+                tokens_before: estimate,
+                tokens_after: estimate,
+                ok: false,
+            });
+            if setup.budget.over(estimate, context::COMPACT_AT) {
+                let target = (setup.budget.window as f64 * context::PRUNE_TO) as u64;
+                prune_now(outbox, session, setup, target)?;
+            }
+        }
+        None => {}
+    }
+    let estimate = setup.budget.estimate(&setup.system, &session.messages);
+    if setup.budget.over(estimate, context::COMPACT_AT) && compactor.may_start() {
+        let keep = (setup.budget.window as f64 * 0.3) as u64;
+        if let Some(cut) = context::choose_cut(&session.messages, &setup.budget, keep) {
+            compactor.start(setup.summarizer.clone(), &session.messages, cut);
+        }
+    }
+    if setup.budget.over(estimate, context::PRUNE_AT) && !compactor.is_running() {
+        let target = (setup.budget.window as f64 * context::PRUNE_TO) as u64;
+        prune_now(outbox, session, setup, target)?;
+    }
+    Ok(())
+}
+
+/// Deterministic pruning, journaled, with a `compaction` event (`ok: false`: no summary).
+fn prune_now(
+    outbox: &Outbox,
+    session: &mut Session,
+    setup: &Setup,
+    target: u64,
+) -> Result<bool, String> {
+    let before = setup.budget.estimate(&setup.system, &session.messages);
+    let mut messages = session.messages.clone();
+    if !context::prune(&setup.system, &mut messages, &setup.budget, target) {
+        return Ok(false);
+    }
+    let after = setup.budget.estimate(&setup.system, &messages);
+    session
+        .replace(messages, before, after)
+        .map_err(|e| error_chain(&e))?;
+    outbox.emit(Event::Compaction {
+        tokens_before: before,
+        tokens_after: after,
+        ok: false,
+    });
+    Ok(true)
+}
+
+/// Hands every pending steering message to the model. Returns whether there was any.
+fn deliver_steering(
+    control: &mut Control,
+    outbox: &Outbox,
+    session: &mut Session,
+) -> Result<bool, String> {
+    let mut any = false;
+    while let Ok(text) = control.steer.try_recv() {
+        session.steer(&text).map_err(|e| error_chain(&e))?;
+        outbox.emit(Event::Steered { text });
+        any = true;
+    }
+    Ok(any)
 }
 
 async fn run_tool(
     ctx: &ToolContext,
     call: &ToolCall,
     outbox: &Outbox,
-    progress: &mut Progress,
-) -> Message {
+    session: &mut Session,
+    running: &mut RunningTool,
+) -> Result<(), String> {
     let parsed: Result<serde_json::Value, _> = if call.arguments.trim().is_empty() {
         Ok(serde_json::Value::Object(Default::default()))
     } else {
@@ -225,13 +443,15 @@ async fn run_tool(
         |_| serde_json::Value::String(call.arguments.clone()),
         Clone::clone,
     );
+    // The intent is durable before the tool can have any effect.
+    session.tool_intent(call).map_err(|e| error_chain(&e))?;
     outbox.emit(Event::ToolStart {
         call_id: call.id.clone(),
         tool: call.name.clone(),
         args: args_for_event,
     });
     let started = Instant::now();
-    progress.running_tool = Some((call.id.clone(), call.name.clone(), started));
+    *running = Some((call.id.clone(), call.name.clone(), started));
     let output = match parsed {
         Ok(args) => tools::run(ctx, &call.id, &call.name, &args).await,
         Err(e) => tools::ToolOutput {
@@ -240,19 +460,23 @@ async fn run_tool(
             truncated: false,
         },
     };
-    progress.running_tool = None;
+    session
+        .tool_result(
+            &call.id,
+            &call.name,
+            output.ok,
+            &output.output,
+            output.truncated,
+        )
+        .map_err(|e| error_chain(&e))?;
+    *running = None;
     outbox.emit(Event::ToolEnd {
         call_id: call.id.clone(),
         tool: call.name.clone(),
         ok: output.ok,
-        output: output.output.clone(),
+        output: output.output,
         truncated: output.truncated,
         duration_ms: millis(started.elapsed()),
     });
-    Message::ToolResult {
-        call_id: call.id.clone(),
-        name: call.name.clone(),
-        content: output.output,
-        is_error: !output.ok,
-    }
+    Ok(())
 }

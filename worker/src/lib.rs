@@ -7,18 +7,22 @@
 //!
 //! - [`ipc`]: the channel: one reader task, one writer task (the only code that touches stdout).
 //! - [`agent`]: the agent loop.
+//! - [`context`]: token budget, background compaction, deterministic pruning.
 //! - [`conversation`]: provider-neutral messages.
 //! - [`journal`]: the checkpoint journal (append, fdatasync, longest-valid-prefix replay).
 //! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
+//! - [`session`]: the conversation plus its journal; rebuilds itself on resume.
 //! - [`process`]: process groups and descendant clean-up shared with the supervisor.
 
 #![deny(clippy::print_stdout)]
 
 pub mod agent;
+pub mod context;
 pub mod conversation;
 pub mod ipc;
 pub mod journal;
 pub mod llm;
 pub mod process;
+pub mod session;
 pub mod tools;

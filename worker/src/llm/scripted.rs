@@ -2,7 +2,7 @@
 //!
 //! `scripted/demo` is the built-in script of `kugetsu demo`; `scripted/PATH.json` loads a file
 //! (relative paths resolve against the worker's cwd, absolute ones as is). A script is either
-//! an array of turns or `{"delay_ms": N, "turns": [...]}`, each turn
+//! an array of turns or `{"delay_ms": N, "summary": "...", "turns": [...]}`, each turn
 //! `{"text": "...", "tool_calls": [{"name": "...", "arguments": {...}}]}`.
 //!
 //! The turn replayed is chosen by how many assistant messages the conversation already holds,
@@ -76,6 +76,8 @@ enum ScriptFile {
     Full {
         #[serde(default)]
         delay_ms: u64,
+        #[serde(default)]
+        summary: Option<String>,
         turns: Vec<ScriptTurn>,
     },
 }
@@ -101,6 +103,8 @@ pub struct Scripted {
     turns: Vec<ScriptTurn>,
     /// Pause between streamed text pieces, so a person can watch the demo type.
     delay: Duration,
+    /// The answer to compaction requests.
+    summary: Option<String>,
 }
 
 impl Scripted {
@@ -116,13 +120,18 @@ impl Scripted {
     }
 
     fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        let (delay_ms, turns) = match serde_json::from_str(text)? {
-            ScriptFile::Bare(turns) => (0, turns),
-            ScriptFile::Full { delay_ms, turns } => (delay_ms, turns),
+        let (delay_ms, summary, turns) = match serde_json::from_str(text)? {
+            ScriptFile::Bare(turns) => (0, None, turns),
+            ScriptFile::Full {
+                delay_ms,
+                summary,
+                turns,
+            } => (delay_ms, summary, turns),
         };
         Ok(Self {
             turns,
             delay: Duration::from_millis(delay_ms),
+            summary,
         })
     }
 
@@ -132,6 +141,21 @@ impl Scripted {
         request: &LlmRequest<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion, LlmError> {
+        if request.system == crate::context::SUMMARY_SYSTEM {
+            // A compaction summary, not a turn of the script.
+            let text = self.summary.clone().unwrap_or_else(|| {
+                "The agent worked through the earlier turns of the script.".to_owned()
+            });
+            return Ok(Completion {
+                usage: Usage {
+                    input_tokens: 0,
+                    output_tokens: (text.len() / 4) as u64,
+                },
+                text,
+                tool_calls: Vec::new(),
+                stop: StopReason::EndTurn,
+            });
+        }
         let index = request
             .messages
             .iter()

@@ -1,0 +1,391 @@
+//! A shadow's conversation and the journal that makes it survive a crash.
+//!
+//! Every change to the conversation goes through a [`Session`] method that journals it first
+//! (durably where DESIGN §3 asks), so the conversation rebuilt by [`Session::resume`] is the
+//! one the model last saw.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use kugetsu_protocol::Usage;
+
+use crate::conversation::{Message, ToolCall};
+use crate::journal::{Durability, INTERRUPTED_RESULT, Journal, Record, Tail};
+
+/// A journal write failed: the task cannot promise durability any more.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the checkpoint journal {path}")]
+pub struct JournalError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// What the loop should do next, derived from the conversation alone.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Ask the model for a new turn.
+    AskModel,
+    /// Run these tool calls of the last assistant message (they never started).
+    RunTools(Vec<ToolCall>),
+    /// The model gave its final answer.
+    Done,
+}
+
+/// A tool call found interrupted on resume, already answered in the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    pub call_id: String,
+    pub tool: String,
+}
+
+/// The conversation, its counters, and its journal.
+#[derive(Debug)]
+pub struct Session {
+    pub messages: Vec<Message>,
+    /// Completed model turns (assistant messages), also across restarts.
+    pub turns: u32,
+    /// Total usage reported by the provider.
+    pub usage: Usage,
+    /// Usage of the latest turn, for its `turn_end`.
+    pub last_usage: Usage,
+    /// The latest non-empty assistant text: the task's result when it ends.
+    pub last_text: Option<String>,
+    journal: Journal,
+}
+
+impl Session {
+    /// Starts a fresh session for `prompt`, journaling the prompt.
+    pub fn start(journal_path: &Path, prompt: &str) -> Result<Session, JournalError> {
+        let journal = Journal::create(journal_path).map_err(|source| JournalError {
+            path: journal_path.display().to_string(),
+            source,
+        })?;
+        let mut session = Session {
+            messages: Vec::new(),
+            turns: 0,
+            usage: Usage::default(),
+            last_usage: Usage::default(),
+            last_text: None,
+            journal,
+        };
+        session.record(
+            &Record::Task {
+                prompt: prompt.to_owned(),
+            },
+            Durability::Sync,
+        )?;
+        session.messages.push(Message::User {
+            text: prompt.to_owned(),
+        });
+        Ok(session)
+    }
+
+    /// Rebuilds the session from its journal. Tool calls that had started but left no result
+    /// are answered with an "interrupted" result (journaled) and returned, never re-run.
+    /// A journal without even its prompt starts over from `prompt`.
+    pub fn resume(
+        journal_path: &Path,
+        prompt: &str,
+    ) -> Result<(Session, Vec<Interrupted>, Tail), JournalError> {
+        let err = |source| JournalError {
+            path: journal_path.display().to_string(),
+            source,
+        };
+        let (journal, replay) = Journal::resume(journal_path).map_err(err)?;
+        if replay.records.is_empty() {
+            return Ok((
+                Session::start(journal_path, prompt)?,
+                Vec::new(),
+                replay.tail,
+            ));
+        }
+        let mut session = Session {
+            messages: Vec::new(),
+            turns: 0,
+            usage: Usage::default(),
+            last_usage: Usage::default(),
+            last_text: None,
+            journal,
+        };
+        let mut started: HashSet<String> = HashSet::new();
+        for record in replay.records {
+            session.apply(record, &mut started);
+        }
+        let mut interrupted = Vec::new();
+        for call in session.unanswered_calls() {
+            if started.contains(&call.id) {
+                session.tool_result(&call.id, &call.name, false, INTERRUPTED_RESULT, false)?;
+                interrupted.push(Interrupted {
+                    call_id: call.id,
+                    tool: call.name,
+                });
+            }
+        }
+        Ok((session, interrupted, replay.tail))
+    }
+
+    fn apply(&mut self, record: Record, started: &mut HashSet<String>) {
+        match record {
+            Record::Task { prompt } => self.messages.push(Message::User { text: prompt }),
+            Record::Assistant {
+                text,
+                tool_calls,
+                usage,
+            } => {
+                self.note_assistant(&text, usage);
+                self.messages.push(Message::Assistant { text, tool_calls });
+            }
+            Record::ToolIntent { call_id, .. } => {
+                started.insert(call_id);
+            }
+            Record::ToolResult {
+                call_id,
+                tool,
+                ok,
+                output,
+                ..
+            } => self.messages.push(Message::ToolResult {
+                call_id,
+                name: tool,
+                content: output,
+                is_error: !ok,
+            }),
+            Record::Steer { text } => self.messages.push(Message::User { text }),
+            Record::Compaction { messages, .. } => self.messages = messages,
+            Record::TurnEnd { .. } => {}
+        }
+    }
+
+    fn note_assistant(&mut self, text: &str, usage: Usage) {
+        self.turns += 1;
+        self.usage.add(usage);
+        self.last_usage = usage;
+        if !text.is_empty() {
+            self.last_text = Some(text.to_owned());
+        }
+    }
+
+    fn record(&mut self, record: &Record, durability: Durability) -> Result<(), JournalError> {
+        self.journal
+            .append(record, durability)
+            .map_err(|source| JournalError {
+                path: self.journal.path().display().to_string(),
+                source,
+            })
+    }
+
+    /// The tool calls of the last assistant message that have no result yet, in order.
+    fn unanswered_calls(&self) -> Vec<ToolCall> {
+        let Some(last) = self
+            .messages
+            .iter()
+            .rposition(|m| matches!(m, Message::Assistant { .. }))
+        else {
+            return Vec::new();
+        };
+        let answered: HashSet<&str> = self.messages[last..]
+            .iter()
+            .filter_map(|m| match m {
+                Message::ToolResult { call_id, .. } => Some(call_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        match &self.messages[last] {
+            Message::Assistant { tool_calls, .. } => tool_calls
+                .iter()
+                .filter(|c| !answered.contains(c.id.as_str()))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the loop should do next.
+    pub fn next(&self) -> Next {
+        let pending = self.unanswered_calls();
+        if !pending.is_empty() {
+            return Next::RunTools(pending);
+        }
+        match self.messages.last() {
+            Some(Message::Assistant { tool_calls, .. }) if tool_calls.is_empty() => Next::Done,
+            _ => Next::AskModel,
+        }
+    }
+
+    /// Records a complete assistant message.
+    pub fn assistant(
+        &mut self,
+        text: String,
+        tool_calls: Vec<ToolCall>,
+        usage: Usage,
+    ) -> Result<(), JournalError> {
+        let record = Record::Assistant {
+            text,
+            tool_calls,
+            usage,
+        };
+        self.record(&record, Durability::Sync)?;
+        if let Record::Assistant {
+            text, tool_calls, ..
+        } = record
+        {
+            self.note_assistant(&text, usage);
+            self.messages.push(Message::Assistant { text, tool_calls });
+        }
+        Ok(())
+    }
+
+    /// Records that a tool is about to run. Durable before it returns.
+    pub fn tool_intent(&mut self, call: &ToolCall) -> Result<(), JournalError> {
+        self.record(
+            &Record::ToolIntent {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                args: call.arguments.clone(),
+            },
+            Durability::Sync,
+        )
+    }
+
+    /// Records a tool's result. Durable before it returns.
+    pub fn tool_result(
+        &mut self,
+        call_id: &str,
+        tool: &str,
+        ok: bool,
+        output: &str,
+        truncated: bool,
+    ) -> Result<(), JournalError> {
+        self.record(
+            &Record::ToolResult {
+                call_id: call_id.to_owned(),
+                tool: tool.to_owned(),
+                ok,
+                output: output.to_owned(),
+                truncated,
+            },
+            Durability::Sync,
+        )?;
+        self.messages.push(Message::ToolResult {
+            call_id: call_id.to_owned(),
+            name: tool.to_owned(),
+            content: output.to_owned(),
+            is_error: !ok,
+        });
+        Ok(())
+    }
+
+    /// Records a steering message handed to the model.
+    pub fn steer(&mut self, text: &str) -> Result<(), JournalError> {
+        self.record(
+            &Record::Steer {
+                text: text.to_owned(),
+            },
+            Durability::Sync,
+        )?;
+        self.messages.push(Message::User {
+            text: text.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Records the end of a turn.
+    pub fn turn_end(&mut self) -> Result<(), JournalError> {
+        let record = Record::TurnEnd {
+            turn: self.turns,
+            usage: self.last_usage,
+        };
+        self.record(&record, Durability::Sync)
+    }
+
+    /// Replaces the conversation (a compaction or a pruning), journaled.
+    pub fn replace(
+        &mut self,
+        messages: Vec<Message>,
+        tokens_before: u64,
+        tokens_after: u64,
+    ) -> Result<(), JournalError> {
+        let record = Record::Compaction {
+            messages,
+            tokens_before,
+            tokens_after,
+        };
+        self.record(&record, Durability::Sync)?;
+        if let Record::Compaction { messages, .. } = record {
+            self.messages = messages;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str) -> ToolCall {
+        ToolCall {
+            id: id.to_owned(),
+            name: "bash".to_owned(),
+            arguments: "{}".to_owned(),
+        }
+    }
+
+    #[test]
+    fn resume_answers_started_calls_as_interrupted_and_reruns_unstarted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut session = Session::start(&path, "do it").unwrap();
+        session
+            .assistant(
+                "two things".to_owned(),
+                vec![call("a"), call("b"), call("c")],
+                Usage::default(),
+            )
+            .unwrap();
+        session.tool_intent(&call("a")).unwrap();
+        session
+            .tool_result("a", "bash", true, "done", false)
+            .unwrap();
+        session.tool_intent(&call("b")).unwrap();
+        drop(session); // killed while b ran
+
+        let (session, interrupted, tail) = Session::resume(&path, "do it").unwrap();
+        assert_eq!(tail, Tail::Clean);
+        assert_eq!(
+            interrupted,
+            vec![Interrupted {
+                call_id: "b".to_owned(),
+                tool: "bash".to_owned()
+            }]
+        );
+        // a ran and b was interrupted: only c, which never started, is left to run.
+        assert_eq!(session.next(), Next::RunTools(vec![call("c")]));
+        assert_eq!(session.turns, 1);
+        let Some(Message::ToolResult {
+            content, is_error, ..
+        }) = session.messages.last()
+        else {
+            panic!("no interrupted result");
+        };
+        assert!(*is_error && content.contains("interrupted by a restart"));
+
+        // The interrupted result itself was journaled: a second resume agrees.
+        let (again, interrupted, _) = Session::resume(&path, "do it").unwrap();
+        assert!(interrupted.is_empty());
+        assert_eq!(again.messages, session.messages);
+    }
+
+    #[test]
+    fn a_finished_conversation_resumes_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut session = Session::start(&path, "hi").unwrap();
+        session
+            .assistant("all done".to_owned(), Vec::new(), Usage::default())
+            .unwrap();
+        let (session, _, _) = Session::resume(&path, "hi").unwrap();
+        assert_eq!(session.next(), Next::Done);
+        assert_eq!(session.last_text.as_deref(), Some("all done"));
+    }
+}
