@@ -1,103 +1,71 @@
 //! Model providers behind one interface: [`Provider::complete`] streams one assistant turn.
 //!
-//! - `openai`: chat completions over SSE (also OpenRouter, Ollama, vLLM, llama.cpp).
-//! - `anthropic`: the Messages API over SSE.
-//! - `scripted`: replays a JSON script of turns; the offline demo and the tests use it.
+//! - [`openai`]: chat completions over SSE (also OpenRouter, Ollama, vLLM, llama.cpp).
+//! - [`anthropic`]: the Messages API over SSE.
+//! - [`scripted`]: replays a JSON script of turns; the offline demo and the tests use it.
+//! - `provider`: [`Provider`], the one type the agent loop talks to.
+//! - `error`: [`LlmError`], one taxonomy for every failure, and how provider errors map to it.
+//! - `http`: the shared client, one attempt's request/response, and the retry loop.
+//! - `retry`: backoff, jitter and `retry-after` handling.
+//! - `sse`: a push-based server-sent events parser that survives any chunking.
+//!
+//! Invariants: a turn is retried only while no tool call of it has begun streaming; dropping
+//! the future of [`Provider::complete`] aborts the request; no `Debug` prints an API key.
 
 pub mod anthropic;
+mod error;
+mod http;
 pub mod openai;
+mod provider;
+mod retry;
 pub mod scripted;
+mod sse;
 
-use kugetsu_protocol::{ModelRef, ProviderKind, Usage};
+#[cfg(test)]
+mod tests;
+
+use kugetsu_protocol::Usage;
 
 use crate::conversation::{Message, ToolCall, ToolSpec};
+
+pub use error::{ErrorOrigin, LlmError};
+pub use provider::Provider;
 
 /// One request for the next assistant turn.
 #[derive(Debug, Clone, Copy)]
 pub struct LlmRequest<'a> {
+    /// The system prompt; omitted from the request when empty.
     pub system: &'a str,
+    /// The conversation so far, oldest first.
     pub messages: &'a [Message],
+    /// The tools the model may call.
     pub tools: &'a [ToolSpec],
+    /// Cap on the tokens the model may produce in this turn.
     pub max_tokens: u32,
 }
 
 /// Why the model stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
+    /// The model finished its answer.
     EndTurn,
+    /// The model wants its tool calls run.
     ToolUse,
+    /// The turn hit `max_tokens`.
     MaxTokens,
+    /// Anything else the provider reported (`content_filter`, `refusal`, ...).
     Other(String),
 }
 
 /// A complete assistant turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
+    /// All text of the turn, as streamed to `on_text`.
     pub text: String,
+    /// Tool calls in the order the model made them.
     pub tool_calls: Vec<ToolCall>,
+    /// Tokens as the provider reported them (zero when it reported none).
     pub usage: Usage,
+    /// Why the turn ended.
     pub stop: StopReason,
-}
-
-/// Everything that can go wrong talking to a model.
-#[derive(Debug, thiserror::Error)]
-pub enum LlmError {
-    /// The provider is not usable as configured (missing key, bad script, bad URL).
-    #[error("{0}")]
-    Config(String),
-    /// The provider answered with an error status.
-    #[error("{provider} returned HTTP {status}: {message}")]
-    Http {
-        provider: &'static str,
-        status: u16,
-        message: String,
-    },
-}
-
-/// The provider a task talks to.
-#[derive(Debug)]
-pub enum Provider {
-    OpenAi(openai::OpenAiClient),
-    Anthropic(anthropic::AnthropicClient),
-    Scripted(scripted::Scripted),
-}
-
-impl Provider {
-    /// Builds the provider for `model`, reading keys and base URLs through `env`.
-    pub fn from_model(
-        model: &ModelRef,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Provider, LlmError> {
-        match model.provider {
-            ProviderKind::Scripted => {
-                Ok(Provider::Scripted(scripted::Scripted::load(&model.model)?))
-            }
-            ProviderKind::Anthropic => Ok(Provider::Anthropic(anthropic::AnthropicClient::new(
-                model, env,
-            )?)),
-            ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
-                Ok(Provider::OpenAi(openai::OpenAiClient::new(model, env)?))
-            }
-        }
-    }
-
-    /// Streams one assistant turn, calling `on_text` with each piece of text as it arrives.
-    pub async fn complete(
-        &self,
-        request: &LlmRequest<'_>,
-        on_text: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<Completion, LlmError> {
-        match self {
-            Provider::OpenAi(p) => p.complete(request, on_text).await,
-            Provider::Anthropic(p) => p.complete(request, on_text).await,
-            Provider::Scripted(p) => p.complete(request, on_text).await,
-        }
-    }
-}
-
-impl LlmError {
-    /// Whether the provider said the request does not fit the model's context window.
-    pub fn is_context_overflow(&self) -> bool {
-        false
-    }
 }

@@ -1,42 +1,81 @@
 //! The tools a shadow's model may call, all confined to the shadow's worktree.
+//!
+//! The agent loop sees four items: [`ToolContext`] (where tools run), [`ToolOutput`] (what the
+//! model gets back), [`specs`] (the tool list offered to the model) and [`run`] (one call).
+//! Everything else is private to this module:
+//!
+//! - [`path`]: the one resolver every tool uses; no path, `..` or symlink may leave the worktree.
+//! - [`read`], [`write`], [`edit`], [`grep`], [`ls`]: file tools, run on the blocking pool.
+//! - [`bash`]: shell commands in their own process group, killed on timeout and on drop.
+//! - [`reap`]: finding and killing every process a bash call started, even outside its group.
+//! - [`env`]: the scrubbed environment bash commands get (no API keys, tokens or sockets).
+//! - [`cap`]: head + tail capture and line cutting, so outputs stay small.
+//! - [`lines`]: a line reader that never holds more than a bounded slice of a line.
+//! - [`args`]: typed access to the JSON arguments, with errors that name the argument.
+//! - [`outcome`], [`context`]: the result and error types, and where tools run.
+//! - [`blocking`]: running file work off the async thread, stopped when the call is dropped.
+//!
+//! Invariants: [`run`] never panics and never fails (every problem is an `ok: false` output);
+//! no tool touches anything outside [`ToolContext::root`] except bash (which is a shell) and the
+//! bash output logs in [`ToolContext::output_dir`]; when [`run`] returns or its future is
+//! dropped, no process it started is left alive.
 
-use std::path::PathBuf;
+mod args;
+mod bash;
+mod blocking;
+mod cap;
+mod context;
+mod edit;
+mod env;
+mod grep;
+mod lines;
+mod ls;
+mod outcome;
+mod path;
+mod read;
+mod reap;
+mod write;
+
+#[cfg(test)]
+mod escape_tests;
+#[cfg(test)]
+mod testkit;
+
+pub use context::ToolContext;
+pub use outcome::ToolOutput;
 
 use crate::conversation::ToolSpec;
+use outcome::ToolError;
 
-/// Where tools run.
-#[derive(Debug, Clone)]
-pub struct ToolContext {
-    /// The worktree, canonicalized. No tool reads or writes outside it.
-    pub root: PathBuf,
-    /// Where full tool outputs are kept (`<task_dir>/tool-output`).
-    pub output_dir: PathBuf,
-}
-
-/// What a tool call produced, as the model will see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolOutput {
-    pub ok: bool,
-    pub output: String,
-    /// Whether `output` was cut; the full text is in `output_dir`.
-    pub truncated: bool,
-}
-
-/// The tools offered to the model.
+/// The tools offered to the model, in the order they are listed to it.
 pub fn specs() -> Vec<ToolSpec> {
-    Vec::new()
+    vec![
+        read::spec(),
+        write::spec(),
+        edit::spec(),
+        bash::spec(),
+        grep::spec(),
+        ls::spec(),
+    ]
 }
 
-/// Runs tool `name`. Dropping the future kills whatever the tool started.
+/// Runs tool `name` with the JSON object `args`. Never fails: problems come back as `ok: false`.
+///
+/// Dropping the future kills whatever the tool started (processes, file walks).
 pub async fn run(
-    _ctx: &ToolContext,
-    _call_id: &str,
+    ctx: &ToolContext,
+    call_id: &str,
     name: &str,
-    _args: &serde_json::Value,
+    args: &serde_json::Value,
 ) -> ToolOutput {
-    ToolOutput {
-        ok: false,
-        output: format!("tool {name} not built yet"),
-        truncated: false,
-    }
+    let result = match name {
+        "read" => read::run(ctx, args).await,
+        "write" => write::run(ctx, args).await,
+        "edit" => edit::run(ctx, args).await,
+        "bash" => bash::run(ctx, call_id, args).await,
+        "grep" => grep::run(ctx, args).await,
+        "ls" => ls::run(ctx, args).await,
+        _ => Err(ToolError::UnknownTool(name.to_owned())),
+    };
+    ToolOutput::from_result(result)
 }

@@ -1,0 +1,418 @@
+//! The HTTP half shared by the streaming providers: one `reqwest` client per provider, one
+//! POST per attempt, the response fed into a provider's [`StreamDecoder`], and the retry loop.
+//!
+//! What holds here:
+//! - Dropping the future returned by [`Endpoint::stream`] drops the request and any retry
+//!   sleep, which aborts the connection: cancel and timeout need nothing else.
+//! - An attempt that has begun streaming a tool call is never retried; neither is an error
+//!   that is not [`LlmError::is_retryable`]. An attempt that failed after streaming only text
+//!   may be retried: the next attempt streams its own text to `on_text` from the start, and
+//!   the returned [`Completion`] holds only the successful attempt's text.
+//! - A stalled stream fails after [`READ_TIMEOUT`] without a byte; it never hangs.
+//! - The API key only lives in headers marked sensitive, and [`Endpoint`]'s `Debug` prints
+//!   header names only.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use kugetsu_protocol::ModelRef;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Response, Url};
+use serde::de::DeserializeOwned;
+
+use super::Completion;
+use super::error::{ErrorOrigin, ErrorSource, LlmError, ReportedError, classify, shorten};
+use super::retry::{RetryPolicy, jitter, retry_after};
+
+/// How long establishing a connection (TCP and TLS) may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a response may go without a single byte before it counts as stalled; generous
+/// because a model may think for minutes before its first token.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection may take to open and a response may stay silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// Limit on opening the connection (TCP and TLS).
+    pub connect: Duration,
+    /// Limit on the silence between two reads of the response.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: CONNECT_TIMEOUT,
+            read: READ_TIMEOUT,
+        }
+    }
+}
+
+/// Most bytes of an error body kept; the message is shortened further anyway.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Turns a provider's response stream into a [`Completion`], whatever the chunking.
+pub(crate) trait StreamDecoder: Send {
+    /// Feeds the next bytes, calling `on_text` for each piece of text they complete.
+    fn push(&mut self, bytes: &[u8], on_text: &mut dyn FnMut(&str)) -> Result<(), LlmError>;
+    /// Ends the stream (flushing what an abrupt end left) and returns the turn received, or
+    /// why there is none.
+    fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, LlmError>;
+    /// Whether the stream said it is complete (`[DONE]`, `message_stop`).
+    fn is_done(&self) -> bool;
+    /// Whether a tool call has begun streaming, after which the attempt must not be retried.
+    fn tool_call_started(&self) -> bool;
+}
+
+/// One provider endpoint: where to POST, with which headers, and how to retry.
+pub(crate) struct Endpoint {
+    /// Shared by every attempt so connections are reused.
+    client: reqwest::Client,
+    /// The full URL requests are POSTed to.
+    url: Url,
+    /// `url` with any password masked, for `Debug` and error messages.
+    shown_url: String,
+    /// Authentication and version headers; secret ones are marked sensitive.
+    headers: HeaderMap,
+    /// Names the provider in errors.
+    source: ErrorSource,
+    /// When and how long to wait before another attempt.
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("provider", &self.source.provider)
+            .field("url", &self.shown_url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a failed attempt, with what the retry loop needs to decide.
+#[derive(Debug)]
+struct Failure {
+    error: LlmError,
+    /// The server's hint on when to come back.
+    retry_after: Option<Duration>,
+    /// Whether the attempt had begun streaming a tool call.
+    tool_call_started: bool,
+}
+
+impl Failure {
+    fn new(error: LlmError) -> Self {
+        Self {
+            error,
+            retry_after: None,
+            tool_call_started: false,
+        }
+    }
+}
+
+/// The base URL of `model`'s provider: its variable when set and not blank, else the default.
+/// Returns the variable's name too, for error messages.
+pub(crate) fn base_url(
+    model: &ModelRef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(&'static str, String), LlmError> {
+    let (var, default) = model
+        .provider
+        .base_url()
+        .ok_or_else(|| LlmError::Config(format!("{} is not an HTTP provider", model.provider)))?;
+    let base = env(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    Ok((var, base))
+}
+
+/// The header carrying `model`'s API key as `format(key)`, marked sensitive so no `Debug`
+/// prints it; `None` for providers that need no key.
+pub(crate) fn key_header(
+    model: &ModelRef,
+    env: &dyn Fn(&str) -> Option<String>,
+    format: impl Fn(&str) -> String,
+) -> Result<Option<HeaderValue>, LlmError> {
+    let Some(var) = model.provider.api_key_env() else {
+        return Ok(None);
+    };
+    let key = env(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| LlmError::Config(format!("{model} needs an API key: set {var}")))?;
+    let mut value = HeaderValue::from_str(&format(&key)).map_err(|_| {
+        LlmError::Config(format!(
+            "{var} holds characters that cannot be sent in an HTTP header"
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(Some(value))
+}
+
+/// Parses `base_url` and joins `path` onto it, tolerating a trailing slash on the base.
+pub(crate) fn endpoint_url(var: &str, base_url: &str, path: &str) -> Result<Url, LlmError> {
+    let joined = format!(
+        "{}/{}",
+        base_url.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    );
+    let url = Url::parse(&joined)
+        .map_err(|e| LlmError::Config(format!("{var} is not a valid URL ({base_url:?}): {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(LlmError::Config(format!(
+            "{var} must be an http or https URL, not {base_url:?}"
+        )));
+    }
+    Ok(url)
+}
+
+impl Endpoint {
+    /// An endpoint POSTing JSON to `url` with `headers` on a client of its own.
+    pub(crate) fn new(
+        source: ErrorSource,
+        url: Url,
+        mut headers: HeaderMap,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+    ) -> Result<Self, LlmError> {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .tcp_keepalive(Duration::from_secs(60))
+            .user_agent(concat!("kugetsu/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| LlmError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        Ok(Self {
+            client,
+            shown_url: shown.to_string(),
+            url,
+            headers,
+            source,
+            retry,
+        })
+    }
+
+    /// Who errors are reported as coming from.
+    pub(crate) fn source(&self) -> ErrorSource {
+        self.source
+    }
+
+    /// Replaces the retry policy (tests record delays instead of sleeping).
+    #[cfg(test)]
+    pub(crate) fn set_retry(&mut self, retry: RetryPolicy) {
+        self.retry = retry;
+    }
+
+    /// POSTs `body` and streams the answer through a fresh decoder per attempt, retrying as
+    /// the policy allows.
+    pub(crate) async fn stream<D: StreamDecoder>(
+        &self,
+        body: Vec<u8>,
+        new_decoder: impl Fn() -> D + Send + Sync,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion, LlmError> {
+        let body = Bytes::from(body);
+        let mut attempt = 1;
+        loop {
+            let failure = match self.attempt(body.clone(), new_decoder(), on_text).await {
+                Ok(completion) => return Ok(completion),
+                Err(failure) => failure,
+            };
+            if !failure.error.is_retryable() || failure.tool_call_started {
+                return Err(failure.error);
+            }
+            if attempt >= self.retry.max_attempts {
+                return Err(if attempt > 1 {
+                    LlmError::RetriesExhausted {
+                        attempts: attempt,
+                        last: Box::new(failure.error),
+                    }
+                } else {
+                    failure.error
+                });
+            }
+            let Some(delay) = self.retry.delay(attempt, failure.retry_after, jitter()) else {
+                return Err(failure.error);
+            };
+            eprintln!(
+                "kugetsu-worker: {}; retrying in {:.1} s (attempt {} of {})",
+                crate::ipc::error_chain(&failure.error),
+                delay.as_secs_f64(),
+                attempt + 1,
+                self.retry.max_attempts
+            );
+            self.retry.sleeper.sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// One request and its response, start to finish.
+    async fn attempt<D: StreamDecoder>(
+        &self,
+        body: Bytes,
+        mut decoder: D,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion, Failure> {
+        let provider = self.source.provider;
+        let mut response = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| {
+                Failure::new(LlmError::Transport {
+                    provider,
+                    url: self.shown_url.clone(),
+                    source,
+                })
+            })?;
+
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers(), SystemTime::now());
+            let body = read_capped(response).await;
+            let report = ReportedError::from_body(&body);
+            return Err(Failure {
+                error: classify(self.source, ErrorOrigin::Status(status.as_u16()), &report),
+                retry_after,
+                tool_call_started: false,
+            });
+        }
+        if is_json(response.headers()) {
+            // Some servers answer a streaming request with a plain JSON error and status 200.
+            let body = read_capped(response).await;
+            let error = match ReportedError::from_json_error(&body) {
+                Some(report) => classify(self.source, ErrorOrigin::Stream, &report),
+                None => LlmError::MalformedStream {
+                    provider,
+                    reason: format!(
+                        "expected an event stream, got JSON: {}",
+                        shorten(&String::from_utf8_lossy(&body), 200)
+                    ),
+                },
+            };
+            return Err(Failure::new(error));
+        }
+
+        let fail = |error, decoder: &D| Failure {
+            error,
+            retry_after: None,
+            tool_call_started: decoder.tool_call_started(),
+        };
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(source) => {
+                    let error = LlmError::StreamInterrupted { provider, source };
+                    return Err(fail(error, &decoder));
+                }
+            };
+            if let Err(error) = decoder.push(&chunk, on_text) {
+                return Err(fail(error, &decoder));
+            }
+            if decoder.is_done() {
+                break;
+            }
+        }
+        decoder.finish(on_text).map_err(Failure::new)
+    }
+}
+
+/// Parses the JSON of one stream event, naming it in the error when it is not valid.
+pub(crate) fn decode_event<T: DeserializeOwned>(
+    provider: &'static str,
+    data: &str,
+) -> Result<T, LlmError> {
+    serde_json::from_str(data).map_err(|source| LlmError::MalformedEvent {
+        provider,
+        data: shorten(data, 200),
+        source,
+    })
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// The response body up to [`MAX_ERROR_BODY`] bytes; a read error keeps what came before.
+async fn read_capped(mut response: Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_with_or_without_trailing_slash() {
+        let url = |base| endpoint_url("X", base, "chat/completions").map(|u| u.to_string());
+        assert_eq!(
+            url("https://api.openai.com/v1").unwrap(),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(
+            url("http://127.0.0.1:8080/v1/").unwrap(),
+            "http://127.0.0.1:8080/v1/chat/completions"
+        );
+        let error = url("not a url").unwrap_err().to_string();
+        assert!(error.starts_with("X is not a valid URL"), "{error}");
+        let error = url("ftp://example.com").unwrap_err().to_string();
+        assert!(error.contains("http or https"), "{error}");
+    }
+
+    #[test]
+    fn debug_hides_secrets_in_headers_and_urls() {
+        let mut headers = HeaderMap::new();
+        let mut key = HeaderValue::from_static("Bearer sk-very-secret");
+        key.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, key);
+        let source = ErrorSource {
+            provider: "openai",
+            key_env: None,
+        };
+        let url = endpoint_url(
+            "X",
+            "https://user:hunter2@proxy.example/v1",
+            "chat/completions",
+        )
+        .unwrap();
+        let endpoint = Endpoint::new(
+            source,
+            url,
+            headers,
+            RetryPolicy::default(),
+            Timeouts::default(),
+        )
+        .unwrap();
+        let debug = format!("{endpoint:?}");
+        assert!(!debug.contains("sk-very-secret"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("https://user:***@proxy.example/v1/chat/completions"),
+            "{debug}"
+        );
+        assert!(debug.contains("authorization"), "{debug}");
+    }
+}

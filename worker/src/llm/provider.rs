@@ -1,0 +1,52 @@
+//! [`Provider`]: picks the client for a `PROVIDER/MODEL` string and forwards to it.
+
+use kugetsu_protocol::{ModelRef, ProviderKind};
+
+use super::{Completion, LlmError, LlmRequest, anthropic, openai, scripted};
+
+/// The provider a task talks to.
+#[derive(Debug)]
+pub enum Provider {
+    /// `openai`, `openrouter` and `ollama`: chat completions.
+    OpenAi(openai::OpenAiClient),
+    /// `anthropic`: the Messages API.
+    Anthropic(anthropic::AnthropicClient),
+    /// `scripted`: a replayed script, no network.
+    Scripted(scripted::Scripted),
+}
+
+impl Provider {
+    /// Builds the provider for `model`, reading keys and base URLs through `env`.
+    pub fn from_model(
+        model: &ModelRef,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Provider, LlmError> {
+        match model.provider {
+            ProviderKind::Scripted => {
+                Ok(Provider::Scripted(scripted::Scripted::load(&model.model)?))
+            }
+            ProviderKind::Anthropic => Ok(Provider::Anthropic(anthropic::AnthropicClient::new(
+                model, env,
+            )?)),
+            ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
+                Ok(Provider::OpenAi(openai::OpenAiClient::new(model, env)?))
+            }
+        }
+    }
+
+    /// Streams one assistant turn, calling `on_text` with each piece of text as it arrives.
+    ///
+    /// Retryable failures are retried inside (see the `retry` module); dropping the future
+    /// aborts the request at once.
+    pub async fn complete(
+        &self,
+        request: &LlmRequest<'_>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion, LlmError> {
+        match self {
+            Provider::OpenAi(p) => p.complete(request, on_text).await,
+            Provider::Anthropic(p) => p.complete(request, on_text).await,
+            Provider::Scripted(p) => p.complete(request, on_text).await,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! A push-based parser for server-sent events (the `text/event-stream` format both providers
+//! stream in), independent of HTTP.
+//!
+//! Bytes go in through [`SseParser::push`] in whatever pieces the network delivers; complete
+//! events come out. Lines may end in `\n`, `\r\n` or a lone `\r`, and a chunk may end between
+//! the `\r` and the `\n`, inside a line, or inside a multi-byte UTF-8 character: bytes are kept
+//! until their line is complete and only then decoded. [`SseParser::finish`] flushes what an
+//! abruptly closed stream left behind.
+//!
+//! Following the WHATWG rules: `data:` lines of one event are joined with `\n`, a single space
+//! after the colon is dropped, lines starting with `:` are comments (`: keep-alive`), `id:` and
+//! `retry:` are ignored, and a blank line dispatches the event. Invalid UTF-8 is replaced, not
+//! fatal: the JSON layer above reports anything that matters.
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, empty when the server sent none (the spec's default `message`).
+    pub event: String,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// The parser's state between pushes.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of the line not yet terminated; undecoded so a split character stays whole.
+    line: Vec<u8>,
+    /// The previous push ended on `\r`, so a leading `\n` of the next one ends nothing.
+    after_cr: bool,
+    /// `data:` lines of the event being assembled.
+    data: String,
+    /// Whether any `data:` line was seen for the event being assembled.
+    has_data: bool,
+    /// `event:` field of the event being assembled.
+    event: String,
+}
+
+impl SseParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes of the stream, appending every event they complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+        let mut rest = bytes;
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(tail) = rest.strip_prefix(b"\n") {
+                rest = tail;
+            }
+        }
+        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&rest[..end]);
+            let terminator = rest[end];
+            rest = &rest[end + 1..];
+            if terminator == b'\r' {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            let line = std::mem::take(&mut self.line);
+            self.process_line(&line, out);
+        }
+        self.line.extend_from_slice(rest);
+    }
+
+    /// Ends the stream: an unterminated last line and an event missing its blank line are
+    /// still delivered, since servers that close early rarely send the final terminator.
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.process_line(&line, out);
+        }
+        self.dispatch(out);
+        self.after_cr = false;
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let line = String::from_utf8_lossy(line);
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line.as_ref(), ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => value.clone_into(&mut self.event),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        let event = std::mem::take(&mut self.event);
+        if std::mem::take(&mut self.has_data) {
+            out.push(SseEvent {
+                event,
+                data: std::mem::take(&mut self.data),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in_pieces(pieces: &[&[u8]]) -> Vec<SseEvent> {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            parser.push(piece, &mut out);
+        }
+        parser.finish(&mut out);
+        out
+    }
+
+    fn event(event: &str, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.to_owned(),
+            data: data.to_owned(),
+        }
+    }
+
+    const STREAM: &str = ": keep-alive\r\n\
+                          event: greeting\r\n\
+                          data: {\"text\":\"héllo ✓\"}\r\n\
+                          \r\n\
+                          data:first\n\
+                          data:  second\n\
+                          id: 7\n\
+                          retry: 100\n\
+                          \n\
+                          \n\
+                          data: lone cr\r\r\
+                          event: empty-data\n\
+                          data\n\
+                          \n\
+                          event: no-data\n\
+                          \n\
+                          data: [DONE]\n\n";
+
+    fn expected() -> Vec<SseEvent> {
+        vec![
+            event("greeting", "{\"text\":\"héllo ✓\"}"),
+            event("", "first\n second"),
+            event("", "lone cr"),
+            event("empty-data", ""),
+            event("", "[DONE]"),
+        ]
+    }
+
+    #[test]
+    fn parses_fields_comments_and_line_endings() {
+        assert_eq!(parse_in_pieces(&[STREAM.as_bytes()]), expected());
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let bytes = STREAM.as_bytes();
+        for split in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(parse_in_pieces(&[a, b]), expected(), "split at {split}");
+        }
+        let single_bytes: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(parse_in_pieces(&single_bytes), expected());
+    }
+
+    #[test]
+    fn crlf_split_between_cr_and_lf_ends_one_line_only() {
+        let events = parse_in_pieces(&[b"data: a\r", b"\n", b"\r", b"\ndata: b\n\n"]);
+        assert_eq!(events, vec![event("", "a"), event("", "b")]);
+    }
+
+    #[test]
+    fn finish_delivers_an_unterminated_event() {
+        assert_eq!(
+            parse_in_pieces(&[b"data: {\"a\":1}\n\ndata: [DONE]"]),
+            vec![event("", "{\"a\":1}"), event("", "[DONE]")]
+        );
+        assert_eq!(parse_in_pieces(&[b""]), Vec::<SseEvent>::new());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_fatal() {
+        let events = parse_in_pieces(&[b"data: a\xffb\n\n"]);
+        assert_eq!(events, vec![event("", "a\u{fffd}b")]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Test support: a worktree and an "outside" directory side by side in a temp dir, and
+//! helpers to look for processes by a marker in their command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{ToolContext, ToolOutput};
+
+/// A temp dir holding `root/` (the worktree), `outside/` (must never change) and `task/`.
+pub(crate) struct Fixture {
+    _dir: tempfile::TempDir,
+    /// The canonical worktree root.
+    pub(crate) root: PathBuf,
+    /// A sibling of the root holding `secret.txt`; tools must never touch it.
+    pub(crate) outside: PathBuf,
+    /// Where bash logs go.
+    pub(crate) output_dir: PathBuf,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let root = base.join("root");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.txt"), "outside secret\n").unwrap();
+        Self {
+            _dir: dir,
+            root,
+            outside,
+            output_dir: base.join("task").join("tool-output"),
+        }
+    }
+
+    pub(crate) fn ctx(&self) -> ToolContext {
+        ToolContext {
+            root: self.root.clone(),
+            output_dir: self.output_dir.clone(),
+        }
+    }
+
+    /// Writes `content` to `rel` under the root, creating directories.
+    pub(crate) fn file(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Creates the symlink `rel` (under the root) pointing at `target` (stored as given).
+    pub(crate) fn symlink(&self, target: impl AsRef<Path>, rel: &str) {
+        let link = self.root.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+
+    /// The escaping symlinks every confinement test tries: `outdir` (a directory outside),
+    /// `outfile` (a file outside), `dangling` (a missing file outside), `uplink` (`..`) and
+    /// `sub/rel_out` (a relative `../../outside`).
+    pub(crate) fn escape_links(&self) {
+        self.symlink(&self.outside, "outdir");
+        self.symlink(self.outside.join("secret.txt"), "outfile");
+        self.symlink(self.outside.join("missing.txt"), "dangling");
+        self.symlink("..", "uplink");
+        self.symlink("../../outside", "sub/rel_out");
+    }
+
+    /// Every file under `outside/` with its content, to show nothing there changed.
+    pub(crate) fn outside_snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.outside.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    out.push((path.clone(), Vec::new()));
+                    stack.push(path);
+                } else {
+                    out.push((path.clone(), std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Runs tool `name` through the public entry point.
+    pub(crate) async fn run(&self, name: &str, args: Value) -> ToolOutput {
+        super::run(&self.ctx(), "call_test", name, &args).await
+    }
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub(crate) fn pids_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A zombie's cmdline is empty, so only processes still running can match.
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits up to `timeout` for some process with `marker` to appear.
+pub(crate) async fn wait_for_process(marker: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while pids_with(marker).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no process with `{marker}` appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to `timeout` for every process with `marker` to be gone; returns the survivors.
+pub(crate) async fn survivors(marker: &str, timeout: Duration) -> Vec<u32> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = pids_with(marker);
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
