@@ -10,4 +10,4 @@ mod repo;
 mod run;
 
 pub use repo::{DEFAULT_FILES, TestRepo};
-pub use run::{Kugetsu, LiveRun, RUN_TIMEOUT, RunOutput, bin_path};
+pub use run::{Kugetsu, LiveRun, RUN_TIMEOUT, RunOutput, StdoutKind, bin_path};

@@ -67,6 +67,17 @@ pub struct Kugetsu {
     timeout: Duration,
     /// Where task directories are, to show `worker.log` when a run fails.
     state_dir: Option<PathBuf>,
+    /// Whether stdout carries `--json` events (checked line by line) or text for a person.
+    stdout: StdoutKind,
+}
+
+/// What a run prints on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutKind {
+    /// One JSON event per line (`--json`): every line must parse.
+    Events,
+    /// Text for a person (the final result, a diff): kept as is.
+    Text,
 }
 
 impl Kugetsu {
@@ -85,6 +96,7 @@ impl Kugetsu {
             cwd: cwd.to_path_buf(),
             timeout: RUN_TIMEOUT,
             state_dir: None,
+            stdout: StdoutKind::Events,
         }
     }
 
@@ -146,6 +158,12 @@ impl Kugetsu {
     /// The prompt, passed after every option.
     pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
         self.prompt = Some(prompt.into());
+        self
+    }
+
+    /// Declares stdout to be text for a person rather than `--json` events.
+    pub fn text_stdout(mut self) -> Self {
+        self.stdout = StdoutKind::Text;
         self
     }
 
@@ -230,6 +248,7 @@ impl Kugetsu {
             started,
             deadline: started + self.timeout,
             state_dir: self.state_dir,
+            stdout_kind: self.stdout,
             exited: false,
         }
     }
@@ -257,6 +276,7 @@ pub struct LiveRun {
     started: Instant,
     deadline: Instant,
     state_dir: Option<PathBuf>,
+    stdout_kind: StdoutKind,
     /// Whether the child has been reaped (its pid, and so its group id, may be reused).
     exited: bool,
 }
@@ -283,10 +303,15 @@ impl LiveRun {
     /// The next event, or `None` once stdout is closed. Panics after `timeout` (or the run's
     /// overall deadline) and on a stdout line that is not a JSON event.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        assert_eq!(
+            self.stdout_kind,
+            StdoutKind::Events,
+            "events are only read from --json runs"
+        );
         let until = (Instant::now() + timeout).min(self.deadline);
         let wait = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(wait, self.lines.recv()).await {
-            Ok(Some(line)) => Some(self.accept_line(&line)),
+            Ok(Some(line)) => self.accept_line(&line),
             Ok(None) => None,
             Err(_) => {
                 let context = self.context();
@@ -298,9 +323,13 @@ impl LiveRun {
         }
     }
 
-    fn accept_line(&mut self, line: &str) -> Value {
+    /// Keeps a stdout line; in an event stream, parses it (panicking on anything else).
+    fn accept_line(&mut self, line: &str) -> Option<Value> {
         self.stdout.push_str(line);
         self.stdout.push('\n');
+        if self.stdout_kind == StdoutKind::Text {
+            return None;
+        }
         let value: Value = serde_json::from_str(line).unwrap_or_else(|e| {
             panic!(
                 "stdout line is not a JSON event ({e}): {line:?}\n{}",
@@ -308,7 +337,7 @@ impl LiveRun {
             )
         });
         self.events.push(value.clone());
-        value
+        Some(value)
     }
 
     /// Reads events until one satisfies `matches`; returns it. Panics after `timeout` or when

@@ -57,6 +57,7 @@ async fn kugetsu_demo_shows_the_diff_of_greet_sh() {
         .kugetsu()
         .arg("demo")
         .env("TMPDIR", &tmp)
+        .text_stdout()
         .output()
         .await;
     out.assert_code(0);

@@ -136,7 +136,11 @@ async fn bash_runs_in_the_worktree_and_reports_failure() {
     let pwd = out.events.tool_end_of("bash", 0);
     assert_eq!(pwd["ok"], true);
     let worktree = repo.worktree(out.task_id());
-    assert_eq!(str_of(pwd, "output").trim(), worktree.to_str().unwrap());
+    assert_eq!(
+        str_of(pwd, "output").lines().next().map(str::trim),
+        worktree.to_str(),
+        "bash runs in the worktree"
+    );
     let failed = out.events.tool_end_of("bash", 1);
     assert_eq!(
         failed["ok"], false,
