@@ -11,6 +11,23 @@
 //!   binaries with a controlled environment, an overall timeout and streamed events.
 //! - [`events`]: the `--json` event stream of one task, and the checks every stream must pass.
 //! - [`procs`]: finding processes by command line, to prove nothing a task started survives it.
+//!
+//! A test reads like this (`tests/suite/*.rs` has many):
+//!
+//! ```ignore
+//! let repo = TestRepo::new();                       // git repo + state dir + home in a tempdir
+//! let server = FakeLlm::openai();                   // expects gpt-4.1-mini and its test key
+//! server.push(Turn::text("Looking.").tool_call("read", json!({"path": "hello.txt"})));
+//! server.push(Turn::text("Done."));
+//! let out = repo.run().llm(&server).prompt("Read hello.txt").output().await;
+//! out.assert_code(0).assert_status("completed");    // failures print stderr, events, worker.log
+//! assert_eq!(out.finished()["result"], "Done.");    // finished() checks the whole stream first
+//! server.request(2).tool_result(call_id);           // what went back to the model
+//! // Dropping `server` fails the test if any request broke an invariant.
+//! ```
+//!
+//! The binaries are taken from the cargo target directory the test executable runs from:
+//! `cargo build --workspace && cargo test -p kugetsu-tests` (or `cargo test --workspace`).
 
 #![allow(
     clippy::unwrap_used,

@@ -6,6 +6,7 @@ mod confinement;
 mod errors;
 mod fake_server;
 mod providers;
+mod recovery;
 mod scripted;
 mod streaming;
 mod tools;
