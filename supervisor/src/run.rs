@@ -367,8 +367,9 @@ pub async fn drive(
 enum Attempt {
     /// It reported `finished` (or the supervisor ended the task for it).
     Finished(Finished),
-    /// It died or hung without `finished`; the reason says how.
-    Crashed(String),
+    /// It died or hung without `finished`; `reason` says how, `progressed` whether it had
+    /// emitted any task event first.
+    Crashed { reason: String, progressed: bool },
 }
 
 /// Runs workers for the task until one reports `finished`, restarting crashed ones from
@@ -419,14 +420,14 @@ async fn run_worker(
             (&mut sigint, &mut sigterm),
         )
         .await;
-        let reason = match outcome {
+        let (reason, progressed) = match outcome {
             Attempt::Finished(mut finished) => {
                 finished.restarts = restarts_total;
                 return finished;
             }
-            Attempt::Crashed(reason) => reason,
+            Attempt::Crashed { reason, progressed } => (reason, progressed),
         };
-        let Some(delay) = restarts.next_delay() else {
+        let Some(delay) = restarts.next_delay(progressed) else {
             let mut finished = observed.finished(
                 FinishStatus::Failed,
                 format!(
@@ -485,10 +486,16 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Exponential backoff with jitter, and the cap on restarts per window.
+///
+/// The backoff grows only over consecutive crashes that made no progress (a crash loop); a
+/// worker that got as far as working on its task before dying restarts at the base delay, so
+/// a single `kill -9` costs milliseconds. Every restart counts against the window's cap.
 #[derive(Debug)]
 struct RestartPolicy {
     max: u32,
     recent: std::collections::VecDeque<tokio::time::Instant>,
+    /// Crashes in a row without progress.
+    fruitless: u32,
 }
 
 impl RestartPolicy {
@@ -496,11 +503,13 @@ impl RestartPolicy {
         RestartPolicy {
             max,
             recent: std::collections::VecDeque::new(),
+            fruitless: 0,
         }
     }
 
-    /// The delay before the next restart, or `None` when the budget is spent.
-    fn next_delay(&mut self) -> Option<Duration> {
+    /// The delay before the next restart, or `None` when the budget is spent. `progressed`
+    /// says whether the crashed worker had emitted any task event.
+    fn next_delay(&mut self, progressed: bool) -> Option<Duration> {
         let now = tokio::time::Instant::now();
         while self
             .recent
@@ -513,9 +522,9 @@ impl RestartPolicy {
             return None;
         }
         self.recent.push_back(now);
-        // 10 ms, 20 ms, 40 ms ... capped at 5 s; the first restart is near-immediate so a
-        // killed worker resumes fast, repeated crashes back off.
-        let exponent = (self.recent.len() as u32).saturating_sub(1).min(9);
+        self.fruitless = if progressed { 0 } else { self.fruitless + 1 };
+        // 10 ms, 20 ms, 40 ms ... capped at 5 s.
+        let exponent = self.fruitless.min(9);
         let base = Duration::from_millis(10 << exponent).min(Duration::from_secs(5));
         Some(base + jitter(base / 2))
     }
@@ -565,7 +574,12 @@ async fn run_attempt(
     let (mut shadow, mut from_worker) =
         match Shadow::spawn(program, &record.workdir, &worker_log, spec, from_journal).await {
             Ok(pair) => pair,
-            Err(e) => return Attempt::Crashed(kugetsu_worker::ipc::error_chain(&e)),
+            Err(e) => {
+                return Attempt::Crashed {
+                    reason: kugetsu_worker::ipc::error_chain(&e),
+                    progressed: false,
+                };
+            }
         };
     publish(
         log,
@@ -582,6 +596,7 @@ async fn run_attempt(
         .map(|ms| instant_at(ms) + DEADLINE_GRACE);
     let mut cancel_by: Option<tokio::time::Instant> = None;
     let mut silent_since = tokio::time::Instant::now();
+    let mut progressed = false;
     let outcome = loop {
         tokio::select! {
             item = from_worker.recv() => {
@@ -591,6 +606,7 @@ async fn run_attempt(
                         break Attempt::Finished(finished);
                     }
                     Some(FromWorker::Message(WorkerMessage::Event(event))) => {
+                        progressed = true;
                         observed.note(&event);
                         publish(log, event);
                     }
@@ -607,7 +623,10 @@ async fn run_attempt(
                                 format!("cancelled; the worker exited without reporting ({how})"),
                             ));
                         }
-                        break Attempt::Crashed(format!("worker {how} without finishing"));
+                        break Attempt::Crashed {
+                            reason: format!("worker {how} without finishing"),
+                            progressed,
+                        };
                     }
                 }
             }
@@ -629,10 +648,13 @@ async fn run_attempt(
             }
             () = tokio::time::sleep_until(silent_since + SILENCE_LIMIT) => {
                 shadow.kill();
-                break Attempt::Crashed(format!(
-                    "worker silent for {}s (no heartbeat); killed",
-                    SILENCE_LIMIT.as_secs()
-                ));
+                break Attempt::Crashed {
+                    reason: format!(
+                        "worker silent for {}s (no heartbeat); killed",
+                        SILENCE_LIMIT.as_secs()
+                    ),
+                    progressed,
+                };
             }
         }
     };
@@ -673,4 +695,31 @@ fn instant_at(unix_ms_at: u64) -> tokio::time::Instant {
 
 fn tracing_warn(message: &str) {
     eprintln!("kugetsu: warning: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_over_fruitless_crashes_and_resets_on_progress() {
+        let mut policy = RestartPolicy::new(6);
+        let d1 = policy.next_delay(false).unwrap();
+        let d2 = policy.next_delay(false).unwrap();
+        let d3 = policy.next_delay(false).unwrap();
+        assert!(d1 < Duration::from_millis(40), "{d1:?}");
+        assert!(d2 >= Duration::from_millis(20) && d3 >= Duration::from_millis(40), "{d2:?} {d3:?}");
+        let reset = policy.next_delay(true).unwrap();
+        assert!(reset < Duration::from_millis(15), "{reset:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_than_max_restarts_in_the_window_is_refused_until_it_slides() {
+        let mut policy = RestartPolicy::new(2);
+        assert!(policy.next_delay(true).is_some());
+        assert!(policy.next_delay(true).is_some());
+        assert!(policy.next_delay(true).is_none());
+        tokio::time::advance(RESTART_WINDOW + Duration::from_secs(1)).await;
+        assert!(policy.next_delay(true).is_some());
+    }
 }
