@@ -1,5 +1,7 @@
 //! Recorded requests, and the views of them tests assert on.
 
+use std::time::Instant;
+
 use serde_json::Value;
 
 use super::http::header;
@@ -19,6 +21,8 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     /// The body parsed as JSON, when it is JSON.
     pub json: Option<Value>,
+    /// When the whole request had been read.
+    pub received_at: Instant,
 }
 
 /// A tool result the client sent back, in either provider's format.

@@ -271,6 +271,11 @@ impl ApiError {
         self
     }
 
+    /// The `retry-after` seconds this reply sends, if any.
+    pub fn retry_after_hint(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     /// Replaces the provider's stock message.
     pub fn message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());

@@ -453,6 +453,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
         headers: request.headers,
         body: request.body,
         json,
+        received_at: std::time::Instant::now(),
     };
     let mut violations = Vec::new();
     let reply = match wire {

@@ -1,6 +1,8 @@
 //! Provider errors end to end: error statuses with the real bodies, retries with backoff and
 //! `retry-after`, in-stream error events.
 
+use std::time::Duration;
+
 use kugetsu_tests::events::str_of;
 use kugetsu_tests::{ApiError, FakeLlm, RunOutput, TestRepo, Turn, Wire};
 use serde_json::json;
@@ -49,6 +51,7 @@ async fn anthropic_401_fails_with_the_provider_message() {
 }
 
 async fn retried_then_completes(wire: Wire, error: ApiError) {
+    let hint = error.retry_after_hint();
     let repo = TestRepo::new();
     let server = FakeLlm::start(wire);
     server.push(error);
@@ -60,6 +63,14 @@ async fn retried_then_completes(wire: Wire, error: ApiError) {
     // The retry is the same request.
     let requests = server.requests();
     assert_eq!(requests[0].json(), requests[1].json());
+    if let Some(seconds) = hint {
+        // The server's retry-after is honoured (KUGETSU_RETRY_BASE_MS only shrinks backoff).
+        let waited = requests[1].received_at - requests[0].received_at;
+        assert!(
+            waited >= Duration::from_millis(seconds * 1000 - 100),
+            "retried after {waited:?} despite retry-after: {seconds}"
+        );
+    }
 }
 
 #[tokio::test]
