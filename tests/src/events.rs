@@ -13,18 +13,28 @@ impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} events:", self.0.len())?;
         for event in &self.0 {
-            let mut line = event.to_string();
-            if line.len() > 400 {
-                let mut cut = 400;
-                while !line.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                line.truncate(cut);
-                line.push('…');
-            }
-            writeln!(f, "  {line}")?;
+            writeln!(f, "  {}", shorten(event))?;
         }
         Ok(())
+    }
+}
+
+/// `value` with every long string cut, so a failure message shows every field of every event.
+fn shorten(value: &Value) -> Value {
+    const KEEP: usize = 160;
+    match value {
+        Value::String(s) if s.len() > KEEP => {
+            let mut cut = KEEP;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Value::String(format!("{}…[{} bytes]", &s[..cut], s.len()))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(shorten).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), shorten(v))).collect())
+        }
+        other => other.clone(),
     }
 }
 

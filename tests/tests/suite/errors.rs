@@ -168,3 +168,46 @@ async fn anthropic_mid_stream_invalid_request_fails_without_retry() {
             .all(|e| !str_of(e, "text").is_empty())
     );
 }
+
+/// A provider-reported context overflow is answered by pruning the conversation and asking
+/// again (DESIGN §2), even when the shadow's own estimate thought it fit (a llama.cpp server
+/// started with a small `-c`, say); the pruned conversation still pairs every tool result
+/// with its call (the server checks it).
+async fn context_overflow_is_pruned_and_retried(wire: Wire) {
+    let repo = TestRepo::new();
+    let server = FakeLlm::start(wire);
+    server
+        .push(Turn::text("Listing numbers.").tool_call("bash", json!({"command": "seq 1 30000"})));
+    server.push(Turn::text("And more.").tool_call("bash", json!({"command": "seq 30000 60000"})));
+    server.push(ApiError::context_length_exceeded());
+    server.push(Turn::text("Summarised the numbers."));
+    let out = run(&repo, &server).await;
+    out.assert_code(0).assert_status("completed");
+    assert_eq!(out.finished()["result"], "Summarised the numbers.");
+    assert_eq!(server.request_count(), 4);
+    let (rejected, retried) = (server.request(3), server.request(4));
+    assert!(
+        retried.body.len() < rejected.body.len(),
+        "the retry is smaller: {} >= {} bytes",
+        retried.body.len(),
+        rejected.body.len()
+    );
+    assert!(
+        retried
+            .user_texts()
+            .iter()
+            .any(|t| t.contains("Do the thing.")),
+        "the task itself survives pruning: {:?}",
+        retried.messages()
+    );
+}
+
+#[tokio::test]
+async fn openai_context_overflow_is_pruned_and_retried() {
+    context_overflow_is_pruned_and_retried(Wire::OpenAi).await;
+}
+
+#[tokio::test]
+async fn anthropic_context_overflow_is_pruned_and_retried() {
+    context_overflow_is_pruned_and_retried(Wire::Anthropic).await;
+}
