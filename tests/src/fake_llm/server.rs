@@ -1,0 +1,665 @@
+//! The fake LLM server: a listener on its own thread and runtime, one task per connection, a
+//! shared script of replies and a record of requests.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use super::http::{self, Request};
+use super::ids::IdGen;
+use super::invariants::{self, Expectations};
+use super::record::RecordedRequest;
+use super::reply::{ApiError, Cut, Reply};
+use super::{anthropic, openai};
+
+/// The model id the OpenAI server of [`FakeLlm::openai`] expects.
+pub const OPENAI_MODEL: &str = "gpt-4.1-mini";
+/// The key the OpenAI server of [`FakeLlm::openai`] expects.
+pub const OPENAI_KEY: &str = "sk-test-openai-0123456789";
+/// The model id the Anthropic server of [`FakeLlm::anthropic`] expects.
+pub const ANTHROPIC_MODEL: &str = "claude-sonnet-4-5";
+/// The key the Anthropic server of [`FakeLlm::anthropic`] expects.
+pub const ANTHROPIC_KEY: &str = "sk-ant-test-0123456789";
+
+/// A provider wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wire {
+    /// OpenAI chat completions (`…/chat/completions`).
+    OpenAi,
+    /// Anthropic Messages (`…/messages`).
+    Anthropic,
+}
+
+impl Wire {
+    /// The wire format a request path asks for.
+    pub fn from_path(path: &str) -> Option<Wire> {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.ends_with("chat/completions") {
+            Some(Wire::OpenAi)
+        } else if path.ends_with("messages") {
+            Some(Wire::Anthropic)
+        } else {
+            None
+        }
+    }
+
+    /// The provider name of `kugetsu -m PROVIDER/MODEL`.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// What a test can read and change while the server runs.
+#[derive(Debug)]
+struct State {
+    replies: VecDeque<Reply>,
+    requests: Vec<RecordedRequest>,
+    violations: Vec<String>,
+    /// Every tool-call id streamed so far: a client may only echo these.
+    issued: HashSet<String>,
+    ids: IdGen,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wire: Wire,
+    expect: Expectations,
+    /// The number of requests received; a watch so tests can wait for the n-th request.
+    received: watch::Sender<usize>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock only ever comes from a test assertion; the state is
+        // still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Configures a [`FakeLlm`] before it starts.
+#[derive(Debug, Clone)]
+pub struct FakeLlmBuilder {
+    wire: Wire,
+    expect: Expectations,
+}
+
+impl FakeLlmBuilder {
+    /// Every request must name this model.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.expect.model = Some(model.into());
+        self
+    }
+
+    /// Every request must carry this key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.expect.api_key = Some(key.into());
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving on a thread of its own.
+    pub fn start(self) -> FakeLlm {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("set the listener non-blocking");
+        let addr = listener.local_addr().expect("listener address");
+        let (received, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                replies: VecDeque::new(),
+                requests: Vec::new(),
+                violations: Vec::new(),
+                issued: HashSet::new(),
+                ids: IdGen::new(u64::from(addr.port())),
+            }),
+            wire: self.wire,
+            expect: self.expect,
+            received,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("fake-llm-{}", addr.port()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("fake LLM runtime");
+                runtime.block_on(accept_loop(listener, thread_shared, stopped));
+                // Dropping the runtime cancels every connection task, stalled ones included.
+            })
+            .expect("spawn the fake LLM thread");
+        FakeLlm {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A fake LLM server. See the [module docs](super).
+///
+/// Dropping it stops the server and fails the test if any request violated an invariant.
+pub struct FakeLlm {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Tells the accept loop to end; the thread then drops its runtime and every connection.
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for FakeLlm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("FakeLlm")
+            .field("addr", &self.addr)
+            .field("wire", &self.shared.wire)
+            .field("requests", &state.requests.len())
+            .field("replies_left", &state.replies.len())
+            .field("violations", &state.violations)
+            .finish()
+    }
+}
+
+impl FakeLlm {
+    /// A server for `wire` with no expectations set.
+    pub fn builder(wire: Wire) -> FakeLlmBuilder {
+        FakeLlmBuilder {
+            wire,
+            expect: Expectations::default(),
+        }
+    }
+
+    /// An OpenAI server expecting [`OPENAI_MODEL`] and [`OPENAI_KEY`].
+    pub fn openai() -> FakeLlm {
+        Self::builder(Wire::OpenAi)
+            .model(OPENAI_MODEL)
+            .api_key(OPENAI_KEY)
+            .start()
+    }
+
+    /// An Anthropic server expecting [`ANTHROPIC_MODEL`] and [`ANTHROPIC_KEY`].
+    pub fn anthropic() -> FakeLlm {
+        Self::builder(Wire::Anthropic)
+            .model(ANTHROPIC_MODEL)
+            .api_key(ANTHROPIC_KEY)
+            .start()
+    }
+
+    /// The server for `wire` with its default model and key.
+    pub fn start(wire: Wire) -> FakeLlm {
+        match wire {
+            Wire::OpenAi => Self::openai(),
+            Wire::Anthropic => Self::anthropic(),
+        }
+    }
+
+    pub fn wire(&self) -> Wire {
+        self.shared.wire
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL a client is configured with: `http://127.0.0.1:PORT/v1` for OpenAI (the
+    /// client appends `/chat/completions`), `http://127.0.0.1:PORT` for Anthropic (the client
+    /// appends `/v1/messages`, as the SDKs do).
+    pub fn base_url(&self) -> String {
+        match self.shared.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Anthropic => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The model every request must name, when set.
+    pub fn model(&self) -> Option<&str> {
+        self.shared.expect.model.as_deref()
+    }
+
+    /// `PROVIDER/MODEL` for `kugetsu -m`.
+    pub fn model_arg(&self) -> String {
+        format!(
+            "{}/{}",
+            self.shared.wire.provider(),
+            self.model().unwrap_or("fake-model")
+        )
+    }
+
+    /// The key every request must carry, when set.
+    pub fn api_key(&self) -> Option<&str> {
+        self.shared.expect.api_key.as_deref()
+    }
+
+    /// The environment a client needs to reach this server: base URL and key variables.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let (url_var, key_var) = match self.shared.wire {
+            Wire::OpenAi => ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
+            Wire::Anthropic => ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+        };
+        let mut env = vec![(url_var.to_owned(), self.base_url())];
+        if let Some(key) = self.api_key() {
+            env.push((key_var.to_owned(), key.to_owned()));
+        }
+        env
+    }
+
+    /// Queues a reply; requests take replies in the order they were pushed.
+    pub fn push(&self, reply: impl Into<Reply>) -> &Self {
+        self.shared.lock().replies.push_back(reply.into());
+        self
+    }
+
+    /// Queues several replies.
+    pub fn push_all<R: Into<Reply>>(&self, replies: impl IntoIterator<Item = R>) -> &Self {
+        let mut state = self.shared.lock();
+        state.replies.extend(replies.into_iter().map(Into::into));
+        drop(state);
+        self
+    }
+
+    /// Replies not yet taken by a request.
+    pub fn remaining(&self) -> usize {
+        self.shared.lock().replies.len()
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().requests.len()
+    }
+
+    /// The `number`-th request (1-based); panics when there is none.
+    pub fn request(&self, number: usize) -> RecordedRequest {
+        let state = self.shared.lock();
+        state
+            .requests
+            .get(number.wrapping_sub(1))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the fake LLM received {} requests, not {number}",
+                    state.requests.len()
+                )
+            })
+    }
+
+    /// Every tool-call id the server has streamed, in no particular order.
+    pub fn issued_tool_ids(&self) -> HashSet<String> {
+        self.shared.lock().issued.clone()
+    }
+
+    /// The invariant violations so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.shared.lock().violations.clone()
+    }
+
+    /// Takes the violations so far, so that dropping the server does not fail the test for
+    /// them (for tests that provoke violations on purpose).
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.shared.lock().violations)
+    }
+
+    /// Panics with every violation so far, if there are any.
+    pub fn assert_no_violations(&self) {
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "the fake LLM saw invalid requests:\n  {}",
+            violations.join("\n  ")
+        );
+    }
+
+    /// Panics unless every scripted reply was taken.
+    pub fn assert_all_served(&self) {
+        let state = self.shared.lock();
+        assert!(
+            state.replies.is_empty(),
+            "{} scripted replies were never requested (the client made {} requests)",
+            state.replies.len(),
+            state.requests.len()
+        );
+    }
+
+    /// Waits until at least `count` requests have arrived; panics after `timeout`.
+    pub async fn wait_for_requests(&self, count: usize, timeout: Duration) -> Vec<RecordedRequest> {
+        let mut received = self.shared.received.subscribe();
+        let reached = tokio::time::timeout(timeout, received.wait_for(|n| *n >= count)).await;
+        if !matches!(reached, Ok(Ok(_))) {
+            panic!(
+                "waited {timeout:?} for {count} requests to the fake LLM; got {}",
+                self.request_count()
+            );
+        }
+        self.requests()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        if !std::thread::panicking() {
+            self.assert_no_violations();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let listener = TcpListener::from_std(listener).expect("register the listener");
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
+            }
+        }
+    }
+}
+
+/// A reply, encoded for the wire and ready to write.
+enum Planned {
+    Sse {
+        events: Vec<Vec<u8>>,
+        write_size: Option<usize>,
+        pause: Duration,
+        /// After the events, keep the connection open and send nothing.
+        stall: bool,
+    },
+    Error {
+        status: u16,
+        body: Value,
+        retry_after: Option<u64>,
+    },
+    Stall,
+    Raw(Vec<u8>),
+    /// The path named no known API (or the other provider's).
+    NotFound,
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let request = match http::read_request(&mut read, &mut write).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    shared
+                        .lock()
+                        .violations
+                        .push(format!("malformed HTTP request: {e}"));
+                    let _ = write
+                        .write_all(
+                            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+                return;
+            }
+        };
+        let keep_alive = request.keep_alive;
+        let (planned, request_id) = plan(&shared, request);
+        match write_planned(&mut read, &mut write, shared.wire, planned, &request_id).await {
+            Ok(true) if keep_alive => {}
+            _ => {
+                let _ = write.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Records `request`, checks it, and picks (and encodes) its reply.
+fn plan(shared: &Shared, request: Request) -> (Planned, String) {
+    let wire = Wire::from_path(&request.path);
+    let json: Option<Value> = serde_json::from_slice(&request.body).ok();
+    let mut state = shared.lock();
+    let number = state.requests.len() + 1;
+    let recorded = RecordedRequest {
+        number,
+        wire,
+        method: request.method,
+        path: request.path,
+        headers: request.headers,
+        body: request.body,
+        json,
+        received_at: std::time::Instant::now(),
+    };
+    let mut violations = Vec::new();
+    let reply = match wire {
+        Some(w) if w == shared.wire => {
+            violations = invariants::check(w, &shared.expect, &recorded, &state.issued);
+            state.replies.pop_front().or_else(|| {
+                violations.push("arrived when no reply was scripted".to_owned());
+                Some(Reply::Error(ApiError::invalid_request(format!(
+                    "fake LLM: request #{number} arrived but the test scripted no more replies"
+                ))))
+            })
+        }
+        Some(w) => {
+            violations.push(format!(
+                "path asks for the {w:?} API of a {:?} server",
+                shared.wire
+            ));
+            None
+        }
+        None => {
+            violations.push("path names no known API".to_owned());
+            None
+        }
+    };
+    for v in violations {
+        let line = format!(
+            "request #{number} ({} {}): {v}",
+            recorded.method, recorded.path
+        );
+        state.violations.push(line);
+    }
+    let model = recorded
+        .model()
+        .or(shared.expect.model.as_deref())
+        .unwrap_or("fake-model")
+        .to_owned();
+    state.requests.push(recorded);
+    let request_id = state.ids.request_id();
+    let planned = match reply {
+        None => Planned::NotFound,
+        Some(Reply::Turn(turn)) => {
+            let State { ids, issued, .. } = &mut *state;
+            let (mut events, tool_ids) = match shared.wire {
+                Wire::OpenAi => openai::stream(&turn, &model, ids),
+                Wire::Anthropic => anthropic::stream(&turn, &model, ids),
+            };
+            issued.extend(tool_ids);
+            let mut stall = false;
+            match &turn.cut {
+                None => {}
+                Some(Cut::ErrorAfter(n, error)) => {
+                    events.truncate(*n);
+                    events.push(match shared.wire {
+                        Wire::OpenAi => openai::stream_error(error),
+                        Wire::Anthropic => anthropic::stream_error(error),
+                    });
+                }
+                Some(Cut::StallAfter(n)) => {
+                    events.truncate(*n);
+                    stall = true;
+                }
+            }
+            Planned::Sse {
+                events,
+                write_size: turn.write_size,
+                pause: turn.write_pause,
+                stall,
+            }
+        }
+        Some(Reply::Error(error)) => {
+            let (status, body) = match shared.wire {
+                Wire::OpenAi => openai::error_body(&error),
+                Wire::Anthropic => anthropic::error_body(&error),
+            };
+            Planned::Error {
+                status,
+                body,
+                retry_after: error.retry_after,
+            }
+        }
+        Some(Reply::Stall) => Planned::Stall,
+        Some(Reply::Raw(bytes)) => Planned::Raw(bytes),
+        Some(Reply::RawSse { body, write_size }) => Planned::Sse {
+            events: vec![body],
+            write_size,
+            pause: Duration::from_millis(1),
+            stall: false,
+        },
+    };
+    drop(state);
+    shared.received.send_replace(number);
+    (planned, request_id)
+}
+
+/// Writes a planned reply. `Ok(true)` when the connection can serve another request.
+async fn write_planned(
+    read: &mut BufReader<OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    wire: Wire,
+    planned: Planned,
+    request_id: &str,
+) -> io::Result<bool> {
+    match planned {
+        Planned::Sse {
+            events,
+            write_size,
+            pause,
+            stall,
+        } => {
+            http::write_head(write, 200, &sse_headers(wire, request_id)).await?;
+            match write_size {
+                None => {
+                    for event in &events {
+                        http::write_chunk(write, event).await?;
+                    }
+                }
+                Some(size) => {
+                    let body = events.concat();
+                    for piece in body.chunks(size) {
+                        http::write_chunk(write, piece).await?;
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+            if stall {
+                wait_for_close(read).await;
+                return Ok(false);
+            }
+            http::write_last_chunk(write).await?;
+            Ok(true)
+        }
+        Planned::Error {
+            status,
+            body,
+            retry_after,
+        } => {
+            let body = body.to_string();
+            let mut headers = vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("content-length".to_owned(), body.len().to_string()),
+            ];
+            headers.push(request_id_header(wire, request_id));
+            if let Some(seconds) = retry_after {
+                headers.push(("retry-after".to_owned(), seconds.to_string()));
+            }
+            if wire == Wire::Anthropic {
+                let retry = matches!(status, 408 | 409 | 429 | 500..);
+                headers.push(("x-should-retry".to_owned(), retry.to_string()));
+            }
+            http::write_head(write, status, &headers).await?;
+            write.write_all(body.as_bytes()).await?;
+            write.flush().await?;
+            Ok(true)
+        }
+        Planned::Stall => {
+            http::write_head(write, 200, &sse_headers(wire, request_id)).await?;
+            wait_for_close(read).await;
+            Ok(false)
+        }
+        Planned::Raw(bytes) => {
+            write.write_all(&bytes).await?;
+            write.flush().await?;
+            Ok(false)
+        }
+        Planned::NotFound => {
+            let body = r#"{"error":{"message":"not found","type":"invalid_request_error"}}"#;
+            let headers = [
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("content-length".to_owned(), body.len().to_string()),
+            ];
+            http::write_head(write, 404, &headers).await?;
+            write.write_all(body.as_bytes()).await?;
+            write.flush().await?;
+            Ok(true)
+        }
+    }
+}
+
+fn sse_headers(wire: Wire, request_id: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "content-type".to_owned(),
+            "text/event-stream; charset=utf-8".to_owned(),
+        ),
+        ("transfer-encoding".to_owned(), "chunked".to_owned()),
+        ("cache-control".to_owned(), "no-cache".to_owned()),
+        ("connection".to_owned(), "keep-alive".to_owned()),
+        request_id_header(wire, request_id),
+    ]
+}
+
+fn request_id_header(wire: Wire, request_id: &str) -> (String, String) {
+    let name = match wire {
+        Wire::OpenAi => "x-request-id",
+        Wire::Anthropic => "request-id",
+    };
+    (name.to_owned(), request_id.to_owned())
+}
+
+/// Returns once the client closes its side (or the connection breaks).
+async fn wait_for_close(read: &mut BufReader<OwnedReadHalf>) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Running the real binaries in throwaway places.
+//!
+//! - `repo`: [`TestRepo`], a temporary directory holding a real git repository (`repo/`), a
+//!   state directory (`state/`), a home (`home/`) and room for files "outside" the repository.
+//! - `run`: [`Kugetsu`], a command builder for the real `kugetsu` binary with a controlled
+//!   environment; [`RunOutput`] for a finished run; [`LiveRun`] to watch events as they stream
+//!   and act on them (signals), each wait bounded by a timeout.
+
+mod repo;
+mod run;
+
+pub use repo::{DEFAULT_FILES, TestRepo};
+pub use run::{Kugetsu, LiveRun, RUN_TIMEOUT, RunOutput, StdoutKind, bin_path};

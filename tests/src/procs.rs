@@ -1,0 +1,82 @@
+//! Finding processes by command line through `/proc`, to prove that nothing a task started
+//! outlives it. Tests give their long-running commands a unique marker (`sleep 300.4242`).
+
+use std::time::{Duration, Instant};
+
+/// A live process: its pid and its command line with NULs shown as spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub cmdline: String,
+}
+
+/// Every live (non-zombie) process, other than this one, whose command line contains `marker`.
+pub fn matching(marker: &str) -> Vec<Proc> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if !cmdline.contains(marker) || is_zombie(pid) {
+            continue;
+        }
+        out.push(Proc {
+            pid,
+            cmdline: cmdline.trim_end().to_owned(),
+        });
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    })
+}
+
+/// Polls until no process matches `marker`; panics with the survivors after `timeout`.
+pub async fn wait_until_gone(marker: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = matching(marker);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("processes matching {marker:?} still alive after {timeout:?}: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until a process matches `marker`; panics after `timeout`.
+pub async fn wait_until_running(marker: &str, timeout: Duration) -> Proc {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = matching(marker).into_iter().next() {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            panic!("no process matching {marker:?} appeared within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
