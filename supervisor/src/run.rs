@@ -88,6 +88,10 @@ pub async fn drive_in_foreground(
         drive(prepared, resume, &mut controls, &mut |e| renderer.show(e)).await
     };
     signals.abort();
+    // This process ran one shadow and nothing else is running now: anything still below us
+    // (an orphan that even shed the shadow's environment marker) is a straggler.
+    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
+    kugetsu_worker::process::reap_orphans(&[]);
     finished.ok_or_else(|| CliError::Failed("the task was detached".to_owned()))
 }
 

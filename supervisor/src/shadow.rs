@@ -110,6 +110,9 @@ pub struct Shadow {
     to_worker: mpsc::UnboundedSender<SupervisorMessage>,
     /// `KUGETSU_SHADOW=<task id>`: the environment entry every process of this shadow has.
     marker: Vec<u8>,
+    /// How the worker exited, once it is reaped. From then on its pid and group id may be
+    /// reused by unrelated processes, so nothing may be signalled through them.
+    exit: Option<ExitStatus>,
 }
 
 impl Shadow {
@@ -168,6 +171,7 @@ impl Shadow {
             pid,
             to_worker,
             marker: format!("{SHADOW_ENV}={}", task.id).into_bytes(),
+            exit: None,
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, events.recv()).await;
         let failure = match hello {
@@ -231,35 +235,42 @@ impl Shadow {
         }
     }
 
-    /// SIGKILLs the worker's whole process group.
+    /// SIGKILLs the worker's whole process group (while its id is still ours).
     pub fn kill(&mut self) {
-        self.group.signal(Signal::SIGKILL);
+        if self.exit.is_none() {
+            self.group.signal(Signal::SIGKILL);
+        }
         let _ = self.child.start_kill();
     }
 
     /// Waits up to `limit` for the worker to exit.
     pub async fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok)
+        if self.exit.is_none() {
+            self.exit = tokio::time::timeout(limit, self.child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        self.exit
     }
 
     /// Waits up to `grace` for the worker to exit, then kills it and reaps it.
     pub async fn finish(&mut self, grace: Duration) -> Option<ExitStatus> {
         if let Some(status) = self.wait_for_exit(grace).await {
-            // The worker is gone; its group may still hold stragglers.
-            self.group.signal(Signal::SIGKILL);
             return Some(status);
         }
         self.kill();
-        self.child.wait().await.ok()
+        self.exit = self.child.wait().await.ok();
+        self.exit
     }
 }
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        self.group.signal(Signal::SIGKILL);
+        // Once the worker is reaped its group id may belong to someone else: leave it.
+        if self.exit.is_none() {
+            self.group.signal(Signal::SIGKILL);
+        }
     }
 }
 

@@ -307,6 +307,10 @@ async fn ask_model(
             }
             Err(e) if e.is_context_overflow() && attempt < OVERFLOW_RETRIES => {
                 attempt += 1;
+                // The provider knows the window better than our estimate: whatever we sent
+                // did not fit, so the usable window is below it.
+                let sent = setup.budget.estimate(&setup.system, &session.messages);
+                setup.budget.window = setup.budget.window.min(sent * 9 / 10).max(1024);
                 let target =
                     (setup.budget.window as f64 * context::PRUNE_TO / f64::from(attempt)) as u64;
                 if !prune_now(outbox, session, setup, target)? {

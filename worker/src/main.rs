@@ -18,5 +18,9 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    runtime.block_on(kugetsu_worker::ipc::serve())
+    let code = runtime.block_on(kugetsu_worker::ipc::serve());
+    // Do not wait for blocking threads: one may sit in a read of stdin that cannot be
+    // cancelled, and everything worth keeping is already flushed.
+    runtime.shutdown_background();
+    code
 }

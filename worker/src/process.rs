@@ -27,23 +27,29 @@ impl ProcessGroup {
     }
 
     /// Sends `signal` to every process of the group; a group already gone is not an error.
+    ///
+    /// Only safe while the leader is not yet reaped: once it is, and the group is empty, the
+    /// id can be reused (pid_max may be as low as 32768) by an unrelated process leading its
+    /// own group. After reaping, use [`ProcessGroup::signal_descendants_of`].
     pub fn signal(self, signal: Signal) {
         let _ = killpg(Pid::from_raw(self.0), signal);
     }
 
-    /// Whether any process of the group is still alive.
-    pub fn is_alive(self) -> bool {
-        killpg(Pid::from_raw(self.0), None).is_ok()
-    }
-
-    /// SIGTERM to the group, up to `grace` for it to go, then SIGKILL.
-    pub async fn terminate(self, grace: Duration) {
-        self.signal(Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.is_alive() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Sends `signal` to the members of this group that descend from `ancestor`, found in
+    /// `/proc`. Safe whenever: a reused group id of processes that are not ours is left
+    /// alone. Returns how many were signalled.
+    pub fn signal_descendants_of(self, ancestor: u32, signal: Signal) -> usize {
+        let ours = descendants(ancestor);
+        let mut sent = 0;
+        for pid in ours {
+            if group_of(pid) == Some(self.0)
+                && let Ok(raw) = i32::try_from(pid)
+                && nix::sys::signal::kill(Pid::from_raw(raw), signal).is_ok()
+            {
+                sent += 1;
+            }
         }
-        self.signal(Signal::SIGKILL);
+        sent
     }
 }
 
@@ -117,12 +123,22 @@ pub fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// The parent pid of `pid`, from `/proc/PID/stat`.
-pub fn parent_of(pid: u32) -> Option<u32> {
+/// Field `index` (0 = state) of `/proc/PID/stat` after the command name.
+fn stat_field(pid: u32, index: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    rest.split_whitespace().nth(index).map(str::to_owned)
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)?.parse().ok()
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+pub fn group_of(pid: u32) -> Option<i32> {
+    stat_field(pid, 2)?.parse().ok()
 }
 
 /// SIGKILLs every descendant of `root` except those in `keep`, and returns how many it killed.

@@ -86,7 +86,7 @@ impl CallProcesses {
     /// Asks the process group to stop (SIGTERM); [`Self::kill_all`] must follow.
     pub(crate) fn terminate_group(&self) {
         if let Some(group) = self.group {
-            group.signal(Signal::SIGTERM);
+            group.signal_descendants_of(std::process::id(), Signal::SIGTERM);
         }
     }
 
@@ -96,8 +96,9 @@ impl CallProcesses {
         self.done = true;
         let entry = self.tag.entry();
         let alive = tagged(&entry);
+        // The shell may already be reaped: only members that are ours, never a reused id.
         if let Some(group) = self.group {
-            group.signal(Signal::SIGKILL);
+            group.signal_descendants_of(std::process::id(), Signal::SIGKILL);
         }
         kill(&alive);
         for _ in 1..SWEEP_ROUNDS {
