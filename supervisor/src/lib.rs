@@ -20,6 +20,7 @@
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`task`]: task ids, task directories, atomic file writes.
 //! - [`git`]: repository checks, worktrees, changed files.
+//! - [`memory`]: the sysinfo sampler behind memory limits and pool admission.
 //! - [`shadow`]: spawning a worker, the handshake, the event relay.
 //! - [`events`]: event envelopes and the per-task event log.
 //! - [`render`]: the human progress view.
@@ -35,6 +36,7 @@ pub mod driver;
 pub mod events;
 pub mod exit;
 pub mod git;
+pub mod memory;
 pub mod render;
 pub mod run;
 pub mod shadow;
