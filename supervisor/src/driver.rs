@@ -10,19 +10,21 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kugetsu_protocol::{
     Event, EventEnvelope, FinishStatus, Finished, ModelRef, ProviderKind, TaskSpec, Usage,
     WorkerMessage,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::TaskOptions;
 use crate::config::Config;
 use crate::events::EventLog;
 use crate::exit::CliError;
 use crate::git;
+use crate::memory::{Sampler, Snapshot};
 use crate::shadow::{FromWorker, Shadow, describe_exit, find_worker};
 use crate::task::{StateDir, TaskRecord, write_json_atomic};
 
@@ -260,6 +262,7 @@ impl Observed {
 pub async fn drive(
     prepared: &Prepared,
     resume: Resume,
+    sampler: &Sampler,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
     watch: &mut dyn FnMut(&EventEnvelope),
 ) -> Option<Finished> {
@@ -277,7 +280,8 @@ pub async fn drive(
         let envelope = log.publish(event);
         watch(&envelope);
     };
-    let mut finished = run_worker(prepared, &mut log, &mut publish, resume, control).await?;
+    let mut finished =
+        run_worker(prepared, &mut log, &mut publish, resume, sampler, control).await?;
 
     if record.worktree {
         let first_line: String = record
@@ -315,8 +319,10 @@ enum Attempt {
 }
 
 /// What the supervisor tracks of a task across its workers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracking {
+    /// Memory snapshots, to hold the shadow to its `mem_limit`.
+    memory: watch::Receiver<Arc<Snapshot>>,
     observed: Observed,
     /// Steering messages sent but not yet confirmed by a `steered` event: re-sent to the
     /// next worker if this one dies, so a steer is never dropped.
@@ -332,9 +338,15 @@ async fn run_worker(
     log: &mut EventLog,
     publish: &mut dyn FnMut(&mut EventLog, Event),
     mut resume: Resume,
+    sampler: &Sampler,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
 ) -> Option<Finished> {
-    let mut tracking = Tracking::default();
+    let mut tracking = Tracking {
+        observed: Observed::default(),
+        pending_steers: VecDeque::new(),
+        cancelled: false,
+        memory: sampler.subscribe(),
+    };
     let program = match find_worker() {
         Ok(program) => program,
         Err(e) => {
@@ -565,8 +577,45 @@ async fn run_attempt(
         .map(|ms| instant_at(ms) + DEADLINE_GRACE);
     let mut silent_since = tokio::time::Instant::now();
     let mut progressed = false;
+    // Set when the supervisor killed the worker for its memory; becomes the restart reason.
+    let mut memory_kill: Option<String> = None;
+    let mut tools_over = 0u32;
+    tracking.memory.mark_unchanged();
     let outcome = loop {
         tokio::select! {
+            Ok(()) = tracking.memory.changed() => {
+                let snapshot = tracking.memory.borrow_and_update().clone();
+                let Some(mem) = snapshot.shadow(shadow.pid) else { continue };
+                let limit = record.mem_limit;
+                if mem.worker_rss > limit && memory_kill.is_none() {
+                    publish(log, Event::MemoryLimit {
+                        rss_bytes: mem.total(),
+                        limit_bytes: limit,
+                        killed: true,
+                    });
+                    memory_kill = Some(format!(
+                        "worker killed for using {} MiB, over its {} MiB memory limit",
+                        mem.worker_rss >> 20,
+                        limit >> 20
+                    ));
+                    shadow.kill();
+                } else if mem.total() > limit {
+                    // The worker kills a runaway tool itself within ~100 ms and tells the
+                    // model; this is the backstop if it did not.
+                    tools_over += 1;
+                    if tools_over >= 2 {
+                        tools_over = 0;
+                        publish(log, Event::MemoryLimit {
+                            rss_bytes: mem.total(),
+                            limit_bytes: limit,
+                            killed: true,
+                        });
+                        kugetsu_worker::process::kill_descendants(shadow.pid, &[]);
+                    }
+                } else {
+                    tools_over = 0;
+                }
+            }
             item = from_worker.recv() => {
                 silent_since = tokio::time::Instant::now();
                 match item {
@@ -591,7 +640,9 @@ async fn run_attempt(
                         let status = shadow.finish(Duration::from_secs(2)).await;
                         let how = status.map_or_else(|| "unknown status".to_owned(), describe_exit);
                         break Attempt::Crashed {
-                            reason: format!("worker {how} without finishing"),
+                            reason: memory_kill
+                                .take()
+                                .unwrap_or_else(|| format!("worker {how} without finishing")),
                             progressed,
                         };
                     }

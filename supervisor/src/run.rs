@@ -15,6 +15,7 @@ use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::driver::{Prepared, Reopened, Resume, ShadowControl, drive, prepare, reopen};
 use crate::exit::{self, CliError};
+use crate::memory::Sampler;
 use crate::render::Renderer;
 
 /// Entry point of `kugetsu run`.
@@ -81,11 +82,15 @@ pub async fn drive_in_foreground(
             }
         }
     });
+    let sampler = Sampler::spawn();
     let finished = if json {
-        drive(prepared, resume, &mut controls, &mut print_json).await
+        drive(prepared, resume, &sampler, &mut controls, &mut print_json).await
     } else {
         let mut renderer = Renderer::new();
-        drive(prepared, resume, &mut controls, &mut |e| renderer.show(e)).await
+        drive(prepared, resume, &sampler, &mut controls, &mut |e| {
+            renderer.show(e);
+        })
+        .await
     };
     signals.abort();
     // This process ran one shadow and nothing else is running now: anything still below us
