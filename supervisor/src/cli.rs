@@ -19,6 +19,170 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Offline showcase: a shadow on the scripted model edits a throwaway repository.
     Demo(DemoArgs),
+    /// Run the daemon: a queue and a pool of shadows behind a Unix socket.
+    Serve(ServeArgs),
+    /// Queue a task on the daemon and print its id.
+    Submit(Box<SubmitArgs>),
+    /// List the daemon's tasks.
+    Ps(PsArgs),
+    /// Show one task.
+    Show(ShowArgs),
+    /// Print a task's events (`-f` follows them to the end).
+    Logs(LogsArgs),
+    /// Cancel a queued or running task.
+    Cancel(IdArgs),
+    /// Hand a message to a running task's model.
+    Steer(SteerArgs),
+    /// Live view of running shadows and their memory.
+    Top(TopArgs),
+    /// Remove the worktrees of finished tasks (their branches stay).
+    Clean(CleanArgs),
+    /// Stop the daemon.
+    Shutdown(ShutdownArgs),
+}
+
+/// How a client finds the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
+    /// The daemon's socket (default: $KUGETSU_SOCKET, $XDG_RUNTIME_DIR/kugetsu/kugetsu.sock,
+    /// <state_dir>/kugetsu.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's state directory (used to find its socket).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `kugetsu serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (default: $XDG_CONFIG_HOME/kugetsu/config.toml); watched for changes.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to listen.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Where tasks, worktrees and logs live.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `kugetsu submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub task: TaskOptions,
+    /// Queue priority: high, normal or low.
+    #[arg(long, value_name = "P", default_value = "normal", value_parser = parse_priority)]
+    pub priority: kugetsu_protocol::Priority,
+    /// Follow the task to its end and exit with `run`'s exit codes.
+    #[arg(long)]
+    pub wait: bool,
+    /// Machine-readable output: `{"task":ID}`, or the events as JSON lines with --wait.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// What the shadow should do.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+}
+
+/// `kugetsu ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Print the task list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kugetsu show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The task id.
+    pub id: String,
+}
+
+/// `kugetsu logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Follow new events until the task finishes.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The task id.
+    pub id: String,
+}
+
+/// Commands that name one task.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// The task id.
+    pub id: String,
+}
+
+/// `kugetsu steer`.
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// The task id.
+    pub id: String,
+    /// The message for the model.
+    pub text: String,
+}
+
+/// `kugetsu top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Print one frame and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// `kugetsu clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Also delete the finished tasks' records and logs.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// `kugetsu shutdown`.
+#[derive(Debug, Args)]
+pub struct ShutdownArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Finish running and queued tasks first (no new submissions meanwhile).
+    #[arg(long)]
+    pub drain: bool,
+}
+
+fn parse_priority(text: &str) -> Result<kugetsu_protocol::Priority, String> {
+    match text {
+        "high" => Ok(kugetsu_protocol::Priority::High),
+        "normal" => Ok(kugetsu_protocol::Priority::Normal),
+        "low" => Ok(kugetsu_protocol::Priority::Low),
+        other => Err(format!("{other:?} is not a priority (high, normal, low)")),
+    }
 }
 
 /// Options shared by everything that creates a task.

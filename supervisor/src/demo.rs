@@ -12,7 +12,7 @@ use tokio::process::Command;
 
 use crate::cli::{DemoArgs, TaskOptions};
 use crate::config::Config;
-use crate::driver::{Resume, prepare};
+use crate::driver::{Resume, prepare_now};
 use crate::exit::{self, CliError};
 use crate::git;
 use crate::run::drive_in_foreground;
@@ -57,7 +57,7 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
     };
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;
-    let prepared = prepare(&options, DEMO_PROMPT, &config, &|_| None).await?;
+    let prepared = prepare_now(&options, DEMO_PROMPT, &config, &|_| None).await?;
     let finished = drive_in_foreground(&prepared, Resume::FRESH, args.json).await?;
     if !args.json {
         if let Some(result) = &finished.result {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kugetsu_protocol::{
-    Event, EventEnvelope, FinishStatus, Finished, ModelRef, ProviderKind, TaskSpec, Usage,
-    WorkerMessage,
+    Event, EventEnvelope, FinishStatus, Finished, ModelRef, Priority, ProviderKind, TaskSpec,
+    Usage, WorkerMessage,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -26,7 +26,7 @@ use crate::exit::CliError;
 use crate::git;
 use crate::memory::{Sampler, Snapshot};
 use crate::shadow::{FromWorker, Shadow, describe_exit, find_worker};
-use crate::task::{StateDir, TaskRecord, write_json_atomic};
+use crate::task::{Origin, StateDir, TaskRecord, write_json_atomic};
 
 /// How long a cancelled worker gets to report `finished` before it is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -55,11 +55,16 @@ pub struct Prepared {
 }
 
 /// Checks the request and creates the task: its directory, `task.json` and worktree.
+///
+/// The worktree is not created yet (see [`materialize`]): a queued task costs a directory and
+/// two small files, nothing more.
 pub async fn prepare(
     options: &TaskOptions,
     prompt: &str,
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
+    priority: Priority,
+    origin: Origin,
 ) -> Result<Prepared, CliError> {
     if prompt.trim().is_empty() {
         return Err(CliError::Usage("the prompt is empty".to_owned()));
@@ -89,14 +94,7 @@ pub async fn prepare(
     let (workdir, branch) = if options.no_worktree {
         (repo.clone(), git::current_branch(&repo).await)
     } else {
-        let path = state.worktree(&id);
-        let branch = format!("kugetsu/{id}");
-        let base = base_commit.as_deref().unwrap_or(base_ref);
-        if let Err(e) = git::add_worktree(&repo, &path, &branch, base).await {
-            let _ = std::fs::remove_dir_all(&task_dir);
-            return Err(e);
-        }
-        (path, Some(branch))
+        (state.worktree(&id), Some(format!("kugetsu/{id}")))
     };
     let now_ms = unix_ms(SystemTime::now());
     let record = TaskRecord {
@@ -109,19 +107,68 @@ pub async fn prepare(
         base_commit,
         worktree: !options.no_worktree,
         max_turns: options.max_turns.unwrap_or(config.max_turns),
-        deadline_unix_ms: options
+        timeout_ms: options
             .timeout
-            .map(|t| now_ms.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        deadline_unix_ms: None,
         mem_limit: options.mem_limit.unwrap_or(config.mem_limit),
         created_unix_ms: now_ms,
+        priority,
+        origin,
     };
-    write_json_atomic(&task_dir.join("task.json"), &record)
-        .map_err(|e| CliError::Failed(format!("cannot write task.json: {e}")))?;
+    // Durable before anyone is told the task exists.
+    if let Err(e) = write_json_atomic(&task_dir.join("task.json"), &record) {
+        let _ = std::fs::remove_dir_all(&task_dir);
+        return Err(CliError::Failed(format!("cannot write task.json: {e}")));
+    }
     Ok(Prepared {
         record,
         task_dir,
         config: config.clone(),
     })
+}
+
+/// [`prepare`] and [`materialize`] at once, for a task that starts right away. Nothing is
+/// left behind when it fails.
+pub async fn prepare_now(
+    options: &TaskOptions,
+    prompt: &str,
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Prepared, CliError> {
+    let mut prepared = prepare(options, prompt, config, env, Priority::Normal, Origin::Run).await?;
+    if let Err(e) = materialize(&mut prepared).await {
+        let _ = std::fs::remove_dir_all(&prepared.task_dir);
+        return Err(CliError::Failed(e));
+    }
+    Ok(prepared)
+}
+
+/// Makes a prepared task ready to start: creates its worktree and fixes its deadline (a
+/// timeout counts from the first start, not from submission). Idempotent.
+pub async fn materialize(prepared: &mut Prepared) -> Result<(), String> {
+    let record = &mut prepared.record;
+    if record.worktree && !record.workdir.exists() {
+        let branch = record
+            .branch
+            .clone()
+            .unwrap_or_else(|| format!("kugetsu/{}", record.id));
+        let base = record
+            .base_commit
+            .clone()
+            .unwrap_or_else(|| "HEAD".to_owned());
+        git::add_worktree(&record.repo, &record.workdir, &branch, &base)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if record.deadline_unix_ms.is_none()
+        && let Some(timeout) = record.timeout_ms
+    {
+        record.deadline_unix_ms = Some(unix_ms(SystemTime::now()).saturating_add(timeout));
+        write_json_atomic(&prepared.task_dir.join("task.json"), &*record)
+            .map_err(|e| format!("cannot update task.json: {e}"))?;
+    }
+    Ok(())
 }
 
 /// What `--resume ID` found.
@@ -264,7 +311,7 @@ pub async fn drive(
     resume: Resume,
     sampler: &Sampler,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
-    watch: &mut dyn FnMut(&EventEnvelope),
+    watch: &mut (dyn FnMut(&EventEnvelope) + Send),
 ) -> Option<Finished> {
     let record = &prepared.record;
     let mut log = match EventLog::open(&prepared.task_dir.join("events.jsonl"), &record.id).await {
@@ -307,6 +354,26 @@ pub async fn drive(
     Some(finished)
 }
 
+/// Ends a task that could not start (e.g. its worktree could not be created): publishes a
+/// `failed` finished event and returns it.
+pub async fn fail(
+    prepared: &Prepared,
+    error: String,
+    watch: &mut (dyn FnMut(&EventEnvelope) + Send),
+) -> Finished {
+    let record = &prepared.record;
+    let mut finished = Observed::default().finished(FinishStatus::Failed, error);
+    finished.branch.clone_from(&record.branch);
+    match EventLog::open(&prepared.task_dir.join("events.jsonl"), &record.id).await {
+        Ok(mut log) => watch(&log.publish(Event::Finished(finished.clone()))),
+        Err(e) => warn(&format!(
+            "cannot record the failure of task {}: {e}",
+            record.id
+        )),
+    }
+    finished
+}
+
 /// How a single worker process ended.
 enum Attempt {
     /// It reported `finished` (or the supervisor ended the task for it).
@@ -336,7 +403,7 @@ struct Tracking {
 async fn run_worker(
     prepared: &Prepared,
     log: &mut EventLog,
-    publish: &mut dyn FnMut(&mut EventLog, Event),
+    publish: &mut (dyn FnMut(&mut EventLog, Event) + Send),
     mut resume: Resume,
     sampler: &Sampler,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
@@ -521,7 +588,7 @@ async fn run_attempt(
     prepared: &Prepared,
     program: &std::path::Path,
     log: &mut EventLog,
-    publish: &mut dyn FnMut(&mut EventLog, Event),
+    publish: &mut (dyn FnMut(&mut EventLog, Event) + Send),
     tracking: &mut Tracking,
     resume: Resume,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,

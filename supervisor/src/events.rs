@@ -30,7 +30,9 @@ impl EventLog {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)?;
+        drop_torn_tail(&file)?;
         Ok(EventLog {
             task: task.to_owned(),
             next_seq: last + 1,
@@ -52,7 +54,9 @@ impl EventLog {
         };
         self.next_seq += 1;
         let line = kugetsu_protocol::encode(&envelope);
-        let durable = matches!(envelope.event, Event::Finished(_));
+        // `queued` acknowledges a submission and `finished` ends a task: both must survive a
+        // crash. The others are rebuilt or repeated by a resumed worker.
+        let durable = matches!(envelope.event, Event::Finished(_) | Event::Queued { .. });
         let written = self.file.write_all(&line).and_then(|()| {
             if durable {
                 self.file.sync_data()
@@ -68,6 +72,30 @@ impl EventLog {
         }
         envelope
     }
+}
+
+/// Cuts a last line left without its newline by a crash, so the next event starts a line.
+fn drop_torn_tail(file: &std::fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = file;
+    let window = len.min(64 * 1024);
+    reader.seek(SeekFrom::Start(len - window))?;
+    let mut tail = vec![0u8; window as usize];
+    reader.read_exact(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        // A torn line longer than the window: keep everything rather than guess.
+        None => return Ok(()),
+    };
+    file.set_len(keep)
 }
 
 /// RFC 3339 UTC timestamp with milliseconds.

@@ -30,6 +30,9 @@ pub enum CliError {
     /// Something failed while running.
     #[error("{0}")]
     Failed(String),
+    /// The daemon's queue is full; retry later.
+    #[error("{0}")]
+    QueueFull(String),
 }
 
 impl CliError {
@@ -38,6 +41,7 @@ impl CliError {
         ExitCode::from(match self {
             CliError::Usage(_) => USAGE,
             CliError::Failed(_) => FAILED,
+            CliError::QueueFull(_) => QUEUE_FULL,
         })
     }
 }

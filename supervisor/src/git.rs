@@ -158,3 +158,11 @@ pub async fn diff(dir: &Path, base: &str) -> Result<String, String> {
     )
     .await
 }
+
+/// `git worktree remove --force <path>` (the branch stays).
+pub async fn remove_worktree(repo: &Path, path: &Path) -> Result<(), String> {
+    let path_text = path.to_string_lossy();
+    git(repo, &["worktree", "remove", "--force", &path_text])
+        .await
+        .map(drop)
+}

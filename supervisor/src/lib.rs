@@ -28,16 +28,32 @@
 //! - [`run`]: `kugetsu run`, one shadow in the foreground.
 //! - [`demo`]: `kugetsu demo`, the offline showcase.
 //! - [`exit`]: exit codes and the error type that carries one.
+//! - [`daemon`]: `kugetsu serve`, the actor that owns the queue and the pool.
+//! - [`connection`]: one client connection to the daemon (JSON-RPC over the socket).
+//! - [`client`]: the CLI side of the daemon commands (submit, ps, logs, ...).
+//! - [`rpc`]: the JSON-RPC vocabulary shared by both sides.
+//! - [`socket`]: where the socket is, binding it 0600, peer checks.
+//! - [`queue`]: the bounded priority queue.
+//! - [`reload`]: config hot reload.
+//! - [`sdnotify`]: systemd notifications.
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod connection;
+pub mod daemon;
 pub mod demo;
 pub mod driver;
 pub mod events;
 pub mod exit;
 pub mod git;
 pub mod memory;
+pub mod queue;
+pub mod reload;
 pub mod render;
+pub mod rpc;
 pub mod run;
+pub mod sdnotify;
 pub mod shadow;
+pub mod socket;
 pub mod task;

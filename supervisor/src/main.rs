@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kugetsu_supervisor::cli::{Cli, Command};
-use kugetsu_supervisor::{demo, run};
+use kugetsu_supervisor::{client, daemon, demo, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +22,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Serve(args) => daemon::serve(args).await,
+            Command::Submit(args) => client::submit(*args).await,
+            Command::Ps(args) => client::ps(args).await,
+            Command::Show(args) => client::show(args).await,
+            Command::Logs(args) => client::logs(args).await,
+            Command::Cancel(args) => client::cancel(args).await,
+            Command::Steer(args) => client::steer(args).await,
+            Command::Top(args) => client::top(args).await,
+            Command::Clean(args) => client::clean(args).await,
+            Command::Shutdown(args) => client::shutdown(args).await,
         }
     });
     match result {

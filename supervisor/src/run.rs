@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::driver::{Prepared, Reopened, Resume, ShadowControl, drive, prepare, reopen};
+use crate::driver::{Prepared, Reopened, Resume, ShadowControl, drive, prepare_now, reopen};
 use crate::exit::{self, CliError};
 use crate::memory::Sampler;
 use crate::render::Renderer;
@@ -39,7 +39,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             }
         },
         (None, Some(prompt)) => (
-            prepare(&args.task, prompt, &config, &env).await?,
+            prepare_now(&args.task, prompt, &config, &env).await?,
             Resume::FRESH,
         ),
         (Some(_), Some(_)) => {

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kugetsu_protocol::Priority;
 use serde::{Deserialize, Serialize};
 
 /// Lowercase Crockford base32: digits and letters without i, l, o, u.
@@ -55,9 +56,29 @@ pub struct TaskRecord {
     pub base_commit: Option<String>,
     pub worktree: bool,
     pub max_turns: u32,
+    /// `--timeout`, counted from the task's first start.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Set at the first start when the task has a timeout; kept across restarts.
     pub deadline_unix_ms: Option<u64>,
     pub mem_limit: u64,
     pub created_unix_ms: u64,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Who owns the task: the daemon resumes its own tasks after a restart, never others'.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// Who created a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `kugetsu run` (resumable with `kugetsu run --resume`).
+    #[default]
+    Run,
+    /// The daemon (`kugetsu submit`).
+    Daemon,
 }
 
 /// The directories of one state dir.

@@ -1,0 +1,449 @@
+//! The CLI side of the daemon: `submit`, `ps`, `show`, `logs`, `cancel`, `steer`, `top`,
+//! `clean`, `shutdown`. Each connects to the socket, makes JSON-RPC calls, and prints.
+//!
+//! Without a daemon every command says so in one line and exits 2. A full queue exits 75.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kugetsu_protocol::{DecodeError, Event, EventEnvelope, LineReader};
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, BufReader};
+
+use crate::cli::{
+    CleanArgs, ClientOptions, IdArgs, LogsArgs, PsArgs, ShowArgs, ShutdownArgs, SteerArgs,
+    SubmitArgs, TopArgs,
+};
+use crate::exit::{self, CliError};
+use crate::render::Renderer;
+use crate::rpc::{self, RpcError, SubmitParams, TaskStatus, TaskSummary};
+use crate::run::{print_json, print_result};
+use crate::socket::{Half, halves};
+
+/// A connection to the daemon.
+#[derive(Debug)]
+pub struct Client {
+    reader: LineReader<BufReader<Half>>,
+    send: Half,
+    next_id: u64,
+}
+
+/// Longest line accepted from the daemon (a `list` of many tasks can be large).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+impl Client {
+    /// Connects to the daemon found through `options` and the environment.
+    pub async fn connect(options: &ClientOptions) -> Result<Client, CliError> {
+        Self::connect_to(options.socket.as_deref(), options.state_dir.as_deref()).await
+    }
+
+    async fn connect_to(
+        socket: Option<&std::path::Path>,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<Client, CliError> {
+        let env = |key: &str| std::env::var(key).ok();
+        let state = crate::config::state_dir(state_dir, &env)?;
+        let path = crate::socket::socket_path(socket, &state, &env);
+        let stream = crate::socket::connect(&path).await.map_err(|e| {
+            CliError::Usage(format!(
+                "no kugetsu daemon is running (cannot connect to {}: {e}); start one with `kugetsu serve`",
+                path.display()
+            ))
+        })?;
+        let (recv, send) = halves(stream);
+        Ok(Client {
+            reader: LineReader::with_limit(BufReader::new(recv), MAX_RESPONSE_BYTES),
+            send,
+            next_id: 1,
+        })
+    }
+
+    /// Calls `method` and waits for its response (notifications before it are dropped).
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CliError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        line.push(b'\n');
+        self.send
+            .write_all(&line)
+            .await
+            .map_err(|e| CliError::Failed(format!("lost the daemon: {e}")))?;
+        loop {
+            let message = self.next_message().await?;
+            if message.get("id").and_then(Value::as_u64) != Some(id) {
+                continue;
+            }
+            if let Some(error) = message.get("error") {
+                let error: RpcError = serde_json::from_value(error.clone())
+                    .unwrap_or_else(|_| RpcError::new(rpc::INTERNAL_ERROR, error.to_string()));
+                return Err(cli_error(error));
+            }
+            return Ok(message.get("result").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<Value, CliError> {
+        match self.reader.next_line().await {
+            Ok(Some(line)) => serde_json::from_slice(&line)
+                .map_err(|e| CliError::Failed(format!("bad message from the daemon: {e}"))),
+            Ok(None) | Err(DecodeError::Io { .. }) => Err(CliError::Failed(
+                "the daemon closed the connection".to_owned(),
+            )),
+            Err(e) => Err(CliError::Failed(format!(
+                "bad message from the daemon: {e}"
+            ))),
+        }
+    }
+
+    /// The next event notification of a subscription.
+    pub async fn next_event(&mut self) -> Result<EventEnvelope, CliError> {
+        loop {
+            let message = self.next_message().await?;
+            if message.get("method").and_then(Value::as_str) == Some("event")
+                && let Some(params) = message.get("params")
+                && let Ok(envelope) = serde_json::from_value::<EventEnvelope>(params.clone())
+            {
+                return Ok(envelope);
+            }
+        }
+    }
+}
+
+/// Maps a daemon error to the CLI's exit codes.
+fn cli_error(error: RpcError) -> CliError {
+    let detail = error
+        .data
+        .as_ref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    match error.code {
+        rpc::QUEUE_FULL => CliError::QueueFull(format!(
+            "queue_full: the daemon's queue is full{detail}; retry later"
+        )),
+        rpc::NOT_FOUND => CliError::Usage(format!("no such task{detail}")),
+        rpc::INVALID_PARAMS | rpc::INVALID_REQUEST | rpc::METHOD_NOT_FOUND => {
+            CliError::Usage(error.message)
+        }
+        rpc::SHUTTING_DOWN => CliError::Failed("the daemon is shutting down".to_owned()),
+        _ => CliError::Failed(error.message),
+    }
+}
+
+/// `kugetsu submit`.
+pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
+    if args.task.resume.is_some() {
+        return Err(CliError::Usage(
+            "--resume is for `kugetsu run`; the daemon resumes its own tasks".to_owned(),
+        ));
+    }
+    let repo = std::path::absolute(&args.task.repo)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.task.repo.display())))?;
+    let params = SubmitParams {
+        prompt: args.prompt.clone(),
+        repo,
+        base: args.task.base.clone(),
+        no_worktree: args.task.no_worktree,
+        model: args.task.model.clone(),
+        max_turns: args.task.max_turns,
+        timeout_ms: args
+            .task
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        mem_limit: args.task.mem_limit,
+        priority: args.priority,
+    };
+    let mut client =
+        Client::connect_to(args.socket.as_deref(), args.task.state_dir.as_deref()).await?;
+    let params = serde_json::to_value(&params).map_err(|e| CliError::Failed(e.to_string()))?;
+    let result = client.call("submit", params).await?;
+    let id = result
+        .get("task")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !args.wait {
+        if args.json {
+            print_line(&json!({ "task": id }).to_string());
+        } else {
+            print_line(&id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        eprintln!("kugetsu: queued task {id}");
+    }
+    let finished = follow(&mut client, &id, args.json).await?;
+    if !args.json {
+        print_result(&finished);
+    }
+    Ok(ExitCode::from(exit::for_status(finished.status)))
+}
+
+/// Prints a task's events from the start until `finished`, which it returns.
+async fn follow(
+    client: &mut Client,
+    id: &str,
+    json: bool,
+) -> Result<kugetsu_protocol::Finished, CliError> {
+    client
+        .call("subscribe", json!({ "task": id, "after_seq": 0 }))
+        .await?;
+    let mut renderer = Renderer::new();
+    loop {
+        let envelope = client.next_event().await?;
+        if json {
+            print_json(&envelope);
+        } else {
+            renderer.show(&envelope);
+        }
+        if let Event::Finished(finished) = envelope.event {
+            return Ok(finished);
+        }
+    }
+}
+
+async fn list(client: &mut Client) -> Result<Vec<TaskSummary>, CliError> {
+    let result = client.call("list", json!({})).await?;
+    serde_json::from_value(result.get("tasks").cloned().unwrap_or(Value::Null))
+        .map_err(|e| CliError::Failed(format!("bad task list from the daemon: {e}")))
+}
+
+/// `kugetsu ps`.
+pub async fn ps(args: PsArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    let tasks = list(&mut client).await?;
+    if args.json {
+        print_line(&json!({ "tasks": tasks }).to_string());
+    } else {
+        print_line(&table(&tasks));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(tasks: &[TaskSummary]) -> String {
+    let mut out = format!(
+        "{:<14} {:<10} {:<7} {:>5} {:>8} {:<24} {}\n",
+        "ID", "STATUS", "PRIO", "TURNS", "MEM", "MODEL", "PROMPT"
+    );
+    for task in tasks {
+        let mem = task
+            .rss_bytes
+            .map_or_else(|| "-".to_owned(), |b| format!("{}M", b >> 20));
+        let prompt: String = task
+            .prompt
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(50)
+            .collect();
+        out.push_str(&format!(
+            "{:<14} {:<10} {:<7} {:>5} {:>8} {:<24} {}\n",
+            task.id,
+            task.status.as_str(),
+            format!("{:?}", task.priority).to_lowercase(),
+            task.turns,
+            mem,
+            clip(&task.model, 24),
+            prompt
+        ));
+    }
+    let running = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .count();
+    let queued = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Queued)
+        .count();
+    out.push_str(&format!(
+        "{running} running, {queued} queued, {} total",
+        tasks.len()
+    ));
+    out
+}
+
+fn clip(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// `kugetsu show`.
+pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    let result = client.call("get", json!({ "task": args.id })).await?;
+    if args.json {
+        print_line(&result.to_string());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let task: TaskSummary = serde_json::from_value(result)
+        .map_err(|e| CliError::Failed(format!("bad task from the daemon: {e}")))?;
+    let mut text = format!(
+        "task      {}\nstatus    {}\npriority  {:?}\nmodel     {}\nrepo      {}\n",
+        task.id,
+        task.status.as_str(),
+        task.priority,
+        task.model,
+        task.repo.display()
+    );
+    if let Some(branch) = &task.branch {
+        text.push_str(&format!("branch    {branch}\n"));
+    }
+    if let Some(worktree) = &task.worktree {
+        text.push_str(&format!("worktree  {worktree}\n"));
+    }
+    text.push_str(&format!(
+        "created   {}\nturns     {}\ntokens    {} in / {} out\nrestarts  {}\nmem limit {} MiB\n",
+        task.created,
+        task.turns,
+        task.usage.input_tokens,
+        task.usage.output_tokens,
+        task.restarts,
+        task.mem_limit >> 20
+    ));
+    if let Some(pid) = task.pid {
+        text.push_str(&format!("pid       {pid}\n"));
+    }
+    if let Some(rss) = task.rss_bytes {
+        text.push_str(&format!("memory    {} MiB\n", rss >> 20));
+    }
+    if let Some(error) = &task.error {
+        text.push_str(&format!("error     {error}\n"));
+    }
+    text.push_str(&format!("prompt    {}", task.prompt));
+    if let Some(result) = &task.result {
+        text.push_str(&format!("\nresult    {result}"));
+    }
+    print_line(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu logs`.
+pub async fn logs(args: LogsArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    if args.follow {
+        follow(&mut client, &args.id, args.json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let result = client.call("events", json!({ "task": args.id })).await?;
+    let events: Vec<EventEnvelope> =
+        serde_json::from_value(result.get("events").cloned().unwrap_or(Value::Null))
+            .map_err(|e| CliError::Failed(format!("bad events from the daemon: {e}")))?;
+    let mut renderer = Renderer::new();
+    for envelope in &events {
+        if args.json {
+            print_json(envelope);
+        } else {
+            renderer.show(envelope);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu cancel`.
+pub async fn cancel(args: IdArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    let result = client.call("cancel", json!({ "task": args.id })).await?;
+    let status = result
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("cancelling");
+    print_line(&format!("{status} {}", args.id));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu steer`.
+pub async fn steer(args: SteerArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    client
+        .call("steer", json!({ "task": args.id, "text": args.text }))
+        .await?;
+    print_line(&format!("steering message queued for {}", args.id));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu top`.
+pub async fn top(args: TopArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    loop {
+        let tasks = list(&mut client).await?;
+        let live: Vec<TaskSummary> = tasks.into_iter().filter(|t| !t.status.is_final()).collect();
+        let frame = table(&live);
+        if args.once {
+            print_line(&frame);
+            return Ok(ExitCode::SUCCESS);
+        }
+        print_line(&format!("\x1b[2J\x1b[H{frame}"));
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// `kugetsu clean`.
+pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    let result = client.call("clean", json!({ "purge": args.purge })).await?;
+    let removed: Vec<String> = result
+        .get("removed_worktrees")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if removed.is_empty() {
+        print_line("nothing to clean");
+    } else {
+        print_line(&format!(
+            "removed {} worktree{}: {}",
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" },
+            removed.join(" ")
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu shutdown`: asks the daemon to stop and, unless draining, waits until it has.
+pub async fn shutdown(args: ShutdownArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    client
+        .call("shutdown", json!({ "drain": args.drain }))
+        .await?;
+    if args.drain {
+        print_line("the daemon stops once its queue drains");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The daemon closes our connection when it exits.
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while client.next_message().await.is_ok() {}
+    })
+    .await;
+    if gone.is_err() {
+        return Err(CliError::Failed(
+            "the daemon did not stop within 30 s".to_owned(),
+        ));
+    }
+    print_line("the daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// The path a client would connect to (for messages and tests).
+pub fn resolved_socket(options: &ClientOptions) -> Result<PathBuf, CliError> {
+    let env = |key: &str| std::env::var(key).ok();
+    let state = crate::config::state_dir(options.state_dir.as_deref(), &env)?;
+    Ok(crate::socket::socket_path(
+        options.socket.as_deref(),
+        &state,
+        &env,
+    ))
+}

@@ -1,0 +1,120 @@
+//! The daemon's Unix socket: where it is, binding it safely, and connecting to it.
+//!
+//! Path: `--socket`, else `$KUGETSU_SOCKET`, else `$XDG_RUNTIME_DIR/kugetsu/kugetsu.sock`, else
+//! `<state_dir>/kugetsu.sock`. The socket is created with mode 0600 (set before `bind`, so no
+//! umask race), and every connection's peer uid is checked with `SO_PEERCRED`.
+
+use std::path::{Path, PathBuf};
+
+use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+
+use crate::exit::CliError;
+
+/// Where the daemon's socket is.
+pub fn socket_path(
+    flag: Option<&Path>,
+    state_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> PathBuf {
+    let nonempty = |key: &str| env(key).filter(|v| !v.is_empty());
+    if let Some(flag) = flag {
+        flag.to_owned()
+    } else if let Some(path) = nonempty("KUGETSU_SOCKET") {
+        PathBuf::from(path)
+    } else if let Some(runtime) = nonempty("XDG_RUNTIME_DIR") {
+        Path::new(&runtime).join("kugetsu").join("kugetsu.sock")
+    } else {
+        state_dir.join("kugetsu.sock")
+    }
+}
+
+/// Connects to the daemon at `path`.
+pub async fn connect(path: &Path) -> std::io::Result<Stream> {
+    let name = path.to_fs_name::<GenericFilePath>()?;
+    Stream::connect(name).await
+}
+
+/// Binds the daemon's socket at `path`, mode 0600. Refuses when another daemon answers
+/// there; replaces a stale socket file left by a daemon that died.
+pub async fn bind(path: &Path) -> Result<Listener, CliError> {
+    if connect(path).await.is_ok() {
+        return Err(CliError::Usage(format!(
+            "a kugetsu daemon is already listening on {}",
+            path.display()
+        )));
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| CliError::Usage(format!("bad socket path {}: {e}", path.display())))?;
+    ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .try_overwrite(true)
+        .create_tokio()
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", path.display())))
+}
+
+/// Whether the peer of `stream` runs as our effective uid.
+pub fn peer_is_owner(stream: &Stream) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    stream
+        .peer_creds()
+        .ok()
+        .and_then(|creds| creds.euid())
+        .is_some_and(|uid| uid == me)
+}
+
+/// One direction of a connection. Both halves share the stream (`&Stream` reads and writes),
+/// so each can live in its own task.
+#[derive(Debug, Clone)]
+pub struct Half(pub std::sync::Arc<Stream>);
+
+/// Splits a stream into a reading and a writing [`Half`].
+pub fn halves(stream: Stream) -> (Half, Half) {
+    let shared = std::sync::Arc::new(stream);
+    (Half(shared.clone()), Half(shared))
+}
+
+impl tokio::io::AsyncRead for Half {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut stream: &Stream = &self.0;
+        std::pin::Pin::new(&mut stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Half {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut stream: &Stream = &self.0;
+        std::pin::Pin::new(&mut stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut stream: &Stream = &self.0;
+        std::pin::Pin::new(&mut stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut stream: &Stream = &self.0;
+        std::pin::Pin::new(&mut stream).poll_shutdown(cx)
+    }
+}
