@@ -145,7 +145,7 @@ fn read_file(path: &Path) -> Result<FileConfig, CliError> {
 }
 
 /// `$XDG_CONFIG_HOME/kugetsu/config.toml`, else `~/.config/kugetsu/config.toml`.
-fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let base = env("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

@@ -124,6 +124,7 @@ struct Subscriber {
 #[derive(Debug)]
 struct Daemon {
     config: Config,
+    /// `--config`, if given; else the default location is read (when it exists).
     config_path: Option<PathBuf>,
     state: StateDir,
     queue: Queue,
@@ -160,7 +161,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     let (commands, mut inbox) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         queue: Queue::new(config.queue_capacity as usize),
-        config_path: config.path.clone(),
+        config_path: args.config.clone(),
         config,
         state,
         resume_first: VecDeque::new(),
@@ -174,7 +175,12 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         memory_held: false,
     };
     daemon.recover().await;
-    let _watcher = crate::reload::watch(daemon.config_path.as_deref(), commands.clone());
+    // Watch the file even if it does not exist yet: creating it is a change too.
+    let watch_path = args
+        .config
+        .clone()
+        .or_else(|| crate::config::default_path(&env));
+    let _watcher = crate::reload::watch(watch_path.as_deref(), commands.clone());
 
     let accept_commands = commands.clone();
     let acceptor = tokio::spawn(async move {
