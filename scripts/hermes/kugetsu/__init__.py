@@ -1,0 +1,271 @@
+"""Hermes plugin for kugetsu: run coding agents as isolated kugetsu shadows.
+
+Tools:
+- kugetsu_run: run one shadow to its end (direct spawn, no daemon); returns its `finished` event.
+- kugetsu_submit: queue a task on the kugetsu daemon; returns {"task": ID}.
+- kugetsu_status: one task's state, or the daemon's task list.
+- kugetsu_cancel: cancel a queued or running task.
+
+The binary is $KUGETSU_BIN, else `kugetsu` on PATH. The child gets an explicit environment
+(PATH, HOME, XDG_*, KUGETSU_*, OPENAI_*, ANTHROPIC_*, OPENROUTER_*), nothing else. Handlers
+never raise: every failure comes back as {"error": ...}.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+TOOLSET = "kugetsu"
+
+# Exit codes of `kugetsu run` / `submit` (DESIGN §5).
+EXIT_USAGE = 2
+EXIT_QUEUE_FULL = 75
+
+_ENV_NAMES = ("PATH", "HOME")
+_ENV_PREFIXES = ("XDG_", "KUGETSU_", "OPENAI_", "ANTHROPIC_", "OPENROUTER_")
+
+RUN_SCHEMA = {
+    "name": "kugetsu_run",
+    "description": (
+        "Run a coding agent (a kugetsu shadow) on a git repository until it finishes. It works "
+        "in its own git worktree and branch kugetsu/<id>, never in your checkout. Returns the "
+        "final event as JSON: status, result (the agent's final answer), branch, worktree, "
+        "changed_files, usage."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "description": "What the agent should do."},
+            "repo": {"type": "string", "description": "Path of the git repository (default: current directory)."},
+            "model": {"type": "string", "description": "PROVIDER/MODEL, e.g. openai/gpt-4.1-mini (default: kugetsu's configured model)."},
+            "base": {"type": "string", "description": "Git ref the worktree starts from (default: HEAD)."},
+            "timeout_s": {"type": "integer", "minimum": 1, "description": "Wall-clock limit in seconds."},
+        },
+        "required": ["prompt"],
+    },
+}
+
+SUBMIT_SCHEMA = {
+    "name": "kugetsu_submit",
+    "description": (
+        "Queue a coding task on the kugetsu daemon and return at once with its id; the agent "
+        "runs in the background in its own worktree. Use kugetsu_status to follow it."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "description": "What the agent should do."},
+            "repo": {"type": "string", "description": "Path of the git repository (default: current directory)."},
+            "model": {"type": "string", "description": "PROVIDER/MODEL (default: the daemon's configured model)."},
+            "base": {"type": "string", "description": "Git ref the worktree starts from (default: HEAD)."},
+            "priority": {"type": "string", "enum": ["high", "normal", "low"], "description": "Queue priority (default normal)."},
+        },
+        "required": ["prompt"],
+    },
+}
+
+STATUS_SCHEMA = {
+    "name": "kugetsu_status",
+    "description": "State of one kugetsu task (status, result, branch, ...), or of all the daemon's tasks when no task is given.",
+    "parameters": {
+        "type": "object",
+        "properties": {"task": {"type": "string", "description": "Task id; omit for the whole list."}},
+    },
+}
+
+CANCEL_SCHEMA = {
+    "name": "kugetsu_cancel",
+    "description": "Cancel a queued or running kugetsu task.",
+    "parameters": {
+        "type": "object",
+        "properties": {"task": {"type": "string", "description": "Task id."}},
+        "required": ["task"],
+    },
+}
+
+
+def _binary():
+    explicit = os.environ.get("KUGETSU_BIN")
+    if explicit:
+        return explicit
+    return shutil.which("kugetsu")
+
+
+def _child_env():
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in _ENV_NAMES or key.startswith(_ENV_PREFIXES)
+    }
+
+
+def _error(message, **extra):
+    return json.dumps(dict({"error": message}, **extra))
+
+
+def _args(args):
+    if args is None:
+        return {}
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    return args if isinstance(args, dict) else None
+
+
+def _text(value):
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _invoke(argv, timeout=None):
+    """Runs kugetsu; returns (exit code, stdout, stderr) or an error JSON string."""
+    binary = _binary()
+    if not binary:
+        return _error("kugetsu not found: set KUGETSU_BIN or put kugetsu on PATH")
+    try:
+        done = subprocess.run(
+            [binary] + argv,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return _error("kugetsu did not finish in time")
+    except OSError as exc:
+        return _error(f"cannot run {binary}: {exc}")
+    return done.returncode, done.stdout, done.stderr
+
+
+def _stderr_line(stderr):
+    lines = [line for line in (stderr or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "kugetsu failed"
+
+
+def _task_options(args):
+    argv = []
+    if _text(args.get("repo")):
+        argv += ["-C", args["repo"]]
+    if _text(args.get("model")):
+        argv += ["-m", args["model"]]
+    if _text(args.get("base")):
+        argv += ["--base", args["base"]]
+    return argv
+
+
+def kugetsu_run(args=None, **_kwargs):
+    try:
+        args = _args(args)
+        if args is None or not _text(args.get("prompt")):
+            return _error("prompt is required")
+        argv = ["run", "--json"] + _task_options(args)
+        timeout = None
+        if args.get("timeout_s") is not None:
+            try:
+                seconds = int(args["timeout_s"])
+            except (TypeError, ValueError):
+                return _error("timeout_s must be a whole number of seconds")
+            if seconds < 1:
+                return _error("timeout_s must be at least 1")
+            argv += ["--timeout", f"{seconds}s"]
+            timeout = seconds + 60
+        result = _invoke(argv + ["--", args["prompt"]], timeout=timeout)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        for line in reversed(stdout.splitlines()):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") == "finished":
+                return line.strip()
+        return _error(_stderr_line(stderr), exit_code=code)
+    except Exception as exc:  # a handler never raises
+        return _error(f"kugetsu_run failed: {exc}")
+
+
+def kugetsu_submit(args=None, **_kwargs):
+    try:
+        args = _args(args)
+        if args is None or not _text(args.get("prompt")):
+            return _error("prompt is required")
+        argv = ["submit", "--json"] + _task_options(args)
+        priority = args.get("priority") or "normal"
+        if priority not in ("high", "normal", "low"):
+            return _error("priority must be high, normal or low")
+        argv += ["--priority", priority]
+        result = _invoke(argv + ["--", args["prompt"]], timeout=60)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        if code == EXIT_QUEUE_FULL:
+            return _error("queue_full", exit_code=code, detail=_stderr_line(stderr))
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        try:
+            reply = json.loads(stdout.strip().splitlines()[-1])
+            return json.dumps({"task": reply["task"]})
+        except (ValueError, KeyError, IndexError):
+            return _error(f"unexpected output from kugetsu submit: {stdout.strip()[:200]}")
+    except Exception as exc:
+        return _error(f"kugetsu_submit failed: {exc}")
+
+
+def kugetsu_status(args=None, **_kwargs):
+    try:
+        args = _args(args)
+        if args is None:
+            return _error("arguments must be a JSON object")
+        task = _text(args.get("task"))
+        argv = ["show", "--json", task] if task else ["ps", "--json"]
+        result = _invoke(argv, timeout=60)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        try:
+            return json.dumps(json.loads(stdout))
+        except ValueError:
+            return _error(f"unexpected output from kugetsu: {stdout.strip()[:200]}")
+    except Exception as exc:
+        return _error(f"kugetsu_status failed: {exc}")
+
+
+def kugetsu_cancel(args=None, **_kwargs):
+    try:
+        args = _args(args)
+        task = _text((args or {}).get("task"))
+        if not task:
+            return _error("task is required")
+        result = _invoke(["cancel", task], timeout=60)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        status = (stdout.split() or ["cancelling"])[0]
+        return json.dumps({"task": task, "status": status})
+    except Exception as exc:
+        return _error(f"kugetsu_cancel failed: {exc}")
+
+
+def register(ctx):
+    """Called by Hermes' plugin loader."""
+    for schema, handler in (
+        (RUN_SCHEMA, kugetsu_run),
+        (SUBMIT_SCHEMA, kugetsu_submit),
+        (STATUS_SCHEMA, kugetsu_status),
+        (CANCEL_SCHEMA, kugetsu_cancel),
+    ):
+        ctx.register_tool(
+            name=schema["name"],
+            toolset=TOOLSET,
+            schema=schema,
+            handler=handler,
+            description=schema["description"],
+        )
