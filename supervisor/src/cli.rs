@@ -39,6 +39,19 @@ pub enum Command {
     Clean(CleanArgs),
     /// Stop the daemon.
     Shutdown(ShutdownArgs),
+    /// Check config, providers, git, limits and sandbox.
+    Doctor(DoctorArgs),
+}
+
+/// `kugetsu doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Config file to check (default: $XDG_CONFIG_HOME/kugetsu/config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory to check.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How a client finds the daemon.

@@ -27,6 +27,7 @@
 //! - [`driver`]: preparing a task, driving its workers, restarts, resume.
 //! - [`run`]: `kugetsu run`, one shadow in the foreground.
 //! - [`demo`]: `kugetsu demo`, the offline showcase.
+//! - [`doctor`]: `kugetsu doctor`, environment checks.
 //! - [`exit`]: exit codes and the error type that carries one.
 //! - [`daemon`]: `kugetsu serve`, the actor that owns the queue and the pool.
 //! - [`connection`]: one client connection to the daemon (JSON-RPC over the socket).
@@ -43,6 +44,7 @@ pub mod config;
 pub mod connection;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod driver;
 pub mod events;
 pub mod exit;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kugetsu_supervisor::cli::{Cli, Command};
-use kugetsu_supervisor::{client, daemon, demo, run};
+use kugetsu_supervisor::{client, daemon, demo, doctor, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Top(args) => client::top(args).await,
             Command::Clean(args) => client::clean(args).await,
             Command::Shutdown(args) => client::shutdown(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     match result {

@@ -1,0 +1,225 @@
+//! `kugetsu doctor`: checks what kugetsu needs, one line per check, and says how to fix what
+//! is wrong. Exits 0 when nothing essential is missing, 1 otherwise.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use kugetsu_protocol::{ModelRef, ProviderKind};
+
+use crate::cli::DoctorArgs;
+use crate::config::Config;
+use crate::exit::CliError;
+
+/// How a check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    /// Works, but something deserves attention.
+    Warn,
+    /// Something kugetsu needs is missing.
+    Fail,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, verdict: Verdict, what: &str, detail: &str) {
+        let mark = match verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => {
+                self.failed = true;
+                "FAIL"
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{mark}  {what:<12} {detail}");
+    }
+}
+
+/// Entry point of `kugetsu doctor`.
+pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
+    let env = |key: &str| std::env::var(key).ok();
+    let mut report = Report { failed: false };
+
+    let config = match Config::load(args.config.as_deref(), &env) {
+        Ok(config) => {
+            let source = config.path.as_ref().map_or_else(
+                || "defaults (no config file)".to_owned(),
+                |p| p.display().to_string(),
+            );
+            report.line(Verdict::Ok, "config", &source);
+            config
+        }
+        Err(e) => {
+            report.line(Verdict::Fail, "config", &e.to_string());
+            Config::load(None, &|_| None)?
+        }
+    };
+
+    match crate::config::state_dir(args.state_dir.as_deref(), &env) {
+        Ok(dir) => {
+            let writable = std::fs::create_dir_all(&dir).is_ok() && probe_write(&dir);
+            let verdict = if writable { Verdict::Ok } else { Verdict::Fail };
+            report.line(
+                verdict,
+                "state dir",
+                &format!(
+                    "{}{}",
+                    dir.display(),
+                    if writable {
+                        ""
+                    } else {
+                        " is not writable (--state-dir or KUGETSU_STATE_DIR)"
+                    }
+                ),
+            );
+        }
+        Err(e) => report.line(Verdict::Fail, "state dir", &e.to_string()),
+    }
+
+    match crate::shadow::find_worker() {
+        Ok(path) => report.line(Verdict::Ok, "worker", &path.display().to_string()),
+        Err(e) => report.line(Verdict::Fail, "worker", &e.to_string()),
+    }
+
+    match tokio::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(out) if out.status.success() => report.line(
+            Verdict::Ok,
+            "git",
+            String::from_utf8_lossy(&out.stdout).trim(),
+        ),
+        _ => report.line(
+            Verdict::Fail,
+            "git",
+            "git is not installed (apt-get install git)",
+        ),
+    }
+
+    match config.model.as_deref() {
+        None => report.line(
+            Verdict::Warn,
+            "model",
+            "no default model: pass -m PROVIDER/MODEL, set KUGETSU_MODEL or `model` in the config",
+        ),
+        Some(text) => match text.parse::<ModelRef>() {
+            Ok(model) => {
+                let missing = model
+                    .provider
+                    .api_key_env()
+                    .filter(|key| env(key).is_none_or(|v| v.is_empty()));
+                match missing {
+                    Some(key) => report.line(
+                        Verdict::Fail,
+                        "model",
+                        &format!("{model}: {key} is not set"),
+                    ),
+                    None => report.line(Verdict::Ok, "model", &model.to_string()),
+                }
+            }
+            Err(e) => report.line(Verdict::Fail, "model", &e.to_string()),
+        },
+    }
+    let keys: Vec<String> = ProviderKind::ALL
+        .iter()
+        .filter_map(|p| p.api_key_env().map(|key| (p, key)))
+        .map(|(p, key)| {
+            let set = env(key).is_some_and(|v| !v.is_empty());
+            format!("{p} {}", if set { "key set" } else { "no key" })
+        })
+        .collect();
+    report.line(
+        Verdict::Ok,
+        "providers",
+        &format!("{}; ollama and scripted need none", keys.join(", ")),
+    );
+
+    let snapshot = {
+        let sampler = crate::memory::Sampler::spawn();
+        let mut rx = sampler.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.changed()).await;
+        sampler.latest()
+    };
+    if snapshot.valid {
+        let need = config.mem_limit + crate::daemon::MEMORY_RESERVE;
+        let verdict = if snapshot.available >= need {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        };
+        report.line(verdict, "memory", &format!(
+            "{} MiB available; a shadow needs {} MiB (mem_limit) + {} MiB reserve; max_shadows {}",
+            snapshot.available >> 20,
+            config.mem_limit >> 20,
+            crate::daemon::MEMORY_RESERVE >> 20,
+            config.max_shadows
+        ));
+    } else {
+        report.line(
+            Verdict::Warn,
+            "memory",
+            "cannot read memory usage; limits are not enforced",
+        );
+    }
+
+    match kugetsu_worker::process::become_subreaper() {
+        Ok(()) => report.line(
+            Verdict::Ok,
+            "sandbox",
+            "process groups, PDEATHSIG and subreaping available",
+        ),
+        Err(e) => report.line(
+            Verdict::Warn,
+            "sandbox",
+            &format!("cannot become a subreaper ({e}): orphaned tool processes may escape"),
+        ),
+    }
+    let cgroup = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    report.line(
+        if cgroup { Verdict::Ok } else { Verdict::Warn },
+        "cgroups",
+        if cgroup {
+            "cgroup v2 present"
+        } else {
+            "no cgroup v2: containment relies on process groups"
+        },
+    );
+
+    let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
+        .map(|dir| crate::socket::socket_path(None, &dir, &env));
+    match socket {
+        Ok(path) => {
+            let up = crate::socket::connect(&path).await.is_ok();
+            report.line(
+                Verdict::Ok,
+                "daemon",
+                &format!(
+                    "{} on {}",
+                    if up { "running" } else { "not running" },
+                    path.display()
+                ),
+            );
+        }
+        Err(e) => report.line(Verdict::Warn, "daemon", &e.to_string()),
+    }
+
+    Ok(if report.failed {
+        ExitCode::from(crate::exit::FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn probe_write(dir: &Path) -> bool {
+    let probe = dir.join(format!(".doctor-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"ok").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
