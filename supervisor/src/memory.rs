@@ -159,7 +159,13 @@ mod tests {
             valid: true,
         };
         let mem = snapshot.shadow(100).unwrap();
-        assert_eq!(mem, ShadowMem { worker_rss: 5, tools_rss: 18 });
+        assert_eq!(
+            mem,
+            ShadowMem {
+                worker_rss: 5,
+                tools_rss: 18
+            }
+        );
         assert!(snapshot.shadow(300).is_none());
     }
 
