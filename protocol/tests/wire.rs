@@ -44,10 +44,14 @@ fn channel_messages_round_trip_byte_for_byte() {
         round_trips::<WorkerMessage>(lines[2]),
         WorkerMessage::Event(Event::TurnStart { turn: 2 })
     ));
-    assert!(matches!(
-        round_trips::<SupervisorMessage>(lines[3]),
-        SupervisorMessage::Start { resume: false, .. }
-    ));
+    let SupervisorMessage::Start {
+        task,
+        resume: false,
+    } = round_trips::<SupervisorMessage>(lines[3])
+    else {
+        panic!("not a fresh start: {}", lines[3]);
+    };
+    assert_eq!(task.mem_limit_bytes, Some(512 * 1024 * 1024));
     assert!(matches!(
         round_trips::<SupervisorMessage>(lines[4]),
         SupervisorMessage::Steer { .. }
@@ -70,6 +74,16 @@ fn unknown_fields_are_ignored_and_optional_ones_default() {
     };
     assert_eq!(finished.restarts, 0);
     assert!(finished.changed_files.is_empty());
+}
+
+#[test]
+fn a_start_from_an_older_supervisor_has_no_memory_limit() {
+    let line = br#"{"type":"start","task":{"id":"t","prompt":"p","model":"scripted/demo","max_turns":3,"task_dir":"/s/t"},"resume":true}"#;
+    let SupervisorMessage::Start { task, resume: true } = decode(line).unwrap() else {
+        panic!("not a resume");
+    };
+    assert_eq!(task.mem_limit_bytes, None);
+    assert_eq!(task.context_window, None);
 }
 
 #[test]

@@ -603,6 +603,7 @@ async fn run_attempt(
         task_dir: prepared.task_dir.display().to_string(),
         context_window: prepared.config.context_window,
         compaction_model: prepared.config.compaction_model.clone(),
+        mem_limit_bytes: Some(record.mem_limit),
     };
     let worker_log = prepared.task_dir.join("worker.log");
     let spawned = Shadow::spawn(

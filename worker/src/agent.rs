@@ -190,6 +190,8 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
         ctx: ToolContext {
             root: root.clone(),
             output_dir: PathBuf::from(&task.task_dir).join("tool-output"),
+            // A limit of zero would kill every command: it means no limit, as absent does.
+            mem_limit: task.mem_limit_bytes.filter(|&limit| limit > 0),
         },
         specs: tools::specs(),
         system: system_prompt(&root),
@@ -462,6 +464,7 @@ async fn run_tool(
             ok: false,
             output: format!("the arguments are not valid JSON ({e}); send a JSON object"),
             truncated: false,
+            memory: None,
         },
     };
     session
@@ -474,13 +477,150 @@ async fn run_tool(
         )
         .map_err(|e| error_chain(&e))?;
     *running = None;
+    emit_tool_end(outbox, call, output, millis(started.elapsed()));
+    Ok(())
+}
+
+/// Closes a tool call for the supervisor: `memory_limit` first when the call was killed for
+/// taking the shadow over its memory limit, then the call's `tool_end`.
+fn emit_tool_end(outbox: &Outbox, call: &ToolCall, output: tools::ToolOutput, duration_ms: u64) {
+    if let Some(exceeded) = output.memory {
+        outbox.emit(Event::MemoryLimit {
+            rss_bytes: exceeded.rss_bytes,
+            limit_bytes: exceeded.limit_bytes,
+            killed: true,
+        });
+    }
     outbox.emit(Event::ToolEnd {
         call_id: call.id.clone(),
         tool: call.name.clone(),
         ok: output.ok,
         output: output.output,
         truncated: output.truncated,
-        duration_ms: millis(started.elapsed()),
+        duration_ms,
     });
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kugetsu_protocol::WorkerMessage;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+    use crate::tools::{MemoryExceeded, ToolOutput};
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn bash_call(command: &str) -> ToolCall {
+        ToolCall {
+            id: "call_mem".to_owned(),
+            name: "bash".to_owned(),
+            arguments: serde_json::json!({ "command": command }).to_string(),
+        }
+    }
+
+    /// The events sent so far, in order.
+    fn events(rx: &mut UnboundedReceiver<WorkerMessage>) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let WorkerMessage::Event(event) = message {
+                out.push(event);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_call_killed_for_memory_reports_memory_limit_before_tool_end() {
+        let (outbox, mut rx) = Outbox::channel();
+        let output = ToolOutput {
+            ok: false,
+            output: "[killed: ...]".to_owned(),
+            truncated: false,
+            memory: Some(MemoryExceeded {
+                rss_bytes: 700 * MIB,
+                limit_bytes: 512 * MIB,
+            }),
+        };
+        emit_tool_end(&outbox, &bash_call("make"), output, 7);
+        let got = events(&mut rx);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got[0],
+            Event::MemoryLimit {
+                rss_bytes: 700 * MIB,
+                limit_bytes: 512 * MIB,
+                killed: true
+            }
+        );
+        let Event::ToolEnd {
+            call_id,
+            ok: false,
+            duration_ms: 7,
+            ..
+        } = &got[1]
+        else {
+            panic!("no failed tool_end after memory_limit: {got:?}");
+        };
+        assert_eq!(call_id, "call_mem");
+
+        let output = ToolOutput {
+            ok: true,
+            output: "fine".to_owned(),
+            truncated: false,
+            memory: None,
+        };
+        emit_tool_end(&outbox, &bash_call("true"), output, 1);
+        let got = events(&mut rx);
+        assert!(
+            matches!(got[..], [Event::ToolEnd { ok: true, .. }]),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bash_call_over_the_limit_emits_memory_limit_then_tool_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let ctx = ToolContext {
+            root,
+            output_dir: dir.path().join("tool-output"),
+            mem_limit: Some(64 * MIB),
+        };
+        let mut session = Session::start(&dir.path().join("journal.jsonl"), "eat memory").unwrap();
+        let call = bash_call(
+            "python3 -c 'b = bytearray(160 * 1024 * 1024); import time; time.sleep(30.4705)'",
+        );
+        session
+            .assistant(String::new(), vec![call.clone()], Default::default())
+            .unwrap();
+        let (outbox, mut rx) = Outbox::channel();
+        let mut running: RunningTool = None;
+        run_tool(&ctx, &call, &outbox, &mut session, &mut running)
+            .await
+            .unwrap();
+        assert!(running.is_none());
+        let got = events(&mut rx);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(got[0], Event::ToolStart { .. }), "{got:?}");
+        let Event::MemoryLimit {
+            rss_bytes,
+            limit_bytes,
+            killed: true,
+        } = got[1]
+        else {
+            panic!("no memory_limit before tool_end: {got:?}");
+        };
+        assert_eq!(limit_bytes, 64 * MIB);
+        assert!(rss_bytes > limit_bytes, "{rss_bytes}");
+        let Event::ToolEnd { ok, output, .. } = &got[2] else {
+            panic!("no tool_end: {got:?}");
+        };
+        assert!(!ok);
+        assert!(
+            output.contains("over the shadow's memory limit of 64 MiB"),
+            "{output}"
+        );
+    }
 }

@@ -12,10 +12,12 @@
 //!
 //! How it ends: the command exits (then whatever it left running, `&` jobs or `setsid`
 //! daemons, is killed), or the timeout (default 120 s) passes (SIGTERM to the group, 2 s of
-//! grace, then SIGKILL to everything), or the future is dropped (SIGKILL to everything, by
+//! grace, then SIGKILL to everything), or the shadow goes over its memory limit while the
+//! command runs (SIGKILL to everything at once; measured every 100 ms by [`MemoryWatch`] when
+//! the context has a limit), or the future is dropped (SIGKILL to everything, by
 //! [`CallProcesses`]'s drop). The output is streamed in full to `<output_dir>/<call_id>.log`;
 //! the model gets the first and last 12 KiB with a line saying how much was left out and where
-//! the whole is, then a line with the exit code or signal.
+//! the whole is, then a line with the exit code, the signal, or why the command was killed.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -36,7 +38,8 @@ use super::args::Args;
 use super::cap::HeadTail;
 use super::context::ToolContext;
 use super::env::scrubbed;
-use super::outcome::{ToolError, ToolOutput};
+use super::memory::{Baseline, MemoryWatch, Usage, human_size};
+use super::outcome::{MemoryExceeded, ToolError, ToolOutput};
 use super::reap::{CallProcesses, CallTag, TAG_VAR};
 use crate::conversation::ToolSpec;
 use crate::process::ProcessGroup;
@@ -66,9 +69,10 @@ pub(crate) fn spec() -> ToolSpec {
         description: "Run a shell command with `bash -c` in the worktree root. stdin is \
             closed (no interactive input); stdout and stderr are merged. The command is \
             killed, with everything it started, after `timeout_s` seconds (default 120); \
-            background processes still running when it exits are killed too. Long output \
-            keeps its first and last 12 KiB; the full output is saved to a file whose path is \
-            given. Ends with the exit code.",
+            background processes still running when it exits are killed too, and so is a \
+            command that takes the agent over its memory limit. Long output keeps its first \
+            and last 12 KiB; the full output is saved to a file whose path is given. Ends \
+            with the exit code.",
         parameters: json!({
             "type": "object",
             "properties": {
@@ -126,10 +130,15 @@ where
         (TAG_VAR.into(), tag.value().into()),
     ]);
     let log = Log::create(&ctx.output_dir, call_id);
+    // Listed before the shell exists, so nothing in it can be the call's.
+    let baseline = ctx.mem_limit.map(|limit| (limit, Baseline::take()));
     let (child, output) = spawn(&ctx.root, command, &env)?;
+    let memory =
+        baseline.map(|(limit, baseline)| MemoryWatch::start(limit, baseline, child.id(), &tag));
     let group = child.id().and_then(ProcessGroup::of_leader);
     let mut running = Running {
         processes: CallProcesses::new(group, tag),
+        memory,
         child,
         output,
         eof: false,
@@ -187,14 +196,38 @@ enum Ending {
     Exited(ExitStatus),
     /// It ran past its timeout and was killed.
     TimedOut,
+    /// It took the shadow over its memory limit and was killed.
+    OverMemory {
+        /// The measurement that was over.
+        usage: Usage,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// Waiting for it failed; it was killed.
     Lost(std::io::Error),
+}
+
+/// Why [`Running::pump_until`] stopped.
+enum Pumped {
+    /// The shell exited.
+    Exited(ExitStatus),
+    /// The deadline passed.
+    Deadline,
+    /// The shadow is over its memory limit.
+    OverMemory {
+        /// The measurement that was over.
+        usage: Usage,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 /// A started command and everything needed to collect its output.
 struct Running {
     /// Declared first so it drops first: kills the whole call before the child handle goes.
     processes: CallProcesses,
+    /// Measures the call against the shadow's memory limit; `None` when there is no limit.
+    memory: Option<MemoryWatch>,
     child: Child,
     output: pipe::Receiver,
     /// Whether the output pipe reached end-of-file (every writer is gone).
@@ -217,14 +250,19 @@ impl Running {
     /// Waits for the command to end (or times it out), kills what is left, reads the rest.
     async fn finish(&mut self, timeout: Duration) -> Finished {
         let ending = match self.pump_until(Instant::now() + timeout).await {
-            Ok(Some(status)) => Ending::Exited(status),
-            Ok(None) => {
+            Ok(Pumped::Exited(status)) => Ending::Exited(status),
+            Ok(Pumped::Deadline) => {
                 self.processes.terminate_group();
+                // Over memory during the grace: no more grace, the kill below follows at once.
                 let _ = self.pump_until(Instant::now() + TERM_GRACE).await;
                 Ending::TimedOut
             }
+            // No SIGTERM first: a grace period is time for the memory to keep growing.
+            Ok(Pumped::OverMemory { usage, limit }) => Ending::OverMemory { usage, limit },
             Err(e) => Ending::Lost(e),
         };
+        // Measuring stops with the command.
+        self.memory = None;
         let left_running = self.processes.kill_all();
         if !matches!(ending, Ending::Exited(_)) {
             // Reap the killed shell now rather than leave a zombie for tokio to find later.
@@ -240,16 +278,24 @@ impl Running {
         }
     }
 
-    /// Collects output until the shell exits (`Some`) or `deadline` passes (`None`).
-    async fn pump_until(&mut self, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+    /// Collects output until the shell exits, `deadline` passes or the shadow is measured
+    /// over its memory limit.
+    async fn pump_until(&mut self, deadline: Instant) -> std::io::Result<Pumped> {
         loop {
             tokio::select! {
                 read = self.output.read(&mut self.buf), if !self.eof => match read {
                     Ok(0) | Err(_) => self.eof = true,
                     Ok(n) => self.sink(n),
                 },
-                status = self.child.wait() => return status.map(Some),
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
+                status = self.child.wait() => return status.map(Pumped::Exited),
+                () = tokio::time::sleep_until(deadline) => return Ok(Pumped::Deadline),
+                () = next_sample(self.memory.as_mut()) => {
+                    if let Some(watch) = self.memory.as_mut()
+                        && let Some(usage) = watch.check()
+                    {
+                        return Ok(Pumped::OverMemory { usage, limit: watch.limit() });
+                    }
+                }
             }
         }
     }
@@ -294,6 +340,14 @@ impl Running {
                 "[timed out after {timeout_s} s; the command and every process it started were \
                  killed]"
             )),
+            Ending::OverMemory { usage, limit } => text.push_str(&format!(
+                "[killed: this command's processes used {}; with the agent itself ({}) that is \
+                 over the shadow's memory limit of {}. Use less memory (e.g. fewer parallel \
+                 jobs: cargo build -j1, smaller inputs)]",
+                human_size(usage.tools),
+                human_size(usage.worker),
+                human_size(*limit)
+            )),
             Ending::Lost(e) => text.push_str(&format!(
                 "[lost track of the command ({e}); it and every process it started were killed]"
             )),
@@ -312,11 +366,27 @@ impl Running {
                  is not shown]",
             );
         }
+        let memory = match finished.ending {
+            Ending::OverMemory { usage, limit } => Some(MemoryExceeded {
+                rss_bytes: usage.total(),
+                limit_bytes: limit,
+            }),
+            _ => None,
+        };
         ToolOutput {
             ok,
             output: text,
             truncated: self.capture.is_cut(),
+            memory,
         }
+    }
+}
+
+/// Resolves when `watch` wants a measurement; never without a watch.
+async fn next_sample(watch: Option<&mut MemoryWatch>) {
+    match watch {
+        Some(watch) => watch.tick().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -588,6 +658,18 @@ mod tests {
         let out = bash(&fx, json!({ "command": command })).await;
         assert!(out.ok, "{out:?}");
         assert_eq!(survivors("307.123", GONE_WITHIN).await, Vec::<u32>::new());
+
+        // As a subreaper the worker measures the orphans it adopted (it never reads tags).
+        let command = format!("(setsid {} &); sleep 30.4707", hog(160, "30.4706"));
+        let out = bash_limited(&fx, &command, Some(64 * MIB)).await;
+        assert!(!out.ok, "{out:?}");
+        assert!(
+            out.memory.is_some_and(|m| m.rss_bytes > 64 * MIB),
+            "{out:?}"
+        );
+        for marker in ["30.4706", "30.4707"] {
+            assert_eq!(survivors(marker, GONE_WITHIN).await, Vec::<u32>::new());
+        }
     }
 
     #[test]
@@ -604,6 +686,104 @@ mod tests {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{stdout}");
         assert!(stdout.contains("1 passed"), "{stdout}");
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Runs bash under the memory limit `limit`.
+    async fn bash_limited(fx: &Fixture, command: &str, limit: Option<u64>) -> ToolOutput {
+        let mut ctx = fx.ctx();
+        ctx.mem_limit = limit;
+        let args = json!({ "command": command });
+        ToolOutput::from_result(run_with_env(&ctx, "call_1", &args, std::env::vars_os()).await)
+    }
+
+    /// A python process holding `mib` MiB, then sleeping `sleep` (also its marker in `ps`).
+    fn hog(mib: u64, sleep: &str) -> String {
+        format!("python3 -c 'b = bytearray({mib} * 1024 * 1024); import time; time.sleep({sleep})'")
+    }
+
+    #[tokio::test]
+    async fn bash_over_the_memory_limit_is_killed_with_everything_it_started() {
+        let fx = Fixture::new();
+        let command = format!(
+            "echo before; {} & sleep 30.4702; echo never",
+            hog(160, "30.4701")
+        );
+        let started = std::time::Instant::now();
+        let out = bash_limited(&fx, &command, Some(64 * MIB)).await;
+        // Well before either sleep could end.
+        assert!(started.elapsed() < Duration::from_secs(20), "{out:?}");
+        assert!(!out.ok, "{out:?}");
+        let expected = regex::Regex::new(concat!(
+            r"^before\n\[killed: this command's processes used \d+(\.\d)? [KMG]iB; ",
+            r"with the agent itself \(\d+(\.\d)? [KMG]iB\) that is over the shadow's memory ",
+            r"limit of 64 MiB\. Use less memory \(e\.g\. fewer parallel jobs: cargo build -j1, ",
+            r"smaller inputs\)\]$",
+        ))
+        .unwrap();
+        assert!(expected.is_match(&out.output), "{}", out.output);
+        let memory = out.memory.unwrap();
+        assert_eq!(memory.limit_bytes, 64 * MIB);
+        assert!(memory.rss_bytes > memory.limit_bytes, "{memory:?}");
+        for marker in ["30.4701", "30.4702"] {
+            assert_eq!(
+                survivors(marker, GONE_WITHIN).await,
+                Vec::<u32>::new(),
+                "{marker}"
+            );
+        }
+        let log = std::fs::read_to_string(fx.output_dir.join("call_1.log")).unwrap();
+        assert_eq!(log, "before\n");
+    }
+
+    #[tokio::test]
+    async fn bash_memory_of_a_process_that_left_the_tree_counts_by_its_tag() {
+        let fx = Fixture::new();
+        // The subshell exits at once: python, in its own session, is orphaned (to init, as a
+        // test binary is no subreaper) before the first sample.
+        let command = format!("(setsid {} &); sleep 30.4704", hog(160, "30.4703"));
+        let started = std::time::Instant::now();
+        let out = bash_limited(&fx, &command, Some(64 * MIB)).await;
+        assert!(started.elapsed() < Duration::from_secs(20), "{out:?}");
+        assert!(!out.ok, "{out:?}");
+        assert!(
+            out.output.contains("memory limit of 64 MiB"),
+            "{}",
+            out.output
+        );
+        assert!(
+            out.memory.is_some_and(|m| m.rss_bytes > 64 * MIB),
+            "{out:?}"
+        );
+        for marker in ["30.4703", "30.4704"] {
+            assert_eq!(
+                survivors(marker, GONE_WITHIN).await,
+                Vec::<u32>::new(),
+                "{marker}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bash_under_the_memory_limit_is_unaffected() {
+        let fx = Fixture::new();
+        // Long enough to be measured a few times.
+        let command = format!("{}; echo done", hog(16, "0.5"));
+        let out = bash_limited(&fx, &command, Some(512 * MIB)).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.output, "done\n[exit code 0]");
+        assert_eq!(out.memory, None);
+    }
+
+    #[tokio::test]
+    async fn bash_without_a_memory_limit_is_not_measured() {
+        let fx = Fixture::new();
+        let command = format!("{}; echo done", hog(100, "0.3"));
+        let out = bash_limited(&fx, &command, None).await;
+        assert!(out.ok, "{out:?}");
+        assert_eq!(out.output, "done\n[exit code 0]");
+        assert_eq!(out.memory, None);
     }
 
     #[tokio::test]

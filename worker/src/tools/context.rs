@@ -2,11 +2,15 @@
 
 use std::path::PathBuf;
 
-/// Where tools run: the worktree they are confined to and where bash keeps full outputs.
+/// Where tools run: the worktree they are confined to, where bash keeps full outputs, and the
+/// memory a bash command may use.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
     /// The worktree, canonicalized. No tool reads or writes outside it.
     pub root: PathBuf,
     /// Where full tool outputs are kept (`<task_dir>/tool-output`); created on first use.
     pub output_dir: PathBuf,
+    /// The shadow's memory limit in bytes (worker plus tool processes). A bash command that
+    /// takes the shadow past it is killed; `None` means bash commands are not measured.
+    pub mem_limit: Option<u64>,
 }

@@ -1,13 +1,15 @@
 //! The tools a shadow's model may call, all confined to the shadow's worktree.
 //!
-//! The agent loop sees four items: [`ToolContext`] (where tools run), [`ToolOutput`] (what the
-//! model gets back), [`specs`] (the tool list offered to the model) and [`run`] (one call).
-//! Everything else is private to this module:
+//! The agent loop sees five items: [`ToolContext`] (where tools run), [`ToolOutput`] (what the
+//! model gets back), [`MemoryExceeded`] (a call killed for the shadow's memory limit), [`specs`]
+//! (the tool list offered to the model) and [`run`] (one call). Everything else is private to
+//! this module:
 //!
 //! - [`path`]: the one resolver every tool uses; no path, `..` or symlink may leave the worktree.
 //! - [`read`], [`write`], [`edit`], [`grep`], [`ls`]: file tools, run on the blocking pool.
 //! - [`bash`]: shell commands in their own process group, killed on timeout and on drop.
 //! - [`reap`]: finding and killing every process a bash call started, even outside its group.
+//! - [`memory`]: measuring a bash call's processes against the shadow's memory limit.
 //! - [`env`]: the scrubbed environment bash commands get (no API keys, tokens or sockets).
 //! - [`cap`]: head + tail capture and line cutting, so outputs stay small.
 //! - [`lines`]: a line reader that never holds more than a bounded slice of a line.
@@ -30,6 +32,7 @@ mod env;
 mod grep;
 mod lines;
 mod ls;
+mod memory;
 mod outcome;
 mod path;
 mod read;
@@ -42,7 +45,7 @@ mod escape_tests;
 mod testkit;
 
 pub use context::ToolContext;
-pub use outcome::ToolOutput;
+pub use outcome::{MemoryExceeded, ToolOutput};
 
 use crate::conversation::ToolSpec;
 use outcome::ToolError;

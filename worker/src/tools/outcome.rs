@@ -1,4 +1,5 @@
-//! What a tool call produces: [`ToolOutput`] for the model, [`ToolError`] inside the tools.
+//! What a tool call produces: [`ToolOutput`] for the model (with [`MemoryExceeded`] when the
+//! call was killed for memory), [`ToolError`] inside the tools.
 
 use std::error::Error as _;
 
@@ -13,6 +14,19 @@ pub struct ToolOutput {
     pub output: String,
     /// Whether `output` was cut; it says where the rest is (the file itself, or a bash log).
     pub truncated: bool,
+    /// Set when the call was killed for taking the shadow past its memory limit (bash only);
+    /// the agent reports it as a `memory_limit` event before the call's `tool_end`.
+    pub memory: Option<MemoryExceeded>,
+}
+
+/// A tool call killed because the shadow went over its memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryExceeded {
+    /// The shadow's resident memory when it was measured over the limit: the call's processes
+    /// plus the worker itself.
+    pub rss_bytes: u64,
+    /// The shadow's memory limit.
+    pub limit_bytes: u64,
 }
 
 impl ToolOutput {
@@ -22,6 +36,7 @@ impl ToolOutput {
             ok: true,
             output,
             truncated,
+            memory: None,
         }
     }
 
@@ -34,6 +49,7 @@ impl ToolOutput {
                 ok: false,
                 output: error.render(),
                 truncated: false,
+                memory: None,
             },
         }
     }

@@ -56,7 +56,7 @@ impl CallTag {
     }
 
     /// The `NAME=value` entry as it appears in `/proc/<pid>/environ`.
-    fn entry(&self) -> Vec<u8> {
+    pub(crate) fn entry(&self) -> Vec<u8> {
         format!("{TAG_VAR}={}", self.0).into_bytes()
     }
 }
@@ -135,7 +135,7 @@ impl Drop for CallProcesses {
 use crate::process::{kill_pids as kill, processes_with_env as tagged};
 
 /// Whether orphans of our descendants reparent to us (see the module docs, step 3).
-fn is_subreaper() -> bool {
+pub(crate) fn is_subreaper() -> bool {
     nix::sys::prctl::get_child_subreaper().unwrap_or(false)
 }
 

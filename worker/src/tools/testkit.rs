@@ -40,6 +40,7 @@ impl Fixture {
         ToolContext {
             root: self.root.clone(),
             output_dir: self.output_dir.clone(),
+            mem_limit: None,
         }
     }
 
