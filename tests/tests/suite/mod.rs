@@ -3,10 +3,12 @@
 mod bash;
 mod cli;
 mod confinement;
+mod crash_loop;
 mod errors;
 mod fake_server;
 mod providers;
 mod recovery;
+mod resume;
 mod scripted;
 mod streaming;
 mod tools;
