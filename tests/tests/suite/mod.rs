@@ -6,6 +6,7 @@ mod confinement;
 mod crash_loop;
 mod errors;
 mod fake_server;
+mod journal_damage;
 mod providers;
 mod recovery;
 mod resume;
