@@ -53,6 +53,11 @@ impl RecordedRequest {
         header(&self.headers, name)
     }
 
+    /// The body as text (lossy UTF-8).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The body as JSON; panics when it is not.
     pub fn json(&self) -> &Value {
         self.json

@@ -220,11 +220,20 @@ impl WorkerProcess {
 
     /// Writes one message to the worker's stdin.
     pub async fn send(&mut self, message: &SupervisorMessage) {
-        let mut line = serde_json::to_vec(message).expect("serialize a supervisor message");
-        line.push(b'\n');
+        self.send_all(std::slice::from_ref(message)).await;
+    }
+
+    /// Writes `messages` to the worker's stdin in one write: they are all there before the
+    /// worker reads the first.
+    pub async fn send_all(&mut self, messages: &[SupervisorMessage]) {
+        let mut bytes = Vec::new();
+        for message in messages {
+            bytes.extend(serde_json::to_vec(message).expect("serialize a supervisor message"));
+            bytes.push(b'\n');
+        }
         let stdin = self.stdin.as_mut().expect("stdin is still open");
         stdin
-            .write_all(&line)
+            .write_all(&bytes)
             .await
             .unwrap_or_else(|e| panic!("write to the worker: {e}"));
         stdin.flush().await.expect("flush the worker's stdin");
@@ -233,6 +242,16 @@ impl WorkerProcess {
     /// Sends `start`.
     pub async fn start(&mut self, task: TaskSpec, resume: bool) {
         self.send(&SupervisorMessage::Start { task, resume }).await;
+    }
+
+    /// Sends `start` and, in the same write, `steer` for each of `steers`: what the
+    /// supervisor does when it restarts a worker with steers the dead one never delivered.
+    pub async fn start_with_steers(&mut self, task: TaskSpec, resume: bool, steers: &[&str]) {
+        let mut messages = vec![SupervisorMessage::Start { task, resume }];
+        messages.extend(steers.iter().map(|text| SupervisorMessage::Steer {
+            text: (*text).to_owned(),
+        }));
+        self.send_all(&messages).await;
     }
 
     /// Sends `steer {text}`.

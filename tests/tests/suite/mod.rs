@@ -2,6 +2,7 @@
 
 mod bash;
 mod cli;
+mod compaction;
 mod confinement;
 mod crash_loop;
 mod errors;
@@ -11,5 +12,6 @@ mod providers;
 mod recovery;
 mod resume;
 mod scripted;
+mod steering;
 mod streaming;
 mod tools;
