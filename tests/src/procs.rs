@@ -99,3 +99,21 @@ pub async fn wait_until_dead(pid: u32, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Kills every process matching its marker when dropped, so a test that provokes a leak
+/// (or finds one) does not leave it running for the rest of the suite, even when it fails.
+#[derive(Debug)]
+pub struct KillOnDrop(pub &'static str);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for leftover in matching(self.0) {
+            if let Ok(pid) = i32::try_from(leftover.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

@@ -12,8 +12,8 @@ use super::server::Wire;
 pub struct RecordedRequest {
     /// 1-based position among all requests this server received.
     pub number: usize,
-    /// Whether it offered no tools: a summary request (a compaction), served from the summary
-    /// queue.
+    /// Whether it was served as a summary request (a compaction): it offered no tools, and the
+    /// test scripted summaries ([`FakeLlm::push_summary`](super::FakeLlm::push_summary)).
     pub summary: bool,
     /// The wire format the path asked for, if it named one.
     pub wire: Option<Wire>,

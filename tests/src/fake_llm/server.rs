@@ -69,6 +69,9 @@ struct State {
     /// Replies to summary requests (those offering no tools): a compaction runs concurrently
     /// with turns, so its replies cannot share one ordered queue with theirs.
     summaries: VecDeque<Reply>,
+    /// Whether the test ever scripted a summary; until it does, every request takes a reply
+    /// from `replies` (a request without tools is a plain chat request then).
+    summaries_apart: bool,
     requests: Vec<RecordedRequest>,
     violations: Vec<String>,
     /// Every tool-call id streamed so far: a client may only echo these.
@@ -144,6 +147,7 @@ impl FakeLlmBuilder {
             state: Mutex::new(State {
                 replies: VecDeque::new(),
                 summaries: VecDeque::new(),
+                summaries_apart: false,
                 requests: Vec::new(),
                 violations: Vec::new(),
                 issued: HashSet::new(),
@@ -301,8 +305,14 @@ impl FakeLlm {
 
     /// Queues a reply for summary requests (those offering no tools, as a compaction's
     /// does); they take these in order, apart from the turn replies of [`push`](Self::push).
+    ///
+    /// Until a test first calls this, requests are not told apart: each takes the next reply
+    /// of [`push`](Self::push), tools or not.
     pub fn push_summary(&self, reply: impl Into<Reply>) -> &Self {
-        self.shared.lock().summaries.push_back(reply.into());
+        let mut state = self.shared.lock();
+        state.summaries_apart = true;
+        state.summaries.push_back(reply.into());
+        drop(state);
         self
     }
 
@@ -558,14 +568,16 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 fn plan(shared: &Shared, request: Request) -> (Planned, String) {
     let wire = Wire::from_path(&request.path);
     let json: Option<Value> = serde_json::from_slice(&request.body).ok();
-    // A request offering no tools is a summary (a compaction), served from its own queue.
-    let summary = json.as_ref().is_some_and(|j| {
-        j.get("tools")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
-    });
     let body_tokens = (request.body.len() / 4) as u64;
     let mut state = shared.lock();
+    // Once the test scripts summaries, a request offering no tools is a summary (a
+    // compaction), served from its own queue.
+    let summary = state.summaries_apart
+        && json.as_ref().is_some_and(|j| {
+            j.get("tools")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        });
     let number = state.requests.len() + 1;
     let recorded = RecordedRequest {
         number,
@@ -584,15 +596,15 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
             let expect = shared.expect.for_request(summary);
             violations = invariants::check(w, &expect, &recorded, &state.issued);
             let (queue, what) = if summary {
-                (&mut state.summaries, "summary")
+                (&mut state.summaries, "summary ")
             } else {
-                (&mut state.replies, "turn")
+                (&mut state.replies, "")
             };
             queue.pop_front().or_else(|| {
-                violations.push(format!("arrived when no {what} reply was scripted"));
+                violations.push(format!("arrived when no {what}reply was scripted"));
                 Some(Reply::Error(ApiError::invalid_request(format!(
-                    "fake LLM: {what} request #{number} arrived but the test scripted no more \
-                     {what} replies"
+                    "fake LLM: {what}request #{number} arrived but the test scripted no more \
+                     {what}replies"
                 ))))
             })
         }

@@ -35,6 +35,7 @@ fn pid_of(started: &serde_json::Value) -> u32 {
 
 #[tokio::test]
 async fn resume_after_the_whole_run_is_killed() {
+    let _cleanup = procs::KillOnDrop("300.6262");
     let repo = TestRepo::new();
     let server = FakeLlm::openai();
     server.push(Turn::text("Counting, then waiting.").tool_call(
@@ -124,6 +125,7 @@ async fn resume_after_the_whole_run_is_killed() {
 /// the shadow either: the sleeping command is gone as soon as the run is.
 #[tokio::test]
 async fn a_killed_run_leaves_no_tool_process_behind() {
+    let _cleanup = procs::KillOnDrop("300.6464");
     let repo = TestRepo::new();
     let server = FakeLlm::openai();
     server.push(Turn::text("Waiting.").tool_call(
@@ -193,6 +195,7 @@ async fn kill_during_the_first_call(repo: &TestRepo, script: &Script, marker: &s
 /// loop hits it): the resumed task's event stream must still close that `tool_start`.
 #[tokio::test]
 async fn a_result_journaled_just_before_a_crash_still_closes_its_tool_start() {
+    let _cleanup = procs::KillOnDrop("300.6565");
     let repo = TestRepo::new();
     let script = Script::new()
         .bash("Waiting.", "sleep 300.6565")
@@ -230,6 +233,7 @@ async fn a_result_journaled_just_before_a_crash_still_closes_its_tool_start() {
 /// must not carry a `tool_end` for a call it never announced.
 #[tokio::test]
 async fn an_intent_journaled_just_before_a_crash_is_announced_before_it_is_closed() {
+    let _cleanup = procs::KillOnDrop("300.6666");
     let repo = TestRepo::new();
     let script = Script::new()
         .bash("Waiting.", "sleep 300.6666")

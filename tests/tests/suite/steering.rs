@@ -205,6 +205,7 @@ async fn a_steer_during_the_final_answer_asks_the_model_again() {
 /// delivers it once, after the interrupted call's result.
 #[tokio::test]
 async fn a_steer_undelivered_at_a_crash_is_delivered_after_resume() {
+    let _cleanup = procs::KillOnDrop("300.7474");
     let repo = TestRepo::new();
     let server = FakeLlm::openai();
     server.push(Turn::text("Waiting.").tool_call("bash", json!({"command": "sleep 300.7474"})));
