@@ -73,6 +73,8 @@ struct State {
     /// from `replies` (a request without tools is a plain chat request then).
     summaries_apart: bool,
     requests: Vec<RecordedRequest>,
+    /// When the response to each request (by number) was completely written.
+    answered: std::collections::BTreeMap<usize, std::time::Instant>,
     violations: Vec<String>,
     /// Every tool-call id streamed so far: a client may only echo these.
     issued: HashSet<String>,
@@ -149,6 +151,7 @@ impl FakeLlmBuilder {
                 summaries: VecDeque::new(),
                 summaries_apart: false,
                 requests: Vec::new(),
+                answered: std::collections::BTreeMap::new(),
                 violations: Vec::new(),
                 issued: HashSet::new(),
                 ids: IdGen::new(u64::from(addr.port())),
@@ -374,6 +377,13 @@ impl FakeLlm {
             })
     }
 
+    /// When the response to request `number` (1-based) had been completely written (or its
+    /// connection broke); `None` while it is still being written. A client may act on a
+    /// stream's last event a moment before this is recorded.
+    pub fn answered_at(&self, number: usize) -> Option<std::time::Instant> {
+        self.shared.lock().answered.get(&number).copied()
+    }
+
     /// Every tool-call id the server has streamed, in no particular order.
     pub fn issued_tool_ids(&self) -> HashSet<String> {
         self.shared.lock().issued.clone()
@@ -553,8 +563,13 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         let keep_alive = request.keep_alive;
-        let (planned, request_id) = plan(&shared, request);
-        match write_planned(&mut read, &mut write, shared.wire, planned, &request_id).await {
+        let (planned, request_id, number) = plan(&shared, request);
+        let written = write_planned(&mut read, &mut write, shared.wire, planned, &request_id).await;
+        shared
+            .lock()
+            .answered
+            .insert(number, std::time::Instant::now());
+        match written {
             Ok(true) if keep_alive => {}
             _ => {
                 let _ = write.shutdown().await;
@@ -565,7 +580,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Records `request`, checks it, and picks (and encodes) its reply.
-fn plan(shared: &Shared, request: Request) -> (Planned, String) {
+fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
     let wire = Wire::from_path(&request.path);
     let json: Option<Value> = serde_json::from_slice(&request.body).ok();
     let body_tokens = (request.body.len() / 4) as u64;
@@ -690,7 +705,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
     };
     drop(state);
     shared.received.send_replace(number);
-    (planned, request_id)
+    (planned, request_id, number)
 }
 
 /// Writes a planned reply. `Ok(true)` when the connection can serve another request.
@@ -717,9 +732,11 @@ async fn write_planned(
                 }
                 Some(size) => {
                     let body = events.concat();
-                    for piece in body.chunks(size) {
+                    for (i, piece) in body.chunks(size).enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(pause).await;
+                        }
                         http::write_chunk(write, piece).await?;
-                        tokio::time::sleep(pause).await;
                     }
                 }
             }
