@@ -18,7 +18,7 @@ use serde_json::Value;
 const KILLS: usize = 50;
 /// Bash steps in the script: more than the kills can use up (each kill interrupts at most
 /// the step it lands in, plus whatever steps finished before it).
-const STEPS: usize = 110;
+const STEPS: usize = 120;
 /// Every step sleeps 0.02, 0.1 or 0.3 s with these digits appended, so its processes can be
 /// found by command line.
 const MARKER: &str = "0481577";

@@ -140,6 +140,40 @@ async fn a_killed_run_leaves_no_tool_process_behind() {
     procs::wait_until_gone("300.6464", Duration::from_secs(5)).await;
 }
 
+/// Whatever the dead run left running (see the test above) must be gone before a resumed
+/// worker starts on the same worktree: the model is told the interrupted call's effects are
+/// unknown, so the call must not go on having effects behind the new worker's back.
+#[tokio::test]
+async fn a_resumed_worker_starts_only_after_the_dead_runs_tools_are_gone() {
+    let _cleanup = procs::KillOnDrop("300.6363");
+    let repo = TestRepo::new();
+    let server = FakeLlm::openai();
+    server.push(Turn::text("Waiting.").tool_call(
+        "bash",
+        json!({"command": "sleep 300.63$((60 + 3)); echo late >> late.txt"}),
+    ));
+    server.push(Turn::text("Stopped waiting."));
+    let mut run = repo.run().llm(&server).prompt("Wait.").spawn().await;
+    let started = run.wait_for("started", Duration::from_secs(30)).await;
+    run.wait_for("tool_start", Duration::from_secs(30)).await;
+    procs::wait_until_running("300.6363", Duration::from_secs(10)).await;
+    let first = kill_the_run(run, pid_of(&started)).await;
+
+    let mut resumed = repo
+        .resume(first.task_id())
+        .envs(server.env())
+        .spawn()
+        .await;
+    resumed.wait_for("started", Duration::from_secs(30)).await;
+    let left = procs::matching("300.6363");
+    let out = resumed.finish().await;
+    out.assert_code(0).assert_status("completed");
+    assert!(
+        left.is_empty(),
+        "the dead run's tool still ran when the resumed worker started: {left:?}"
+    );
+}
+
 #[tokio::test]
 async fn resume_of_a_finished_task_prints_its_finished_event() {
     let repo = TestRepo::new();
