@@ -68,6 +68,22 @@ pub fn str_of<'a>(event: &'a Value, field: &str) -> &'a str {
 }
 
 impl Events {
+    /// The events of an event log file (`<task_dir>/events.jsonl`); panics on a line that is
+    /// not JSON.
+    pub fn from_file(path: &std::path::Path) -> Events {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        Events(
+            text.lines()
+                .map(|line| {
+                    serde_json::from_str(line).unwrap_or_else(|e| {
+                        panic!("{}: line is not JSON ({e}): {line:?}", path.display())
+                    })
+                })
+                .collect(),
+        )
+    }
+
     pub fn all(&self) -> &[Value] {
         &self.0
     }

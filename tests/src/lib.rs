@@ -11,6 +11,10 @@
 //!   binaries with a controlled environment, an overall timeout and streamed events.
 //! - [`events`]: the `--json` event stream of one task, and the checks every stream must pass.
 //! - [`procs`]: finding processes by command line, to prove nothing a task started survives it.
+//! - [`journal`]: a task's checkpoint journal read back with the worker's own reader, and the
+//!   invariants it keeps across crashes.
+//! - [`rng`]: a seeded generator for random kill moments and damaged bytes; the seed is printed
+//!   and `KUGETSU_TEST_SEED` replays it.
 //!
 //! A test reads like this (`tests/suite/*.rs` has many):
 //!
@@ -39,8 +43,10 @@
 pub mod events;
 pub mod fake_llm;
 pub mod harness;
+pub mod journal;
 pub mod procs;
+pub mod rng;
 
 pub use events::Events;
 pub use fake_llm::{ApiError, FakeLlm, RecordedRequest, Reply, ToolResult, Turn, Wire};
-pub use harness::{Kugetsu, LiveRun, RunOutput, TestRepo};
+pub use harness::{Kugetsu, LiveRun, RunOutput, TestRepo, WorkerProcess};

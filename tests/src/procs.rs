@@ -80,3 +80,40 @@ pub async fn wait_until_running(marker: &str, timeout: Duration) -> Proc {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// Polls until process `pid` is gone (or a zombie); panics after `timeout`.
+pub async fn wait_until_dead(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            panic!("process {pid} ({cmdline}) still alive after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills every process matching its marker when dropped, so a test that provokes a leak
+/// (or finds one) does not leave it running for the rest of the suite, even when it fails.
+#[derive(Debug)]
+pub struct KillOnDrop(pub &'static str);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for leftover in matching(self.0) {
+            if let Ok(pid) = i32::try_from(leftover.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

@@ -15,6 +15,20 @@ pub(crate) struct Expectations {
     pub model: Option<String>,
     /// The key every request must carry (`Authorization: Bearer` or `x-api-key`).
     pub api_key: Option<String>,
+    /// The `model` every summary request (one offering no tools) must carry, when it is not
+    /// `model` (a separate compaction model).
+    pub summary_model: Option<String>,
+}
+
+impl Expectations {
+    /// What a request must satisfy: summary requests may name their own model.
+    pub fn for_request(&self, summary: bool) -> Expectations {
+        let mut out = self.clone();
+        if summary && self.summary_model.is_some() {
+            out.model.clone_from(&self.summary_model);
+        }
+        out
+    }
 }
 
 /// The violations of `request`, each a one-line description. `issued` holds every tool-call id
@@ -85,6 +99,9 @@ fn check_openai(
     }
     if let Some(tools) = body.get("tools") {
         match tools.as_array() {
+            Some(tools) if tools.is_empty() => v.push(
+                "\"tools\" is an empty array, which the API rejects: leave the key out".to_owned(),
+            ),
             Some(tools) => {
                 for tool in tools {
                     let ok = tool.get("type").and_then(Value::as_str) == Some("function")

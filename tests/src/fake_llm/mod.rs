@@ -4,6 +4,10 @@
 //! thread and runtime so it serves whatever the test's own runtime is doing. The test scripts
 //! a queue of [`Reply`]s ([`Turn`]s in a provider-neutral form, [`ApiError`]s, stalls, raw
 //! bytes); each request takes the next one, encoded in the wire format its path asks for.
+//! Summary requests (a compaction: no tools offered) run concurrently with turns, so once a
+//! test scripts one with [`FakeLlm::push_summary`] they take replies from a queue of their
+//! own. [`FakeLlmBuilder::usage_from_body`] makes turns report realistic usage (a token per 4
+//! bytes of request), for clients that calibrate their context estimate on it.
 //!
 //! Every request is recorded ([`RecordedRequest`]) and checked against the invariants of the
 //! real API (streaming on, the expected model and key, every tool result answering a tool call

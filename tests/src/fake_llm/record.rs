@@ -12,6 +12,9 @@ use super::server::Wire;
 pub struct RecordedRequest {
     /// 1-based position among all requests this server received.
     pub number: usize,
+    /// Whether it was served as a summary request (a compaction): it offered no tools, and the
+    /// test scripted summaries ([`FakeLlm::push_summary`](super::FakeLlm::push_summary)).
+    pub summary: bool,
     /// The wire format the path asked for, if it named one.
     pub wire: Option<Wire>,
     pub method: String,
@@ -50,6 +53,11 @@ impl RecordedRequest {
         header(&self.headers, name)
     }
 
+    /// The body as text (lossy UTF-8).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The body as JSON; panics when it is not.
     pub fn json(&self) -> &Value {
         self.json
@@ -69,6 +77,104 @@ impl RecordedRequest {
     /// The `model` field.
     pub fn model(&self) -> Option<&str> {
         self.json.as_ref()?.get("model")?.as_str()
+    }
+
+    /// The system prompt: OpenAI's leading `system` (or `developer`) message, Anthropic's
+    /// `system` field (text blocks joined). Empty when there is none.
+    pub fn system_text(&self) -> String {
+        let Some(body) = self.json.as_ref() else {
+            return String::new();
+        };
+        match self.wire {
+            Some(Wire::Anthropic) => content_text(body.get("system")),
+            _ => self
+                .messages()
+                .iter()
+                .take_while(|m| {
+                    matches!(
+                        m.get("role").and_then(Value::as_str),
+                        Some("system" | "developer")
+                    )
+                })
+                .map(|m| content_text(m.get("content")))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The messages after any leading system messages: the conversation itself.
+    pub fn conversation(&self) -> &[Value] {
+        let messages = self.messages();
+        let skip = messages
+            .iter()
+            .take_while(|m| {
+                matches!(
+                    m.get("role").and_then(Value::as_str),
+                    Some("system" | "developer")
+                )
+            })
+            .count();
+        &messages[skip..]
+    }
+
+    /// The role and text of every message of [`conversation`](Self::conversation), in order,
+    /// in a provider-neutral form: `("user", text)`, `("assistant", text)`, and
+    /// `("tool", content)` for each tool result (Anthropic's tool_result blocks become one
+    /// entry each, before the user text of the same message).
+    pub fn transcript(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for message in self.conversation() {
+            let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+            match (self.wire, role) {
+                (Some(Wire::OpenAi), "tool") => {
+                    out.push(("tool".to_owned(), content_text(message.get("content"))));
+                }
+                (Some(Wire::Anthropic), "user") => {
+                    let mut text = String::new();
+                    match message.get("content") {
+                        Some(Value::Array(blocks)) => {
+                            for block in blocks {
+                                match block.get("type").and_then(Value::as_str) {
+                                    Some("tool_result") => out.push((
+                                        "tool".to_owned(),
+                                        content_text(block.get("content")),
+                                    )),
+                                    Some("text") => text.push_str(
+                                        block.get("text").and_then(Value::as_str).unwrap_or(""),
+                                    ),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        other => text = content_text(other),
+                    }
+                    if !text.is_empty() {
+                        out.push(("user".to_owned(), text));
+                    }
+                }
+                (_, role) => {
+                    let text = match message.get("content") {
+                        Some(Value::Array(blocks)) => blocks
+                            .iter()
+                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                            .filter_map(|b| b.get("text").and_then(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(""),
+                        other => content_text(other),
+                    };
+                    out.push((role.to_owned(), text));
+                }
+            }
+        }
+        out
+    }
+
+    /// The text of the first user message of the conversation; panics when there is none.
+    pub fn first_user_text(&self) -> String {
+        self.user_texts()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("request #{} has no user text", self.number))
     }
 
     /// Names of the tools offered in `tools`.

@@ -48,6 +48,10 @@ pub struct Turn {
     pub(crate) blocks: Vec<Block>,
     pub(crate) input_tokens: u64,
     pub(crate) output_tokens: u64,
+    /// Whether the test set the usage; a server built with
+    /// [`FakeLlmBuilder::usage_from_body`](super::FakeLlmBuilder::usage_from_body) derives it
+    /// from the request otherwise.
+    pub(crate) usage_set: bool,
     /// Overrides the finish/stop reason derived from the blocks.
     pub(crate) stop_reason: Option<String>,
     /// Body written in pieces of this many bytes (each its own chunk, flushed, then a pause).
@@ -69,6 +73,7 @@ impl Default for Turn {
             blocks: Vec::new(),
             input_tokens: 100,
             output_tokens: 10,
+            usage_set: false,
             stop_reason: None,
             write_size: None,
             write_pause: Duration::from_millis(1),
@@ -116,6 +121,7 @@ impl Turn {
     pub fn usage(mut self, input_tokens: u64, output_tokens: u64) -> Self {
         self.input_tokens = input_tokens;
         self.output_tokens = output_tokens;
+        self.usage_set = true;
         self
     }
 

@@ -64,8 +64,17 @@ impl Wire {
 /// What a test can read and change while the server runs.
 #[derive(Debug)]
 struct State {
+    /// Replies to turn requests (those offering tools).
     replies: VecDeque<Reply>,
+    /// Replies to summary requests (those offering no tools): a compaction runs concurrently
+    /// with turns, so its replies cannot share one ordered queue with theirs.
+    summaries: VecDeque<Reply>,
+    /// Whether the test ever scripted a summary; until it does, every request takes a reply
+    /// from `replies` (a request without tools is a plain chat request then).
+    summaries_apart: bool,
     requests: Vec<RecordedRequest>,
+    /// When the response to each request (by number) was completely written.
+    answered: std::collections::BTreeMap<usize, std::time::Instant>,
     violations: Vec<String>,
     /// Every tool-call id streamed so far: a client may only echo these.
     issued: HashSet<String>,
@@ -77,6 +86,8 @@ struct Shared {
     state: Mutex<State>,
     wire: Wire,
     expect: Expectations,
+    /// Turns whose usage the test did not set report `input_tokens` = request body bytes / 4.
+    usage_from_body: bool,
     /// The number of requests received; a watch so tests can wait for the n-th request.
     received: watch::Sender<usize>,
 }
@@ -94,6 +105,7 @@ impl Shared {
 pub struct FakeLlmBuilder {
     wire: Wire,
     expect: Expectations,
+    usage_from_body: bool,
 }
 
 impl FakeLlmBuilder {
@@ -109,6 +121,22 @@ impl FakeLlmBuilder {
         self
     }
 
+    /// Summary requests (those offering no tools) must name this model instead of
+    /// [`model`](Self::model)'s (a separate compaction model).
+    pub fn summary_model(mut self, model: impl Into<String>) -> Self {
+        self.expect.summary_model = Some(model.into());
+        self
+    }
+
+    /// Reports realistic usage: a turn whose usage the test did not set claims one input
+    /// token per 4 bytes of the request body, as a real tokenizer roughly would. A client that
+    /// calibrates its token estimate on reported usage then sees a context that grows with
+    /// the conversation.
+    pub fn usage_from_body(mut self) -> Self {
+        self.usage_from_body = true;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving on a thread of its own.
     pub fn start(self) -> FakeLlm {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -120,13 +148,17 @@ impl FakeLlmBuilder {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 replies: VecDeque::new(),
+                summaries: VecDeque::new(),
+                summaries_apart: false,
                 requests: Vec::new(),
+                answered: std::collections::BTreeMap::new(),
                 violations: Vec::new(),
                 issued: HashSet::new(),
                 ids: IdGen::new(u64::from(addr.port())),
             }),
             wire: self.wire,
             expect: self.expect,
+            usage_from_body: self.usage_from_body,
             received,
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -170,6 +202,7 @@ impl fmt::Debug for FakeLlm {
             .field("wire", &self.shared.wire)
             .field("requests", &state.requests.len())
             .field("replies_left", &state.replies.len())
+            .field("summaries_left", &state.summaries.len())
             .field("violations", &state.violations)
             .finish()
     }
@@ -181,6 +214,7 @@ impl FakeLlm {
         FakeLlmBuilder {
             wire,
             expect: Expectations::default(),
+            usage_from_body: false,
         }
     }
 
@@ -272,9 +306,51 @@ impl FakeLlm {
         self
     }
 
-    /// Replies not yet taken by a request.
+    /// Queues a reply for summary requests (those offering no tools, as a compaction's
+    /// does); they take these in order, apart from the turn replies of [`push`](Self::push).
+    ///
+    /// Until a test first calls this, requests are not told apart: each takes the next reply
+    /// of [`push`](Self::push), tools or not.
+    pub fn push_summary(&self, reply: impl Into<Reply>) -> &Self {
+        let mut state = self.shared.lock();
+        state.summaries_apart = true;
+        state.summaries.push_back(reply.into());
+        drop(state);
+        self
+    }
+
+    /// Turn replies not yet taken by a request.
     pub fn remaining(&self) -> usize {
         self.shared.lock().replies.len()
+    }
+
+    /// Summary replies not yet taken by a request.
+    pub fn remaining_summaries(&self) -> usize {
+        self.shared.lock().summaries.len()
+    }
+
+    /// Every turn request (one offering tools) so far, in arrival order.
+    pub fn turn_requests(&self) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| !r.summary).collect()
+    }
+
+    /// Every summary request (one offering no tools) so far, in arrival order.
+    pub fn summary_requests(&self) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| r.summary).collect()
+    }
+
+    /// The `number`-th turn request (1-based); panics when there is none.
+    pub fn turn_request(&self, number: usize) -> RecordedRequest {
+        let turns = self.turn_requests();
+        turns
+            .get(number.wrapping_sub(1))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the fake LLM received {} turn requests, not {number}",
+                    turns.len()
+                )
+            })
     }
 
     /// Every request so far.
@@ -299,6 +375,13 @@ impl FakeLlm {
                     state.requests.len()
                 )
             })
+    }
+
+    /// When the response to request `number` (1-based) had been completely written (or its
+    /// connection broke); `None` while it is still being written. A client may act on a
+    /// stream's last event a moment before this is recorded.
+    pub fn answered_at(&self, number: usize) -> Option<std::time::Instant> {
+        self.shared.lock().answered.get(&number).copied()
     }
 
     /// Every tool-call id the server has streamed, in no particular order.
@@ -327,13 +410,15 @@ impl FakeLlm {
         );
     }
 
-    /// Panics unless every scripted reply was taken.
+    /// Panics unless every scripted reply (turns and summaries) was taken.
     pub fn assert_all_served(&self) {
         let state = self.shared.lock();
         assert!(
-            state.replies.is_empty(),
-            "{} scripted replies were never requested (the client made {} requests)",
+            state.replies.is_empty() && state.summaries.is_empty(),
+            "{} scripted replies and {} summaries were never requested (the client made {} \
+             requests)",
             state.replies.len(),
+            state.summaries.len(),
             state.requests.len()
         );
     }
@@ -349,6 +434,56 @@ impl FakeLlm {
             );
         }
         self.requests()
+    }
+
+    /// Waits until at least `count` turn requests have arrived; panics after `timeout`.
+    pub async fn wait_for_turn_requests(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<RecordedRequest> {
+        self.wait_until(&format!("{count} turn requests"), timeout, |requests| {
+            requests.iter().filter(|r| !r.summary).count() >= count
+        })
+        .await;
+        self.turn_requests()
+    }
+
+    /// Waits until at least `count` summary requests have arrived; panics after `timeout`.
+    pub async fn wait_for_summary_requests(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<RecordedRequest> {
+        self.wait_until(&format!("{count} summary requests"), timeout, |requests| {
+            requests.iter().filter(|r| r.summary).count() >= count
+        })
+        .await;
+        self.summary_requests()
+    }
+
+    /// Waits until the recorded requests satisfy `done`; panics after `timeout`.
+    async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[RecordedRequest]) -> bool,
+    ) {
+        let mut received = self.shared.received.subscribe();
+        let shared = &self.shared;
+        let reached = tokio::time::timeout(
+            timeout,
+            received.wait_for(|_| done(&shared.lock().requests)),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            panic!(
+                "waited {timeout:?} for {what} to the fake LLM; got {} turn and {} summary \
+                 requests",
+                self.turn_requests().len(),
+                self.summary_requests().len()
+            );
+        }
     }
 }
 
@@ -428,8 +563,13 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
         };
         let keep_alive = request.keep_alive;
-        let (planned, request_id) = plan(&shared, request);
-        match write_planned(&mut read, &mut write, shared.wire, planned, &request_id).await {
+        let (planned, request_id, number) = plan(&shared, request);
+        let written = write_planned(&mut read, &mut write, shared.wire, planned, &request_id).await;
+        shared
+            .lock()
+            .answered
+            .insert(number, std::time::Instant::now());
+        match written {
             Ok(true) if keep_alive => {}
             _ => {
                 let _ = write.shutdown().await;
@@ -440,13 +580,23 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Records `request`, checks it, and picks (and encodes) its reply.
-fn plan(shared: &Shared, request: Request) -> (Planned, String) {
+fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
     let wire = Wire::from_path(&request.path);
     let json: Option<Value> = serde_json::from_slice(&request.body).ok();
+    let body_tokens = (request.body.len() / 4) as u64;
     let mut state = shared.lock();
+    // Once the test scripts summaries, a request offering no tools is a summary (a
+    // compaction), served from its own queue.
+    let summary = state.summaries_apart
+        && json.as_ref().is_some_and(|j| {
+            j.get("tools")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        });
     let number = state.requests.len() + 1;
     let recorded = RecordedRequest {
         number,
+        summary,
         wire,
         method: request.method,
         path: request.path,
@@ -458,11 +608,18 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
     let mut violations = Vec::new();
     let reply = match wire {
         Some(w) if w == shared.wire => {
-            violations = invariants::check(w, &shared.expect, &recorded, &state.issued);
-            state.replies.pop_front().or_else(|| {
-                violations.push("arrived when no reply was scripted".to_owned());
+            let expect = shared.expect.for_request(summary);
+            violations = invariants::check(w, &expect, &recorded, &state.issued);
+            let (queue, what) = if summary {
+                (&mut state.summaries, "summary ")
+            } else {
+                (&mut state.replies, "")
+            };
+            queue.pop_front().or_else(|| {
+                violations.push(format!("arrived when no {what}reply was scripted"));
                 Some(Reply::Error(ApiError::invalid_request(format!(
-                    "fake LLM: request #{number} arrived but the test scripted no more replies"
+                    "fake LLM: {what}request #{number} arrived but the test scripted no more \
+                     {what}replies"
                 ))))
             })
         }
@@ -487,14 +644,17 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
     }
     let model = recorded
         .model()
-        .or(shared.expect.model.as_deref())
+        .or(shared.expect.for_request(summary).model.as_deref())
         .unwrap_or("fake-model")
         .to_owned();
     state.requests.push(recorded);
     let request_id = state.ids.request_id();
     let planned = match reply {
         None => Planned::NotFound,
-        Some(Reply::Turn(turn)) => {
+        Some(Reply::Turn(mut turn)) => {
+            if shared.usage_from_body && !turn.usage_set {
+                turn.input_tokens = body_tokens;
+            }
             let State { ids, issued, .. } = &mut *state;
             let (mut events, tool_ids) = match shared.wire {
                 Wire::OpenAi => openai::stream(&turn, &model, ids),
@@ -545,7 +705,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String) {
     };
     drop(state);
     shared.received.send_replace(number);
-    (planned, request_id)
+    (planned, request_id, number)
 }
 
 /// Writes a planned reply. `Ok(true)` when the connection can serve another request.
@@ -572,9 +732,11 @@ async fn write_planned(
                 }
                 Some(size) => {
                     let body = events.concat();
-                    for piece in body.chunks(size) {
+                    for (i, piece) in body.chunks(size).enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(pause).await;
+                        }
                         http::write_chunk(write, piece).await?;
-                        tokio::time::sleep(pause).await;
                     }
                 }
             }

@@ -5,9 +5,16 @@
 //! - `run`: [`Kugetsu`], a command builder for the real `kugetsu` binary with a controlled
 //!   environment; [`RunOutput`] for a finished run; [`LiveRun`] to watch events as they stream
 //!   and act on them (signals), each wait bounded by a timeout.
+//! - `script`: [`Script`], a script for the `scripted` provider written to a file.
+//! - `worker`: [`WorkerProcess`], the real `kugetsu-worker` driven over its JSON-lines
+//!   channel as the supervisor drives it (start, steer, kill), for worker-level tests.
 
 mod repo;
 mod run;
+mod script;
+mod worker;
 
 pub use repo::{DEFAULT_FILES, TestRepo};
 pub use run::{Kugetsu, LiveRun, RUN_TIMEOUT, RunOutput, StdoutKind, bin_path};
+pub use script::{Script, call_id};
+pub use worker::{WorkerCommand, WorkerOutput, WorkerProcess, task_spec};

@@ -12,7 +12,11 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+use kugetsu_protocol::TaskSpec;
+
 use super::run::Kugetsu;
+use super::worker::{WorkerCommand, task_spec};
+use crate::fake_llm::FakeLlm;
 
 /// The files of [`TestRepo::new`].
 pub const DEFAULT_FILES: &[(&str, &str)] = &[
@@ -168,6 +172,37 @@ impl TestRepo {
             .arg(self.repo())
             .arg("--state-dir")
             .arg(self.state_dir())
+    }
+
+    /// `kugetsu run --resume ID --json --state-dir <state>`: continues task `id`.
+    pub fn resume(&self, id: &str) -> Kugetsu {
+        self.kugetsu()
+            .arg("run")
+            .arg("--resume")
+            .arg(id)
+            .arg("--json")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+    }
+
+    /// `<tmp>/worker-task`: the task directory of a worker driven directly by the test.
+    pub fn worker_task_dir(&self) -> PathBuf {
+        self.root.join("worker-task")
+    }
+
+    /// `kugetsu-worker` with this repository's environment, cwd at [`TestRepo::repo`],
+    /// stderr appended to `worker_task_dir()/worker.log`.
+    pub fn worker(&self) -> WorkerCommand {
+        WorkerCommand::new(
+            &self.repo(),
+            &self.home(),
+            &self.worker_task_dir().join("worker.log"),
+        )
+    }
+
+    /// A task with `prompt` for `server`'s model, in [`TestRepo::worker_task_dir`].
+    pub fn worker_task(&self, prompt: &str, server: &FakeLlm) -> TaskSpec {
+        task_spec("t1", prompt, &server.model_arg(), &self.worker_task_dir())
     }
 
     /// Keeps the directory after the test (for debugging a failure by hand).

@@ -855,3 +855,58 @@ async fn dropping_a_server_with_violations_fails_the_test() {
     conn.response().await;
     drop(server);
 }
+
+/// Once a test scripts summaries, requests offering no tools (a compaction's) are served from
+/// their own queue, whatever order they arrive in relative to turns; they may name the
+/// summary model; a realistic-usage server reports the body's size.
+#[tokio::test]
+async fn summary_requests_take_their_own_queue() {
+    let server = FakeLlm::builder(Wire::OpenAi)
+        .model("gpt-4.1-mini")
+        .api_key("sk-test-openai-0123456789")
+        .summary_model("cheap-model")
+        .usage_from_body()
+        .start();
+    server.push(Turn::text("turn one").text_deltas_of(100));
+    server.push_summary(Turn::text("the summary").text_deltas_of(100));
+    let headers = openai_headers(&server);
+    let mut conn = Conn::open(&server).await;
+    // The summary first: no tools key, the summary model.
+    let mut summary = openai_body(&server, json!([{"role": "user", "content": "summarise"}]));
+    summary.as_object_mut().unwrap().remove("tools");
+    summary["model"] = json!("cheap-model");
+    conn.post("/v1/chat/completions", &as_refs(&headers), &summary)
+        .await;
+    let r = conn.response().await;
+    assert!(r.text().contains("the summary"), "{}", r.text());
+    let turn = openai_body(&server, json!([{"role": "user", "content": "go"}]));
+    conn.post("/v1/chat/completions", &as_refs(&headers), &turn)
+        .await;
+    let r = conn.response().await;
+    assert!(r.text().contains("turn one"), "{}", r.text());
+    // Usage follows the request body: ~1 token per 4 bytes.
+    let usage = sse(&r.body)
+        .into_iter()
+        .filter_map(|(_, data)| serde_json::from_str::<Value>(&data).ok())
+        .find_map(|chunk| chunk["usage"]["prompt_tokens"].as_u64())
+        .expect("a usage chunk");
+    let request = server.turn_request(1);
+    assert_eq!(usage, (request.body.len() / 4) as u64);
+
+    assert_eq!(server.summary_requests().len(), 1);
+    assert!(server.summary_requests()[0].summary);
+    assert_eq!(server.turn_requests().len(), 1);
+    assert!(!request.summary);
+    server.assert_all_served();
+    // A summary nobody scripted is a violation, not a turn reply taken by mistake.
+    server.push(Turn::text("turn two"));
+    conn.post("/v1/chat/completions", &as_refs(&headers), &summary)
+        .await;
+    assert_eq!(conn.response().await.status, 400);
+    assert_eq!(server.remaining(), 1);
+    let violations = server.take_violations().join("\n");
+    assert!(
+        violations.contains("no summary reply was scripted"),
+        "{violations}"
+    );
+}

@@ -2,11 +2,16 @@
 
 mod bash;
 mod cli;
+mod compaction;
 mod confinement;
+mod crash_loop;
 mod errors;
 mod fake_server;
+mod journal_damage;
 mod providers;
 mod recovery;
+mod resume;
 mod scripted;
+mod steering;
 mod streaming;
 mod tools;
