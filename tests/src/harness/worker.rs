@@ -395,5 +395,6 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         task_dir: task_dir.display().to_string(),
         context_window: None,
         compaction_model: None,
+        mem_limit_bytes: None,
     }
 }
