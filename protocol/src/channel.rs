@@ -102,6 +102,10 @@ pub enum WorkerMessage {
     Heartbeat { phase: Phase },
     /// A task event (see [`Event`]).
     Event(Event),
+    /// An event a resumed worker repeats from its journal because an earlier worker may have
+    /// died before sending it (events trail the journal). The supervisor publishes it only if
+    /// it has not published the same `tool_start`/`tool_end` before.
+    Replay(Event),
 }
 
 /// Wire form of the non-event worker messages.
@@ -116,11 +120,14 @@ enum Control {
     Heartbeat {
         phase: Phase,
     },
+    Replay {
+        event: Box<Event>,
+    },
 }
 
 impl WorkerMessage {
     /// The control `type` tags; every other known tag is an [`Event`].
-    const CONTROL_TYPES: &'static [&'static str] = &["hello", "heartbeat"];
+    const CONTROL_TYPES: &'static [&'static str] = &["hello", "heartbeat", "replay"];
 
     /// Every `type` tag a worker message can carry.
     pub fn is_known_type(tag: &str) -> bool {
@@ -145,6 +152,10 @@ impl Serialize for WorkerMessage {
                 Control::Heartbeat { phase: *phase }.serialize(serializer)
             }
             WorkerMessage::Event(event) => event.serialize(serializer),
+            WorkerMessage::Replay(event) => Control::Replay {
+                event: Box::new(event.clone()),
+            }
+            .serialize(serializer),
         }
     }
 }
@@ -169,6 +180,7 @@ impl<'de> Deserialize<'de> for WorkerMessage {
                     pid,
                 }),
                 Control::Heartbeat { phase } => Ok(WorkerMessage::Heartbeat { phase }),
+                Control::Replay { event } => Ok(WorkerMessage::Replay(*event)),
             }
         } else {
             serde_json::from_value::<Event>(value)

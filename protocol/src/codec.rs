@@ -118,11 +118,17 @@ pub fn decode<T: Wire>(line: &[u8]) -> Result<T, DecodeError> {
 ///
 /// Memory use is bounded by `max` whatever the peer sends: an oversized line is discarded as
 /// it streams past, then reported once.
+///
+/// Cancel-safe: a `next_line` future dropped halfway keeps what it had read, and the next call
+/// continues the same line.
 #[derive(Debug)]
 pub struct LineReader<R> {
     inner: R,
     max: usize,
+    /// The line read so far (empty while discarding an oversized one).
     buf: Vec<u8>,
+    /// Bytes of the current line seen so far, kept or not.
+    seen: usize,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -137,6 +143,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             inner,
             max,
             buf: Vec::new(),
+            seen: 0,
         }
     }
 
@@ -145,8 +152,6 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// A final line without a newline is still returned. An oversized line yields
     /// [`DecodeError::Oversized`] and the following call continues after it.
     pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        self.buf.clear();
-        let mut seen = 0usize;
         loop {
             let available = self
                 .inner
@@ -154,7 +159,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 .await
                 .map_err(|source| DecodeError::Io { source })?;
             if available.is_empty() {
-                if seen == 0 {
+                if self.seen == 0 {
                     return Ok(None);
                 }
                 break;
@@ -164,8 +169,8 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 None => (available, false),
             };
             let take = chunk.len();
-            seen += take;
-            if seen <= self.max {
+            self.seen += take;
+            if self.seen <= self.max {
                 self.buf.extend_from_slice(chunk);
             } else {
                 self.buf.clear();
@@ -175,13 +180,27 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 break;
             }
         }
+        let seen = std::mem::take(&mut self.seen);
+        let line = std::mem::take(&mut self.buf);
         if seen > self.max {
             return Err(DecodeError::Oversized {
                 len: seen,
                 max: self.max,
             });
         }
-        Ok(Some(std::mem::take(&mut self.buf)))
+        Ok(Some(line))
+    }
+
+    /// The next message if it can be had without waiting (it is already buffered), else
+    /// `None`. Nothing is lost when it returns `None`: the reader is cancel-safe.
+    pub fn next_ready<T: Wire>(&mut self) -> Option<Result<T, DecodeError>> {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let next = std::pin::pin!(self.next::<T>());
+        match std::future::Future::poll(next, &mut context) {
+            std::task::Poll::Ready(message) => message,
+            std::task::Poll::Pending => None,
+        }
     }
 
     /// The next decoded message, `None` at end of stream. Blank lines are skipped.

@@ -42,26 +42,30 @@ fn channel_messages_round_trip_byte_for_byte() {
     ));
     assert!(matches!(
         round_trips::<WorkerMessage>(lines[2]),
+        WorkerMessage::Replay(Event::ToolStart { .. })
+    ));
+    assert!(matches!(
+        round_trips::<WorkerMessage>(lines[3]),
         WorkerMessage::Event(Event::TurnStart { turn: 2 })
     ));
     let SupervisorMessage::Start {
         task,
         resume: false,
-    } = round_trips::<SupervisorMessage>(lines[3])
+    } = round_trips::<SupervisorMessage>(lines[4])
     else {
-        panic!("not a fresh start: {}", lines[3]);
+        panic!("not a fresh start: {}", lines[4]);
     };
     assert_eq!(task.mem_limit_bytes, Some(512 * 1024 * 1024));
     assert!(matches!(
-        round_trips::<SupervisorMessage>(lines[4]),
+        round_trips::<SupervisorMessage>(lines[5]),
         SupervisorMessage::Steer { .. }
     ));
     assert_eq!(
-        round_trips::<SupervisorMessage>(lines[5]),
+        round_trips::<SupervisorMessage>(lines[6]),
         SupervisorMessage::Cancel
     );
     assert_eq!(
-        round_trips::<SupervisorMessage>(lines[6]),
+        round_trips::<SupervisorMessage>(lines[7]),
         SupervisorMessage::Shutdown
     );
 }

@@ -310,9 +310,7 @@ impl Daemon {
             } else if count("started") > 0 {
                 // It was running when the daemon died. Its worker died with us (PDEATHSIG);
                 // anything it left behind must not run beside the resumed one.
-                let marker = format!("{}={id}", crate::shadow::SHADOW_ENV);
-                let leftovers = kugetsu_worker::process::processes_with_env(marker.as_bytes());
-                kugetsu_worker::process::kill_pids(&leftovers);
+                crate::shadow::kill_task_leftovers(&id);
                 entry.status = TaskStatus::Queued;
                 entry.resume = Resume {
                     attempt: count("started") + 1,

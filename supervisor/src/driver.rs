@@ -8,7 +8,7 @@
 //! daemon maps RPCs), and completes the `finished` event with what only the supervisor knows
 //! (restarts, branch, worktree, changed files).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -396,6 +396,21 @@ struct Tracking {
     pending_steers: VecDeque<String>,
     /// A cancel was requested (kept across restarts).
     cancelled: bool,
+    /// Calls announced with `tool_start` / closed with `tool_end`, so a resumed worker's
+    /// re-announcements (see the worker's session) are published once and in pairs.
+    calls_started: HashSet<String>,
+    calls_ended: HashSet<String>,
+}
+
+impl Tracking {
+    /// Records `event`; returns whether its `tool_start`/`tool_end` had not been seen yet.
+    fn is_new(&mut self, event: &Event) -> bool {
+        match event {
+            Event::ToolStart { call_id, .. } => self.calls_started.insert(call_id.clone()),
+            Event::ToolEnd { call_id, .. } => self.calls_ended.insert(call_id.clone()),
+            _ => true,
+        }
+    }
 }
 
 /// Runs workers for the task until one reports `finished`, restarting crashed ones from
@@ -413,7 +428,18 @@ async fn run_worker(
         pending_steers: VecDeque::new(),
         cancelled: false,
         memory: sampler.subscribe(),
+        calls_started: HashSet::new(),
+        calls_ended: HashSet::new(),
     };
+    if resume.from_journal {
+        // What earlier runs of this task already published.
+        for envelope in crate::events::read_all(&prepared.task_dir.join("events.jsonl"))
+            .await
+            .unwrap_or_default()
+        {
+            tracking.is_new(&envelope.event);
+        }
+    }
     let program = match find_worker() {
         Ok(program) => program,
         Err(e) => {
@@ -427,6 +453,7 @@ async fn run_worker(
     let mut restarts = RestartPolicy::new(prepared.config.max_restarts);
     let mut restarts_total = resume.earlier_restarts;
     if resume.from_journal {
+        restarts_total += 1;
         publish(
             log,
             Event::Restarted {
@@ -606,6 +633,9 @@ async fn run_attempt(
         mem_limit_bytes: Some(record.mem_limit),
     };
     let worker_log = prepared.task_dir.join("worker.log");
+    if resume.from_journal {
+        crate::shadow::kill_task_leftovers(&record.id);
+    }
     let spawned = Shadow::spawn(
         program,
         &record.workdir,
@@ -690,8 +720,16 @@ async fn run_attempt(
                     Some(FromWorker::Message(WorkerMessage::Event(Event::Finished(finished)))) => {
                         break Attempt::Finished(finished);
                     }
+                    Some(FromWorker::Message(WorkerMessage::Replay(event))) => {
+                        // Published only if no earlier worker got it out.
+                        if tracking.is_new(&event) {
+                            tracking.observed.note(&event);
+                            publish(log, event);
+                        }
+                    }
                     Some(FromWorker::Message(WorkerMessage::Event(event))) => {
                         progressed = true;
+                        tracking.is_new(&event);
                         if let Event::Steered { text } = &event
                             && let Some(i) = tracking.pending_steers.iter().position(|t| t == text)
                         {

@@ -225,14 +225,7 @@ impl Shadow {
     /// Kills every process this shadow started that is still alive other than the worker
     /// (e.g. tool processes orphaned by a killed worker) and reaps those adopted by us.
     pub fn kill_leftovers(&self) {
-        let leftovers: Vec<u32> = kugetsu_worker::process::processes_with_env(&self.marker)
-            .into_iter()
-            .filter(|&pid| pid != self.pid)
-            .collect();
-        if !leftovers.is_empty() {
-            kugetsu_worker::process::kill_pids(&leftovers);
-            kugetsu_worker::process::reap(&leftovers, Duration::from_millis(500));
-        }
+        kill_marked(&self.marker, Some(self.pid));
     }
 
     /// SIGKILLs the worker's whole process group (while its id is still ours).
@@ -272,6 +265,31 @@ impl Drop for Shadow {
             self.group.signal(Signal::SIGKILL);
         }
     }
+}
+
+/// Kills every process carrying task `id`'s `KUGETSU_SHADOW` marker: what an earlier worker
+/// of the task (of this supervisor, or of one that was killed) left running. Call it before
+/// a resumed worker starts, so nothing old works in the worktree beside it.
+pub fn kill_task_leftovers(id: &str) -> usize {
+    kill_marked(format!("{SHADOW_ENV}={id}").as_bytes(), None)
+}
+
+fn kill_marked(marker: &[u8], except: Option<u32>) -> usize {
+    let mut killed = 0;
+    // A killed process's child may be mid-fork: look again until a round finds nothing.
+    for _ in 0..4 {
+        let leftovers: Vec<u32> = kugetsu_worker::process::processes_with_env(marker)
+            .into_iter()
+            .filter(|&pid| Some(pid) != except)
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        killed += leftovers.len();
+        kugetsu_worker::process::kill_pids(&leftovers);
+        kugetsu_worker::process::reap(&leftovers, Duration::from_millis(500));
+    }
+    killed
 }
 
 /// Describes how a process ended, e.g. `exit status 3` or `killed by SIGKILL`.

@@ -20,7 +20,6 @@ use kugetsu_protocol::{Event, FinishStatus, Finished, ModelRef, Phase, TaskSpec}
 use crate::context::{self, Budget, Compactor};
 use crate::conversation::{ToolCall, ToolSpec};
 use crate::ipc::{Control, Outbox, error_chain};
-use crate::journal::INTERRUPTED_RESULT;
 use crate::llm::{LlmError, LlmRequest, Provider};
 use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
@@ -48,19 +47,33 @@ pub async fn run(
 ) -> Option<Finished> {
     let journal_path = Path::new(&task.task_dir).join("journal.jsonl");
     let opened = if resume {
-        Session::resume(&journal_path, &task.prompt).map(|(session, interrupted, tail)| {
+        Session::resume(&journal_path, &task.prompt).map(|(session, replayed, tail)| {
             if let crate::journal::Tail::Damaged { line, reason } = tail {
                 eprintln!("kugetsu-worker: journal damaged at line {line} ({reason}); resuming from the record before it");
             }
-            for call in interrupted {
-                outbox.emit(Event::ToolEnd {
-                    call_id: call.call_id,
-                    tool: call.tool,
-                    ok: false,
-                    output: INTERRUPTED_RESULT.to_owned(),
-                    truncated: false,
-                    duration_ms: 0,
+            for call in replayed {
+                let args = serde_json::from_str(&call.args)
+                    .unwrap_or(serde_json::Value::String(call.args));
+                outbox.replay(Event::ToolStart {
+                    call_id: call.call_id.clone(),
+                    tool: call.tool.clone(),
+                    args,
                 });
+                if let Some((ok, output, truncated)) = call.result {
+                    let end = Event::ToolEnd {
+                        call_id: call.call_id,
+                        tool: call.tool,
+                        ok,
+                        output,
+                        truncated,
+                        duration_ms: 0,
+                    };
+                    if call.fresh {
+                        outbox.emit(end);
+                    } else {
+                        outbox.replay(end);
+                    }
+                }
             }
             session
         })
@@ -192,6 +205,7 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
             output_dir: PathBuf::from(&task.task_dir).join("tool-output"),
             // A limit of zero would kill every command: it means no limit, as absent does.
             mem_limit: task.mem_limit_bytes.filter(|&limit| limit > 0),
+            guard: std::env::current_exe().ok(),
         },
         specs: tools::specs(),
         system: system_prompt(&root),
@@ -587,6 +601,7 @@ mod tests {
             root,
             output_dir: dir.path().join("tool-output"),
             mem_limit: Some(64 * MIB),
+            guard: None,
         };
         let mut session = Session::start(&dir.path().join("journal.jsonl"), "eat memory").unwrap();
         let call = bash_call(

@@ -33,6 +33,11 @@ impl Outbox {
         let _ = self.tx.send(WorkerMessage::Event(event));
     }
 
+    /// Queues an event repeated from the journal (see [`WorkerMessage::Replay`]).
+    pub fn replay(&self, event: Event) {
+        let _ = self.tx.send(WorkerMessage::Replay(event));
+    }
+
     fn send(&self, message: WorkerMessage) {
         let _ = self.tx.send(message);
     }
@@ -110,6 +115,24 @@ pub async fn serve() -> ExitCode {
         steer: steer_rx,
         phase: phase_tx,
     };
+    // What the supervisor sent together with `start` (e.g. steers kept across a restart) is
+    // already buffered: hand it over before the loop's first safe point, not one turn late.
+    while let Some(message) = reader.next_ready::<SupervisorMessage>() {
+        match message {
+            Ok(SupervisorMessage::Steer { text }) => {
+                let _ = steer_tx.send(text);
+            }
+            Ok(SupervisorMessage::Cancel) => control.cancel.cancel(),
+            Ok(SupervisorMessage::Shutdown) => control.shutdown.cancel(),
+            Ok(SupervisorMessage::Start { .. }) => {
+                eprintln!("kugetsu-worker: ignoring a second start");
+            }
+            Err(e) => eprintln!(
+                "kugetsu-worker: bad line from supervisor: {}",
+                error_chain(&e)
+            ),
+        }
+    }
     let reader_task = tokio::spawn(read_control(
         reader,
         control.cancel.clone(),

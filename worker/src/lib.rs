@@ -5,6 +5,7 @@
 //! its task, runs the agent loop (prompt -> model -> tools -> model ...) and streams events until
 //! `finished`.
 //!
+//! - [`guard`]: the process between the worker and a bash call that outlives neither.
 //! - [`ipc`]: the channel: one reader task, one writer task (the only code that touches stdout).
 //! - [`agent`]: the agent loop.
 //! - [`context`]: token budget, background compaction, deterministic pruning.
@@ -20,6 +21,7 @@
 pub mod agent;
 pub mod context;
 pub mod conversation;
+pub mod guard;
 pub mod ipc;
 pub mod journal;
 pub mod llm;

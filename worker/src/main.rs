@@ -3,6 +3,13 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == kugetsu_worker::guard::GUARD_ARG)
+    {
+        return kugetsu_worker::guard::run(&args[2..]);
+    }
     if std::env::args().nth(1).as_deref() == Some("--version") {
         eprintln!("kugetsu-worker {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;

@@ -4,7 +4,7 @@
 //! (durably where DESIGN §3 asks), so the conversation rebuilt by [`Session::resume`] is the
 //! one the model last saw.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use kugetsu_protocol::Usage;
@@ -32,12 +32,36 @@ pub enum Next {
     Done,
 }
 
-/// A tool call found interrupted on resume, already answered in the conversation.
+/// A tool call of the latest turns, as the journal knows it, re-announced on resume.
+///
+/// Events trail the journal (the journal is synced first, the event written after), so a
+/// worker killed at the wrong instant may have journaled a call whose `tool_start` or
+/// `tool_end` never reached the supervisor. A resumed worker re-announces the calls of its
+/// last two turns; the supervisor drops the ones it has already seen.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Interrupted {
+pub struct ReplayedCall {
     pub call_id: String,
     pub tool: String,
+    /// The raw JSON arguments of the intent.
+    pub args: String,
+    /// `(ok, output, truncated)` once the call has a result (an interrupted call has one).
+    pub result: Option<(bool, String, bool)>,
+    /// Whether that result was made just now (the call was found interrupted): it is news,
+    /// not a repetition.
+    pub fresh: bool,
 }
+
+/// Intents and results seen while replaying a journal.
+#[derive(Debug, Default)]
+struct Replaying {
+    intents: HashMap<String, (String, String)>,
+    results: HashMap<String, (bool, String, bool)>,
+    /// Calls answered as interrupted by this resume.
+    fresh: HashSet<String>,
+}
+
+/// How many of the latest turns a resumed worker re-announces.
+const REPLAYED_TURNS: usize = 2;
 
 /// The conversation, its counters, and its journal.
 #[derive(Debug)]
@@ -87,7 +111,7 @@ impl Session {
     pub fn resume(
         journal_path: &Path,
         prompt: &str,
-    ) -> Result<(Session, Vec<Interrupted>, Tail), JournalError> {
+    ) -> Result<(Session, Vec<ReplayedCall>, Tail), JournalError> {
         let err = |source| JournalError {
             path: journal_path.display().to_string(),
             source,
@@ -108,24 +132,56 @@ impl Session {
             last_text: None,
             journal,
         };
-        let mut started: HashSet<String> = HashSet::new();
+        let mut seen = Replaying::default();
         for record in replay.records {
-            session.apply(record, &mut started);
+            session.apply(record, &mut seen);
         }
-        let mut interrupted = Vec::new();
         for call in session.unanswered_calls() {
-            if started.contains(&call.id) {
+            if seen.intents.contains_key(&call.id) {
                 session.tool_result(&call.id, &call.name, false, INTERRUPTED_RESULT, false)?;
-                interrupted.push(Interrupted {
-                    call_id: call.id,
-                    tool: call.name,
-                });
+                seen.results.insert(
+                    call.id.clone(),
+                    (false, INTERRUPTED_RESULT.to_owned(), false),
+                );
+                seen.fresh.insert(call.id.clone());
             }
         }
-        Ok((session, interrupted, replay.tail))
+        let replayed = session.replayed_calls(&mut seen);
+        Ok((session, replayed, replay.tail))
     }
 
-    fn apply(&mut self, record: Record, started: &mut HashSet<String>) {
+    /// The journaled calls of the last [`REPLAYED_TURNS`] assistant messages, in order.
+    fn replayed_calls(&self, seen: &mut Replaying) -> Vec<ReplayedCall> {
+        let calls: Vec<&ToolCall> = self
+            .messages
+            .iter()
+            .rev()
+            .filter_map(|m| match m {
+                Message::Assistant { tool_calls, .. } => Some(tool_calls),
+                _ => None,
+            })
+            .take(REPLAYED_TURNS)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .flatten()
+            .collect();
+        calls
+            .into_iter()
+            .filter_map(|call| {
+                let (tool, args) = seen.intents.remove(&call.id)?;
+                Some(ReplayedCall {
+                    call_id: call.id.clone(),
+                    tool,
+                    args,
+                    result: seen.results.remove(&call.id),
+                    fresh: seen.fresh.contains(&call.id),
+                })
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, record: Record, seen: &mut Replaying) {
         match record {
             Record::Task { prompt } => self.messages.push(Message::User { text: prompt }),
             Record::Assistant {
@@ -136,21 +192,29 @@ impl Session {
                 self.note_assistant(&text, usage);
                 self.messages.push(Message::Assistant { text, tool_calls });
             }
-            Record::ToolIntent { call_id, .. } => {
-                started.insert(call_id);
+            Record::ToolIntent {
+                call_id,
+                tool,
+                args,
+            } => {
+                seen.intents.insert(call_id, (tool, args));
             }
             Record::ToolResult {
                 call_id,
                 tool,
                 ok,
                 output,
-                ..
-            } => self.messages.push(Message::ToolResult {
-                call_id,
-                name: tool,
-                content: output,
-                is_error: !ok,
-            }),
+                truncated,
+            } => {
+                seen.results
+                    .insert(call_id.clone(), (ok, output.clone(), truncated));
+                self.messages.push(Message::ToolResult {
+                    call_id,
+                    name: tool,
+                    content: output,
+                    is_error: !ok,
+                });
+            }
             Record::Steer { text } => self.messages.push(Message::User { text }),
             Record::Compaction { messages, .. } => self.messages = messages,
             Record::TurnEnd { .. } => {}
@@ -350,15 +414,14 @@ mod tests {
         session.tool_intent(&call("b")).unwrap();
         drop(session); // killed while b ran
 
-        let (session, interrupted, tail) = Session::resume(&path, "do it").unwrap();
+        let (session, replayed, tail) = Session::resume(&path, "do it").unwrap();
         assert_eq!(tail, Tail::Clean);
-        assert_eq!(
-            interrupted,
-            vec![Interrupted {
-                call_id: "b".to_owned(),
-                tool: "bash".to_owned()
-            }]
-        );
+        // a (done) and b (interrupted now) are re-announced with their results; c never started.
+        let ids: Vec<&str> = replayed.iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(replayed[0].result, Some((true, "done".to_owned(), false)));
+        let (ok, output, _) = replayed[1].result.clone().unwrap();
+        assert!(!ok && output.contains("interrupted by a restart"));
         // a ran and b was interrupted: only c, which never started, is left to run.
         assert_eq!(session.next(), Next::RunTools(vec![call("c")]));
         assert_eq!(session.turns, 1);
@@ -371,8 +434,8 @@ mod tests {
         assert!(*is_error && content.contains("interrupted by a restart"));
 
         // The interrupted result itself was journaled: a second resume agrees.
-        let (again, interrupted, _) = Session::resume(&path, "do it").unwrap();
-        assert!(interrupted.is_empty());
+        let (again, replayed, _) = Session::resume(&path, "do it").unwrap();
+        assert_eq!(replayed.len(), 2, "the same calls, now both with results");
         assert_eq!(again.messages, session.messages);
     }
 

@@ -317,11 +317,12 @@ async fn an_intent_journaled_just_before_a_crash_is_announced_before_it_is_close
     let second_result = &results[call_id(2, 1).as_str()];
     assert_eq!(second_result.len(), 1);
     assert!(!second_result[0].0 && second_result[0].1 == journal::INTERRUPTED_RESULT);
-    assert!(
-        !out.events
-            .tool_starts()
-            .iter()
-            .any(|e| str_of(e, "call_id") == call_id(2, 1)),
+    // It is announced (its intent is journaled) and closed as interrupted: never run.
+    let end = out.events.tool_end(&call_id(2, 1));
+    assert_eq!(end["ok"], false, "{end}");
+    assert_eq!(
+        end["output"],
+        journal::INTERRUPTED_RESULT,
         "the interrupted call was not run"
     );
     // The stream: every tool_end follows its tool_start.

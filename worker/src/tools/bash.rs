@@ -132,7 +132,7 @@ where
     let log = Log::create(&ctx.output_dir, call_id);
     // Listed before the shell exists, so nothing in it can be the call's.
     let baseline = ctx.mem_limit.map(|limit| (limit, Baseline::take()));
-    let (child, output) = spawn(&ctx.root, command, &env)?;
+    let (child, output) = spawn(&ctx.root, command, &env, ctx.guard.as_deref())?;
     let memory =
         baseline.map(|(limit, baseline)| MemoryWatch::start(limit, baseline, child.id(), &tag));
     let group = child.id().and_then(ProcessGroup::of_leader);
@@ -151,17 +151,42 @@ where
 }
 
 /// Starts `command` under bash (or sh), returning the child and the read end of its output.
+///
+/// With a `guard` (the worker binary), the shell runs under the tool guard, which leads the
+/// process group in the shell's place (see [`crate::guard`]).
 fn spawn(
     root: &Path,
     command: &str,
     env: &[(OsString, OsString)],
+    guard: Option<&Path>,
 ) -> Result<(Child, pipe::Receiver), ToolError> {
     let start_error = |e: std::io::Error| ToolError::Failed(format!("cannot start the shell: {e}"));
     let (reader, writer) = std::io::pipe().map_err(start_error)?;
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     for shell in ["bash", "sh"] {
         let stdout = writer.try_clone().map_err(start_error)?;
         let stderr = writer.try_clone().map_err(start_error)?;
-        let mut cmd = Command::new(shell);
+        let mut cmd = match guard {
+            Some(guard) => {
+                // The guard cannot report a missing shell the way spawn does: look it up.
+                let Some(found) = find_in_path(shell, &path) else {
+                    if shell == "bash" {
+                        continue;
+                    }
+                    break;
+                };
+                let mut cmd = Command::new(guard);
+                cmd.arg(crate::guard::GUARD_ARG)
+                    .arg(std::process::id().to_string())
+                    .arg(found);
+                cmd
+            }
+            None => Command::new(shell),
+        };
         cmd.arg("-c")
             .arg(command)
             .current_dir(root)
@@ -188,6 +213,18 @@ fn spawn(
     Err(ToolError::Failed(
         "cannot start the shell: neither bash nor sh was found on PATH".to_owned(),
     ))
+}
+
+/// The first `name` in the directories of `path` that is an executable file.
+fn find_in_path(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// How a command ended.

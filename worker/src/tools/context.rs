@@ -13,4 +13,8 @@ pub struct ToolContext {
     /// The shadow's memory limit in bytes (worker plus tool processes). A bash command that
     /// takes the shadow past it is killed; `None` means bash commands are not measured.
     pub mem_limit: Option<u64>,
+    /// The `kugetsu-worker` binary, to run each bash call under a tool guard (see
+    /// [`crate::guard`]) so nothing it starts outlives a killed worker. `None` runs the shell
+    /// directly (tests, where the current executable is not the worker).
+    pub guard: Option<PathBuf>,
 }

@@ -41,6 +41,7 @@ impl Fixture {
             root: self.root.clone(),
             output_dir: self.output_dir.clone(),
             mem_limit: None,
+            guard: None,
         }
     }
 
