@@ -6,6 +6,7 @@
 //!   environment; [`RunOutput`] for a finished run; [`LiveRun`] to watch events as they stream
 //!   and act on them (signals), each wait bounded by a timeout.
 
+pub mod daemon;
 mod repo;
 mod run;
 

@@ -3,6 +3,7 @@
 mod bash;
 mod cli;
 mod confinement;
+mod daemon;
 mod errors;
 mod fake_server;
 mod providers;
