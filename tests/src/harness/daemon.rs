@@ -452,6 +452,11 @@ impl Daemon {
         PsPoller { stop, handle }
     }
 
+    /// Sends `sig` to the daemon (as systemd's `kill` or a terminal would).
+    pub fn signal(&self, sig: Signal) {
+        signal::kill(pid(self.pid), sig).unwrap_or_else(|e| panic!("kill -{sig} the daemon: {e}"));
+    }
+
     /// SIGKILLs the daemon and reaps it.
     pub async fn kill9(&mut self) {
         signal::kill(pid(self.pid), Signal::SIGKILL).expect("kill -9 the daemon");
