@@ -195,6 +195,51 @@ async fn daemon_pool_runs_at_most_max_shadows_and_starts_by_priority_then_fifo()
     history.assert_start_order(&expected, &names);
 }
 
+/// Many shadows of one repository starting at the same moment (a reload widening the pool)
+/// each get their worktree: their `git worktree add`s must not trip over each other.
+#[tokio::test]
+async fn daemon_a_burst_of_starts_on_one_repository_all_get_worktrees() {
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo)
+        .config("max_shadows = 1\n")
+        .start()
+        .await;
+    let gate = Gate::new(repo.root(), "gate");
+    let blocker = blocker_model(&repo, &gate, "blocker");
+    let quick = bash_model(&repo, "quick", "echo quick");
+    let mut events = daemon.subscribe_all().await;
+    let first = daemon.submit(&["-m", &blocker], "Hold the pool.").await;
+    wait_tasks(&mut events, "started", 1, std::slice::from_ref(&first)).await;
+    let mut burst = Vec::new();
+    for i in 0..16 {
+        burst.push(daemon.submit(&["-m", &quick], &format!("quick {i}")).await);
+    }
+    let mark = daemon.stderr_mark();
+    daemon.write_config("max_shadows = 17\n");
+    daemon
+        .wait_for_stderr(mark, "max_shadows 1 -> 17", Duration::from_secs(10))
+        .await;
+    let mut failures = Vec::new();
+    for id in &burst {
+        let events = daemon.wait_finished(id, WAIT).await;
+        if events.status() != "completed" {
+            failures.push(format!("{id}: {}", events.finished()["error"]));
+        }
+    }
+    gate.open();
+    assert!(
+        failures.is_empty(),
+        "{} of {} tasks started together failed:\n{}",
+        failures.len(),
+        burst.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        daemon.wait_finished(&first, WAIT).await.status(),
+        "completed"
+    );
+}
+
 // 2. Backpressure.
 #[tokio::test]
 async fn daemon_submit_to_a_full_queue_is_rejected_at_once_with_queue_full() {
