@@ -240,6 +240,61 @@ async fn daemon_a_burst_of_starts_on_one_repository_all_get_worktrees() {
     );
 }
 
+/// A shadow starts only while the host has memory for its limit (plus a reserve): a task
+/// whose limit no host here can meet stays queued — also right after a restart — and goes
+/// when cancelled, letting the queue move on.
+#[tokio::test]
+async fn daemon_holds_a_task_the_host_has_no_memory_for() {
+    let repo = TestRepo::new();
+    let mut daemon = Daemon::builder(&repo).start().await;
+    let quick = bash_model(&repo, "quick", "echo quick");
+    let mark = daemon.stderr_mark();
+    let huge = daemon
+        .submit(
+            &["-m", &quick, "--mem-limit", "64TiB"],
+            "Needs a bigger host.",
+        )
+        .await;
+    daemon
+        .wait_for_stderr(mark, "holding queued tasks", Duration::from_secs(10))
+        .await;
+    let tasks = daemon.ps().await;
+    assert_eq!(with_status(&tasks, "queued"), [huge.as_str()], "{tasks:#?}");
+
+    daemon.kill9().await;
+    let mark = daemon.stderr_mark();
+    daemon.restart().await;
+    // Either the daemon holds the task again, or it let it start: whichever comes first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.stderr()[mark..].contains("holding queued tasks") {
+        let tasks = daemon.ps().await;
+        if with_status(&tasks, "queued") != [huge.as_str()] {
+            panic!(
+                "after a restart the task started without memory for it: {tasks:#?}\n{:?}\n{}",
+                daemon.logs(&huge).await,
+                daemon.context(None)
+            );
+        }
+        assert!(Instant::now() < deadline, "{}", daemon.context(None));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tasks = daemon.ps().await;
+    assert_eq!(with_status(&tasks, "queued"), [huge.as_str()], "{tasks:#?}");
+
+    let next = daemon.submit(&["-m", &quick], "Fits anywhere.").await;
+    daemon.cli(["cancel", &huge]).await.assert_code(0);
+    let events = daemon.wait_finished(&huge, WAIT).await;
+    assert_eq!(
+        events.types(),
+        ["queued", "finished"],
+        "never started: {events:?}"
+    );
+    assert_eq!(
+        daemon.wait_finished(&next, WAIT).await.status(),
+        "completed"
+    );
+}
+
 // 2. Backpressure.
 #[tokio::test]
 async fn daemon_submit_to_a_full_queue_is_rejected_at_once_with_queue_full() {
