@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use kugetsu_tests::events::{kind, str_of};
 use kugetsu_tests::harness::daemon::{RpcClient, WAIT};
-use kugetsu_tests::{Daemon, Events, FakeLlm, Gate, RunOutput, Script, TestRepo, Turn, procs};
+use kugetsu_tests::{
+    ApiError, Daemon, Events, FakeLlm, Gate, RunOutput, Script, TestRepo, Turn, procs,
+};
 use serde_json::{Value, json};
 
 const MIB: u64 = 1024 * 1024;
@@ -839,7 +841,7 @@ async fn daemon_clients_without_a_daemon_exit_2_with_one_line() {
 async fn daemon_submit_wait_json_streams_events_and_exits_by_status() {
     let repo = TestRepo::new();
     let server = FakeLlm::openai();
-    server.push(fake_llm_error());
+    server.push(ApiError::unauthorized());
     let daemon = Daemon::builder(&repo).llm(&server).start().await;
     let model = bash_model(&repo, "ok", "echo hello from the shadow");
 
@@ -871,10 +873,6 @@ async fn daemon_submit_wait_json_streams_events_and_exits_by_status() {
         .await;
     out.assert_code(1).assert_status("failed");
     out.finished();
-}
-
-fn fake_llm_error() -> kugetsu_tests::Reply {
-    kugetsu_tests::ApiError::unauthorized().into()
 }
 
 #[tokio::test]
