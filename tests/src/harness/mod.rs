@@ -9,6 +9,7 @@
 //! - `worker`: [`WorkerProcess`], the real `kugetsu-worker` driven over its JSON-lines
 //!   channel as the supervisor drives it (start, steer, kill), for worker-level tests.
 
+pub mod daemon;
 mod repo;
 mod run;
 mod script;
