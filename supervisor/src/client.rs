@@ -410,9 +410,18 @@ pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
 /// `kugetsu shutdown`: asks the daemon to stop and, unless draining, waits until it has.
 pub async fn shutdown(args: ShutdownArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    client
+    match client
         .call("shutdown", json!({ "drain": args.drain }))
-        .await?;
+        .await
+    {
+        Ok(_) => {}
+        // An idle daemon may exit before its answer is out: gone is what was asked for.
+        Err(CliError::Failed(_)) if !args.drain && Client::connect(&args.client).await.is_err() => {
+            print_line("the daemon stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    }
     if args.drain {
         print_line("the daemon stops once its queue drains");
         return Ok(ExitCode::SUCCESS);

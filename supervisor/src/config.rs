@@ -140,8 +140,17 @@ impl Config {
 fn read_file(path: &Path) -> Result<FileConfig, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Usage(format!("cannot read config {}: {e}", path.display())))?;
-    toml::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("config {}: {}", path.display(), e.message())))
+    toml::from_str(&text).map_err(|e| {
+        let place = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                format!(" line {line} (`{source}`):")
+            })
+            .unwrap_or_else(|| ":".to_owned());
+        CliError::Usage(format!("config {}{place} {}", path.display(), e.message()))
+    })
 }
 
 /// `$XDG_CONFIG_HOME/kugetsu/config.toml`, else `~/.config/kugetsu/config.toml`.

@@ -142,6 +142,8 @@ struct Daemon {
     stopping: Option<bool>,
     /// Whether the last scheduling attempt was held back by host memory (logged once).
     memory_held: bool,
+    /// Tasks already reported as too big for this host.
+    warned_impossible: std::collections::HashSet<String>,
 }
 
 /// Entry point of `kugetsu serve`.
@@ -173,7 +175,10 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         notifier: Notifier::from_env(),
         stopping: None,
         memory_held: false,
+        warned_impossible: std::collections::HashSet::new(),
     };
+    // Admission needs real numbers: never schedule on an empty snapshot.
+    daemon.sampler.first_sample(Duration::from_secs(2)).await;
     daemon.recover().await;
     // Watch the file even if it does not exist yet: creating it is a change too.
     let watch_path = args
@@ -242,6 +247,8 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     daemon.notifier.stopping();
     acceptor.abort();
     let _ = std::fs::remove_file(&socket_path);
+    // Let connection writers send their last answers (the `shutdown` reply among them).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     eprintln!("kugetsu: stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -593,20 +600,39 @@ impl Daemon {
         if self.stopping == Some(false) {
             return;
         }
+        let snapshot = self.sampler.latest();
+        if !snapshot.valid {
+            // No memory figures yet: admission cannot be judged; the next tick will.
+            return;
+        }
+        // Tasks no host of this size could ever run wait aside, so they block nobody.
+        let mut impossible: Vec<String> = Vec::new();
         while self.running < self.config.max_shadows as usize {
             let next = self
                 .resume_first
-                .front()
-                .cloned()
-                .or_else(|| self.queue.peek().map(str::to_owned));
+                .iter()
+                .chain(self.queue.iter())
+                .find(|id| !impossible.contains(id))
+                .cloned();
             let Some(id) = next else { break };
             let Some(limit) = self.tasks.get(&id).map(|e| e.prepared.record.mem_limit) else {
                 self.resume_first.retain(|t| t != &id);
                 self.queue.remove(&id);
                 continue;
             };
-            let snapshot = self.sampler.latest();
-            if snapshot.valid && snapshot.available < limit + MEMORY_RESERVE {
+            if limit.saturating_add(MEMORY_RESERVE) > snapshot.total {
+                if self.warned_impossible.insert(id.clone()) {
+                    eprintln!(
+                        "kugetsu: holding queued tasks: task {id} needs {} MiB + {} MiB reserve and this host has {} MiB in all; it waits until cancelled",
+                        limit >> 20,
+                        MEMORY_RESERVE >> 20,
+                        snapshot.total >> 20
+                    );
+                }
+                impossible.push(id);
+                continue;
+            }
+            if snapshot.available < limit.saturating_add(MEMORY_RESERVE) {
                 if !self.memory_held {
                     eprintln!(
                         "kugetsu: holding queued tasks: {} MiB available, a shadow needs {} MiB + {} MiB reserve",

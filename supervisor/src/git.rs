@@ -1,7 +1,9 @@
 //! Git: repository checks, worktrees on their own branch, and what a task changed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, LazyLock};
 
 use tokio::process::Command;
 
@@ -81,7 +83,21 @@ pub async fn current_branch(dir: &Path) -> Option<String> {
         .ok()
 }
 
+/// Serializes worktree changes per repository: git's `worktree add`/`remove` are not safe to
+/// run concurrently on one repository (they read each other's half-written admin files).
+fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(repo.to_owned()).or_default().clone()
+}
+
 /// `git worktree add <path> -b <branch> <base>`.
+///
+/// Serialized per repository within this process; a failure caused by another process
+/// changing the repository's worktrees at the same moment (nothing was created) is retried.
 pub async fn add_worktree(
     repo: &Path,
     path: &Path,
@@ -92,14 +108,32 @@ pub async fn add_worktree(
         std::fs::create_dir_all(parent)
             .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", parent.display())))?;
     }
+    let lock = worktree_lock(repo);
+    let _held = lock.lock().await;
     let path_text = path.to_string_lossy();
-    git(
-        repo,
-        &["worktree", "add", "--quiet", &path_text, "-b", branch, base],
-    )
-    .await
-    .map(drop)
-    .map_err(|e| CliError::Failed(format!("git worktree add failed: {e}")))
+    let args = ["worktree", "add", "--quiet", &path_text, "-b", branch, base];
+    let mut attempt: u64 = 0;
+    loop {
+        attempt += 1;
+        let error = match git(repo, &args).await {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        let untouched = !path.exists() && !branch_exists(repo, branch).await;
+        if attempt >= 4 || !untouched {
+            return Err(CliError::Failed(format!(
+                "git worktree add failed: {error}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+    }
+}
+
+async fn branch_exists(repo: &Path, branch: &str) -> bool {
+    let reference = format!("refs/heads/{branch}");
+    git(repo, &["show-ref", "--verify", "--quiet", &reference])
+        .await
+        .is_ok()
 }
 
 /// Commits everything the shadow left in its worktree onto its branch, so the work survives
@@ -161,6 +195,8 @@ pub async fn diff(dir: &Path, base: &str) -> Result<String, String> {
 
 /// `git worktree remove --force <path>` (the branch stays).
 pub async fn remove_worktree(repo: &Path, path: &Path) -> Result<(), String> {
+    let lock = worktree_lock(repo);
+    let _held = lock.lock().await;
     let path_text = path.to_string_lossy();
     git(repo, &["worktree", "remove", "--force", &path_text])
         .await

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub procs: HashMap<u32, ProcMem>,
     /// Memory the host can still give out (`MemAvailable`), in bytes.
     pub available: u64,
+    /// All of the host's memory, in bytes.
+    pub total: u64,
     /// Whether this snapshot holds real data (false before the first sample).
     pub valid: bool,
 }
@@ -94,6 +96,12 @@ impl Sampler {
     pub fn latest(&self) -> Arc<Snapshot> {
         self.rx.borrow().clone()
     }
+
+    /// Waits (at most `limit`) for the first real sample.
+    pub async fn first_sample(&self, limit: std::time::Duration) {
+        let mut rx = self.rx.clone();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.valid)).await;
+    }
 }
 
 async fn sample(tx: watch::Sender<Arc<Snapshot>>) {
@@ -130,6 +138,7 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>) {
         let snapshot = Snapshot {
             procs,
             available: system.available_memory(),
+            total: system.total_memory(),
             valid: true,
         };
         if tx.send(Arc::new(snapshot)).is_err() {
@@ -156,6 +165,7 @@ mod tests {
         let snapshot = Snapshot {
             procs,
             available: 0,
+            total: 0,
             valid: true,
         };
         let mem = snapshot.shadow(100).unwrap();

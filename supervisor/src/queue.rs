@@ -82,6 +82,11 @@ impl Queue {
         self.lanes[lane(priority)].push_back(id);
     }
 
+    /// Every queued task in run order.
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.lanes.iter().flatten()
+    }
+
     /// The task [`Queue::pop`] would return, left in place.
     pub fn peek(&self) -> Option<&str> {
         self.lanes

@@ -19,6 +19,8 @@ pub fn watch(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())?
         .to_owned();
+    // A config file created later must be seen too: the directory has to exist to be watched.
+    let _ = std::fs::create_dir_all(&dir);
     let name = config.file_name()?.to_owned();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
