@@ -8,6 +8,7 @@ mod crash_loop;
 mod daemon;
 mod errors;
 mod fake_server;
+mod hermes;
 mod journal_damage;
 mod providers;
 mod recovery;
