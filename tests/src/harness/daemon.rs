@@ -275,7 +275,11 @@ impl Daemon {
         let mut rx = self.stderr.clone();
         let found = tokio::time::timeout(
             timeout,
-            rx.wait_for(|s| s.get(since..).is_some_and(|s| s.contains(needle))),
+            // The whole line: stderr may arrive mid-line.
+            rx.wait_for(|s| {
+                s.get(since..)
+                    .is_some_and(|s| s.find(needle).is_some_and(|at| s[at..].contains('\n')))
+            }),
         )
         .await;
         match found {
@@ -905,49 +909,29 @@ fn stat_of(pid: u32) -> Option<(char, u32)> {
 
 /// Every live (non-zombie) process whose environment holds the entry `entry` (`KEY=VALUE`).
 pub fn with_env_entry(entry: &[u8]) -> Vec<ProcInfo> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for item in dir.flatten() {
-        let Some(pid) = item
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let mut entries = environ.split(|b| *b == 0);
-        if !entries.clone().any(|e| e == entry) {
-            continue;
-        }
-        let Some((state, ppid)) = stat_of(pid) else {
-            continue;
-        };
-        if matches!(state, 'Z' | 'X') {
-            continue;
-        }
-        let shadow = entries
-            .find_map(|e| e.strip_prefix(b"KUGETSU_SHADOW="))
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-            .unwrap_or_default();
-        out.push(ProcInfo {
-            pid,
-            ppid,
-            cmdline: cmdline.trim_end().to_owned(),
-            shadow,
-        });
-    }
-    out
+    kugetsu_worker::process::processes_with_env(entry)
+        .into_iter()
+        .filter_map(|pid| {
+            let (state, ppid) = stat_of(pid)?;
+            if matches!(state, 'Z' | 'X') {
+                return None;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let shadow = environ
+                .split(|b| *b == 0)
+                .find_map(|e| e.strip_prefix(b"KUGETSU_SHADOW="))
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            Some(ProcInfo {
+                pid,
+                ppid,
+                cmdline: cmdline.trim_end().to_owned(),
+                shadow,
+            })
+        })
+        .collect()
 }
 
 /// Whether `ancestor` is an ancestor of `pid`.
