@@ -208,6 +208,43 @@ def bench_restart(server, kills=15):
     return statistics.median(gaps), max(gaps)
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def bench_daemon_idle(server, shadows=100, window=10.0):
+    state = os.path.join(WORK, "dstate")
+    repo = os.path.join(WORK, "repo")
+    env = env_for(server)
+    env.update(KUGETSU_STATE_DIR=state, KUGETSU_SOCKET=os.path.join(WORK, "k.sock"),
+               KUGETSU_MAX_SHADOWS=str(shadows), KUGETSU_MEM_LIMIT="64MiB")
+    daemon = subprocess.Popen([KUGETSU, "serve"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(env["KUGETSU_SOCKET"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the daemon did not start")
+        time.sleep(0.05)
+    n = len(server.arrivals)
+    for i in range(shadows):
+        subprocess.run([KUGETSU, "submit", "-C", repo, "-m", "openai/bench-model", f"idle {i}"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+    server.wait_arrivals(n + shadows, timeout=120)
+    time.sleep(2)
+    before = cpu_seconds(daemon.pid)
+    time.sleep(window)
+    used = cpu_seconds(daemon.pid) - before
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+    return 100.0 * used / window
+
+
 def bench_journal():
     out = subprocess.run([JOURNAL_BENCH, os.path.join(WORK, "journal"), "1000"], check=True,
                          capture_output=True, text=True).stdout
@@ -221,6 +258,7 @@ def main():
     ctx_rss = bench_big_context(server)
     many = bench_many(server)
     restart_med, restart_max = bench_restart(server)
+    daemon_cpu = bench_daemon_idle(server)
     journal = bench_journal()
     uname = os.uname()
     rows = [
@@ -229,6 +267,7 @@ def main():
         ("worker with a 100k-token context, RSS", "≤ 16 MB", mib(ctx_rss), "400 kB prompt, waiting on the model"),
         ("launch to first LLM request", "≤ 10 ms", f"{launch_med:.2f} ms", f"median of 30 spawns (min {launch_min:.2f} ms), incl. handshake"),
         ("200 concurrent shadows, total PSS", "< 1 GiB", mib(many), "200 idle workers"),
+        ("daemon CPU with 100 idle shadows", "< 1%", f"{daemon_cpu:.2f}%", "`kugetsu serve` user+sys CPU over 10 s, 100 shadows waiting on the model"),
         ("kill -9 of a worker to resumed LLM request", "≤ 100 ms", f"{restart_med:.2f} ms", f"median of 15 kills under `kugetsu run` (max {restart_max:.2f} ms)"),
         ("journal append + fdatasync", "≤ 5 ms", f"{journal['median_us'] / 1000:.3f} ms", f"median of {journal['count']}; p99 {journal['p99_us'] / 1000:.3f} ms, max {journal['max_us'] / 1000:.3f} ms"),
     ]

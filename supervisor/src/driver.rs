@@ -390,6 +390,8 @@ enum Attempt {
 struct Tracking {
     /// Memory snapshots, to hold the shadow to its `mem_limit`.
     memory: watch::Receiver<Arc<Snapshot>>,
+    /// Registers each worker's process tree for measuring.
+    sampler: Sampler,
     observed: Observed,
     /// Steering messages sent but not yet confirmed by a `steered` event: re-sent to the
     /// next worker if this one dies, so a steer is never dropped.
@@ -428,6 +430,7 @@ async fn run_worker(
         pending_steers: VecDeque::new(),
         cancelled: false,
         memory: sampler.subscribe(),
+        sampler: sampler.clone(),
         calls_started: HashSet::new(),
         calls_ended: HashSet::new(),
     };
@@ -666,6 +669,7 @@ async fn run_attempt(
     for text in &tracking.pending_steers {
         shadow.steer(text.clone());
     }
+    let _measured = tracking.sampler.watch(shadow.pid);
     let mut cancel_by: Option<tokio::time::Instant> = None;
     if tracking.cancelled {
         cancel(&mut shadow, &mut cancel_by);

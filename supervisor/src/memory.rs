@@ -26,6 +26,8 @@ pub struct ProcMem {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub procs: HashMap<u32, ProcMem>,
+    /// Children of each process, built once per sample for every shadow's lookup.
+    children: HashMap<u32, Vec<u32>>,
     /// Memory the host can still give out (`MemAvailable`), in bytes.
     pub available: u64,
     /// All of the host's memory, in bytes.
@@ -49,19 +51,30 @@ impl ShadowMem {
 }
 
 impl Snapshot {
-    /// The memory of the shadow whose worker is `worker`, if the worker is in the snapshot.
-    pub fn shadow(&self, worker: u32) -> Option<ShadowMem> {
-        let worker_rss = self.procs.get(&worker)?.rss;
+    /// A snapshot of `procs`, with the parent-to-children index built.
+    pub fn new(procs: HashMap<u32, ProcMem>, available: u64, total: u64) -> Snapshot {
         let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (&pid, proc) in &self.procs {
+        for (&pid, proc) in &procs {
             if let Some(parent) = proc.parent {
                 children.entry(parent).or_default().push(pid);
             }
         }
+        Snapshot {
+            procs,
+            children,
+            available,
+            total,
+            valid: true,
+        }
+    }
+
+    /// The memory of the shadow whose worker is `worker`, if the worker is in the snapshot.
+    pub fn shadow(&self, worker: u32) -> Option<ShadowMem> {
+        let worker_rss = self.procs.get(&worker)?.rss;
         let mut tools_rss = 0;
         let mut stack = vec![worker];
         while let Some(pid) = stack.pop() {
-            for &kid in children.get(&pid).map_or(&[][..], Vec::as_slice) {
+            for &kid in self.children.get(&pid).map_or(&[][..], Vec::as_slice) {
                 tools_rss += self.procs.get(&kid).map_or(0, |p| p.rss);
                 stack.push(kid);
             }
@@ -74,17 +87,62 @@ impl Snapshot {
 }
 
 /// Handle to the sampling task. Cheap to clone; the task stops when every handle is gone.
+///
+/// Only the process trees of registered workers are measured ([`Sampler::watch`]): an idle
+/// daemon reads nothing but the host's memory figures, and a busy one reads its own shadows'
+/// processes, never the whole process table.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     rx: watch::Receiver<Arc<Snapshot>>,
+    /// Worker pids whose trees are measured, with how many watchers each has.
+    roots: Roots,
+}
+
+type Roots = Arc<std::sync::Mutex<HashMap<u32, usize>>>;
+
+/// Keeps a worker's tree measured while it lives; dropping it stops that.
+#[derive(Debug)]
+pub struct Watched {
+    roots: Roots,
+    pid: u32,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut roots = self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = roots.get_mut(&self.pid) {
+            *count -= 1;
+            if *count == 0 {
+                roots.remove(&self.pid);
+            }
+        }
+    }
 }
 
 impl Sampler {
     /// Starts sampling in the background.
     pub fn spawn() -> Sampler {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        tokio::spawn(sample(tx));
-        Sampler { rx }
+        let roots = Roots::default();
+        tokio::spawn(sample(tx, roots.clone()));
+        Sampler { rx, roots }
+    }
+
+    /// Measures the tree of the worker `pid` (and `pid` itself) until the guard is dropped.
+    pub fn watch(&self, pid: u32) -> Watched {
+        *self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(pid)
+            .or_default() += 1;
+        Watched {
+            roots: self.roots.clone(),
+            pid,
+        }
     }
 
     /// A receiver of snapshots, updated every [`SAMPLE_INTERVAL`].
@@ -104,7 +162,35 @@ impl Sampler {
     }
 }
 
-async fn sample(tx: watch::Sender<Arc<Snapshot>>) {
+/// `roots` and all their descendants, with each one's parent, read from
+/// `/proc/PID/task/TID/children`.
+fn subtrees(roots: &[u32]) -> Vec<(u32, Option<u32>)> {
+    let mut out: Vec<(u32, Option<u32>)> = roots.iter().map(|&pid| (pid, None)).collect();
+    let mut next = 0;
+    while next < out.len() {
+        let pid = out[next].0;
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for kid in children
+                .split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok())
+            {
+                if !out.iter().any(|(p, _)| *p == kid) {
+                    out.push((kid, Some(pid)));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
     let Ok(mut system) = System::new() else {
         eprintln!("kugetsu: warning: cannot read process memory; memory limits are not enforced");
         return;
@@ -116,31 +202,38 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>) {
         if tx.is_closed() {
             return;
         }
-        system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing().with_memory().without_tasks(),
-        );
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let procs = system
-            .processes()
-            .iter()
-            .map(|(pid, proc)| {
-                (
-                    pid.as_u32(),
-                    ProcMem {
-                        rss: proc.memory(),
-                        parent: proc.parent().map(sysinfo::Pid::as_u32),
-                    },
-                )
-            })
+        let watched: Vec<u32> = roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
             .collect();
-        let snapshot = Snapshot {
-            procs,
-            available: system.available_memory(),
-            total: system.total_memory(),
-            valid: true,
-        };
+        let tree = subtrees(&watched);
+        let pids: Vec<sysinfo::Pid> = tree
+            .iter()
+            .map(|&(p, _)| sysinfo::Pid::from_u32(p))
+            .collect();
+        let mut procs = HashMap::new();
+        if !pids.is_empty() {
+            system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&pids),
+                true,
+                ProcessRefreshKind::nothing().with_memory().without_tasks(),
+            );
+            for (pid, parent) in tree {
+                if let Some(proc) = system.process(sysinfo::Pid::from_u32(pid)) {
+                    procs.insert(
+                        pid,
+                        ProcMem {
+                            rss: proc.memory(),
+                            parent,
+                        },
+                    );
+                }
+            }
+        }
+        let snapshot = Snapshot::new(procs, system.available_memory(), system.total_memory());
         if tx.send(Arc::new(snapshot)).is_err() {
             return;
         }
@@ -162,12 +255,7 @@ mod tests {
         add(101, 7, Some(100)); // bash
         add(102, 11, Some(101)); // its child
         add(200, 99, Some(1)); // another shadow
-        let snapshot = Snapshot {
-            procs,
-            available: 0,
-            total: 0,
-            valid: true,
-        };
+        let snapshot = Snapshot::new(procs, 0, 0);
         let mem = snapshot.shadow(100).unwrap();
         assert_eq!(
             mem,
@@ -180,8 +268,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_sampler_measures_a_watched_tree() {
+        let sampler = Sampler::spawn();
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let _me = sampler.watch(std::process::id());
+        let mut rx = sampler.subscribe();
+        rx.mark_unchanged();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let snapshot = sampler.latest();
+        let mem = snapshot.shadow(std::process::id()).unwrap();
+        assert!(mem.worker_rss > 0 && mem.tools_rss > 0, "{mem:?}");
+        assert_eq!(
+            snapshot.procs[&child.id().unwrap()].parent,
+            Some(std::process::id())
+        );
+        child.kill().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_sampler_sees_this_process() {
         let sampler = Sampler::spawn();
+        let _me = sampler.watch(std::process::id());
         let mut rx = sampler.subscribe();
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
