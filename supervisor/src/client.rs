@@ -4,7 +4,6 @@
 //! Without a daemon every command says so in one line and exits 2. A full queue exits 75.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -444,15 +443,4 @@ fn print_line(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
-}
-
-/// The path a client would connect to (for messages and tests).
-pub fn resolved_socket(options: &ClientOptions) -> Result<PathBuf, CliError> {
-    let env = |key: &str| std::env::var(key).ok();
-    let state = crate::config::state_dir(options.state_dir.as_deref(), &env)?;
-    Ok(crate::socket::socket_path(
-        options.socket.as_deref(),
-        &state,
-        &env,
-    ))
 }

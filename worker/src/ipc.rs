@@ -115,30 +115,17 @@ pub async fn serve() -> ExitCode {
         steer: steer_rx,
         phase: phase_tx,
     };
+    let mailbox = Mailbox {
+        cancel: control.cancel.clone(),
+        shutdown: control.shutdown.clone(),
+        steer: steer_tx,
+    };
     // What the supervisor sent together with `start` (e.g. steers kept across a restart) is
     // already buffered: hand it over before the loop's first safe point, not one turn late.
     while let Some(message) = reader.next_ready::<SupervisorMessage>() {
-        match message {
-            Ok(SupervisorMessage::Steer { text }) => {
-                let _ = steer_tx.send(text);
-            }
-            Ok(SupervisorMessage::Cancel) => control.cancel.cancel(),
-            Ok(SupervisorMessage::Shutdown) => control.shutdown.cancel(),
-            Ok(SupervisorMessage::Start { .. }) => {
-                eprintln!("kugetsu-worker: ignoring a second start");
-            }
-            Err(e) => eprintln!(
-                "kugetsu-worker: bad line from supervisor: {}",
-                error_chain(&e)
-            ),
-        }
+        mailbox.deliver(message);
     }
-    let reader_task = tokio::spawn(read_control(
-        reader,
-        control.cancel.clone(),
-        control.shutdown.clone(),
-        steer_tx,
-    ));
+    let reader_task = tokio::spawn(read_control(reader, mailbox));
     let heartbeat = tokio::spawn(heartbeat(outbox.clone(), phase_rx));
 
     let shutdown = control.shutdown.clone();
@@ -183,39 +170,49 @@ where
     }
 }
 
-async fn read_control<R>(
-    mut reader: LineReader<R>,
+/// Where control messages go once the task runs.
+struct Mailbox {
     cancel: CancellationToken,
     shutdown: CancellationToken,
     steer: mpsc::UnboundedSender<String>,
-) where
-    R: tokio::io::AsyncBufRead + Unpin,
-{
-    loop {
-        match reader.next::<SupervisorMessage>().await {
-            None => break,
-            Some(Ok(SupervisorMessage::Steer { text })) => {
-                let _ = steer.send(text);
+}
+
+impl Mailbox {
+    /// Acts on one message; returns false when the channel is broken and reading must stop.
+    fn deliver(&self, message: Result<SupervisorMessage, DecodeError>) -> bool {
+        match message {
+            Ok(SupervisorMessage::Steer { text }) => {
+                let _ = self.steer.send(text);
             }
-            Some(Ok(SupervisorMessage::Cancel)) => cancel.cancel(),
-            Some(Ok(SupervisorMessage::Shutdown)) => shutdown.cancel(),
-            Some(Ok(SupervisorMessage::Start { .. })) => {
+            Ok(SupervisorMessage::Cancel) => self.cancel.cancel(),
+            Ok(SupervisorMessage::Shutdown) => self.shutdown.cancel(),
+            Ok(SupervisorMessage::Start { .. }) => {
                 eprintln!("kugetsu-worker: ignoring a second start");
             }
-            Some(Err(DecodeError::Io { source })) => {
+            Err(DecodeError::Io { source }) => {
                 eprintln!("kugetsu-worker: reading stdin failed: {source}");
-                break;
+                return false;
             }
-            Some(Err(e)) => {
-                eprintln!(
-                    "kugetsu-worker: bad line from supervisor: {}",
-                    error_chain(&e)
-                );
-            }
+            Err(e) => eprintln!(
+                "kugetsu-worker: bad line from supervisor: {}",
+                error_chain(&e)
+            ),
+        }
+        true
+    }
+}
+
+async fn read_control<R>(mut reader: LineReader<R>, mailbox: Mailbox)
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    while let Some(message) = reader.next::<SupervisorMessage>().await {
+        if !mailbox.deliver(message) {
+            break;
         }
     }
     // End of stdin: the supervisor is gone or wants us gone.
-    cancel.cancel();
+    mailbox.cancel.cancel();
 }
 
 async fn heartbeat(outbox: Outbox, phase: watch::Receiver<Phase>) {
