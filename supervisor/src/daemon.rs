@@ -157,7 +157,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", state.root.display())))?;
     let socket_path = crate::socket::socket_path(args.socket.as_deref(), &state.root, &env);
     let listener = crate::socket::bind(&socket_path).await?;
-    if let Err(e) = kugetsu_worker::process::become_subreaper() {
+    if let Err(e) = kugetsu_os::process::become_subreaper() {
         eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
     }
     let (commands, mut inbox) = mpsc::unbounded_channel();

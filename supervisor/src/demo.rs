@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use kugetsu_worker::llm::scripted::{DEMO_FILES, DEMO_PROMPT};
+use kugetsu_protocol::demo::{DEMO_FILES, DEMO_PROMPT};
 use tokio::process::Command;
 
 use crate::cli::{DemoArgs, TaskOptions};

@@ -169,7 +169,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
         );
     }
 
-    match kugetsu_worker::process::become_subreaper() {
+    match kugetsu_os::process::become_subreaper() {
         Ok(()) => report.line(
             Verdict::Ok,
             "sandbox",

@@ -651,7 +651,7 @@ async fn run_attempt(
         Ok(pair) => pair,
         Err(e) => {
             return Attempt::Crashed {
-                reason: kugetsu_worker::ipc::error_chain(&e),
+                reason: kugetsu_protocol::error_chain(&e),
                 progressed: false,
             };
         }
@@ -712,7 +712,7 @@ async fn run_attempt(
                             limit_bytes: limit,
                             killed: true,
                         });
-                        kugetsu_worker::process::kill_descendants(shadow.pid, &[]);
+                        kugetsu_os::process::kill_descendants(shadow.pid, &[]);
                     }
                 } else {
                     tools_over = 0;

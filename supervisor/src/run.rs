@@ -63,7 +63,7 @@ pub async fn drive_in_foreground(
     resume: Resume,
     json: bool,
 ) -> Result<Finished, CliError> {
-    if let Err(e) = kugetsu_worker::process::become_subreaper() {
+    if let Err(e) = kugetsu_os::process::become_subreaper() {
         eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
     }
     let (control, mut controls) = mpsc::unbounded_channel();
@@ -95,8 +95,8 @@ pub async fn drive_in_foreground(
     signals.abort();
     // This process ran one shadow and nothing else is running now: anything still below us
     // (an orphan that even shed the shadow's environment marker) is a straggler.
-    kugetsu_worker::process::kill_descendants(std::process::id(), &[]);
-    kugetsu_worker::process::reap_orphans(&[]);
+    kugetsu_os::process::kill_descendants(std::process::id(), &[]);
+    kugetsu_os::process::reap_orphans(&[]);
     finished.ok_or_else(|| CliError::Failed("the task was detached".to_owned()))
 }
 

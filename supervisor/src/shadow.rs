@@ -2,7 +2,7 @@
 //!
 //! Guarantees, and how they are kept:
 //! - The worker runs in its own process group with `PDEATHSIG` (see
-//!   [`kugetsu_worker::process::contain`]): a terminal's Ctrl-C reaches the supervisor only
+//!   [`kugetsu_os::process::contain`]): a terminal's Ctrl-C reaches the supervisor only
 //!   (which turns it into `cancel`), and a supervisor killed with `kill -9` takes the worker with it.
 //! - stdin and stdout are the JSON-lines channel; stderr goes to `worker.log`, so nothing the
 //!   worker prints by accident can corrupt the channel or the user's terminal.
@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use kugetsu_os::process::{ProcessGroup, contain};
 use kugetsu_protocol::{
     DecodeError, HELLO_TIMEOUT, LineReader, PROTOCOL_VERSION, SupervisorMessage, TaskSpec,
     WorkerMessage, encode,
 };
-use kugetsu_worker::process::{ProcessGroup, contain};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -278,7 +278,7 @@ fn kill_marked(marker: &[u8], except: Option<u32>) -> usize {
     let mut killed = 0;
     // A killed process's child may be mid-fork: look again until a round finds nothing.
     for _ in 0..4 {
-        let leftovers: Vec<u32> = kugetsu_worker::process::processes_with_env(marker)
+        let leftovers: Vec<u32> = kugetsu_os::process::processes_with_env(marker)
             .into_iter()
             .filter(|&pid| Some(pid) != except)
             .collect();
@@ -286,8 +286,8 @@ fn kill_marked(marker: &[u8], except: Option<u32>) -> usize {
             break;
         }
         killed += leftovers.len();
-        kugetsu_worker::process::kill_pids(&leftovers);
-        kugetsu_worker::process::reap(&leftovers, Duration::from_millis(500));
+        kugetsu_os::process::kill_pids(&leftovers);
+        kugetsu_os::process::reap(&leftovers, Duration::from_millis(500));
     }
     killed
 }
@@ -329,7 +329,7 @@ async fn read_from_worker(
         let forwarded = match item {
             Ok(message) => FromWorker::Message(message),
             Err(DecodeError::Io { .. }) => break,
-            Err(e) => FromWorker::BadLine(kugetsu_worker::ipc::error_chain(&e)),
+            Err(e) => FromWorker::BadLine(kugetsu_protocol::error_chain(&e)),
         };
         if tx.send(forwarded).is_err() {
             break;

@@ -19,10 +19,11 @@ use kugetsu_protocol::{Event, FinishStatus, Finished, ModelRef, Phase, TaskSpec}
 
 use crate::context::{self, Budget, Compactor};
 use crate::conversation::{ToolCall, ToolSpec};
-use crate::ipc::{Control, Outbox, error_chain};
+use crate::ipc::{Control, Outbox};
 use crate::llm::{LlmError, LlmRequest, Provider};
 use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
+use kugetsu_protocol::error_chain;
 
 /// Output token budget of one assistant turn.
 const MAX_OUTPUT_TOKENS: u32 = 8192;

@@ -151,7 +151,7 @@ impl Compactor {
             match tokio::time::timeout(TIMEOUT, provider.complete(&request, &mut ignore)).await {
                 Ok(Ok(completion)) if !completion.text.trim().is_empty() => Ok(completion.text),
                 Ok(Ok(_)) => Err("the summary came back empty".to_owned()),
-                Ok(Err(e)) => Err(crate::ipc::error_chain(&e)),
+                Ok(Err(e)) => Err(kugetsu_protocol::error_chain(&e)),
                 Err(_) => Err(format!("the summary took longer than {TIMEOUT:?}")),
             }
         });

@@ -126,7 +126,7 @@ fn reset_and_raise(signal: Signal) -> nix::Result<()> {
 
 /// The parent died: nothing of this call may outlive it.
 fn kill_everything() -> ! {
-    crate::process::kill_descendants(std::process::id(), &[]);
+    kugetsu_os::process::kill_descendants(std::process::id(), &[]);
     let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
     std::process::exit(137)
 }

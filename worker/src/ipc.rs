@@ -83,7 +83,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
 
 /// Runs the worker: handshake, task, events, exit. This is the whole life of the process.
 pub async fn serve() -> ExitCode {
-    if let Err(e) = crate::process::become_subreaper() {
+    if let Err(e) = kugetsu_os::process::become_subreaper() {
         eprintln!(
             "kugetsu-worker: cannot become subreaper ({e}); orphaned tool processes may linger"
         );
@@ -164,7 +164,7 @@ where
             }
             Err(e) => eprintln!(
                 "kugetsu-worker: bad line from supervisor: {}",
-                error_chain(&e)
+                kugetsu_protocol::error_chain(&e)
             ),
         }
     }
@@ -195,7 +195,7 @@ impl Mailbox {
             }
             Err(e) => eprintln!(
                 "kugetsu-worker: bad line from supervisor: {}",
-                error_chain(&e)
+                kugetsu_protocol::error_chain(&e)
             ),
         }
         true
@@ -223,16 +223,4 @@ async fn heartbeat(outbox: Outbox, phase: watch::Receiver<Phase>) {
         let current = *phase.borrow();
         outbox.send(WorkerMessage::Heartbeat { phase: current });
     }
-}
-
-/// Formats an error with its sources, `outer: inner: innermost`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

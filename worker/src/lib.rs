@@ -14,7 +14,6 @@
 //! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
 //! - [`session`]: the conversation plus its journal; rebuilds itself on resume.
-//! - [`process`]: process groups and descendant clean-up shared with the supervisor.
 
 #![deny(clippy::print_stdout)]
 
@@ -25,6 +24,5 @@ pub mod guard;
 pub mod ipc;
 pub mod journal;
 pub mod llm;
-pub mod process;
 pub mod session;
 pub mod tools;

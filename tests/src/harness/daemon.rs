@@ -909,7 +909,7 @@ fn stat_of(pid: u32) -> Option<(char, u32)> {
 
 /// Every live (non-zombie) process whose environment holds the entry `entry` (`KEY=VALUE`).
 pub fn with_env_entry(entry: &[u8]) -> Vec<ProcInfo> {
-    kugetsu_worker::process::processes_with_env(entry)
+    kugetsu_os::process::processes_with_env(entry)
         .into_iter()
         .filter_map(|pid| {
             let (state, ppid) = stat_of(pid)?;

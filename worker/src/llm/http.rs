@@ -244,7 +244,7 @@ impl Endpoint {
             };
             eprintln!(
                 "kugetsu-worker: {}; retrying in {:.1} s (attempt {} of {})",
-                crate::ipc::error_chain(&failure.error),
+                kugetsu_protocol::error_chain(&failure.error),
                 delay.as_secs_f64(),
                 attempt + 1,
                 self.retry.max_attempts

@@ -424,7 +424,7 @@ async fn server_errors_give_up_after_five_attempts() {
     assert_eq!(*attempts, 5);
     assert!(matches!(**last, LlmError::Server { .. }));
     assert_eq!(
-        crate::ipc::error_chain(&error),
+        kugetsu_protocol::error_chain(&error),
         "gave up after 5 attempts: openai server error (HTTP 500): boom"
     );
     assert_eq!(server.requests().len(), 5);

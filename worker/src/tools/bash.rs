@@ -8,7 +8,7 @@
 //!   and `PAGER=cat` stop git and friends from asking or paging.
 //! - stdout and stderr share one pipe, so the model sees them interleaved as a terminal would.
 //! - The worker's environment minus secrets ([`super::env`]), plus the call tag ([`super::reap`]).
-//! - Its own process group, with PDEATHSIG ([`crate::process::contain`]).
+//! - Its own process group, with PDEATHSIG ([`kugetsu_os::process::contain`]).
 //!
 //! How it ends: the command exits (then whatever it left running, `&` jobs or `setsid`
 //! daemons, is killed), or the timeout (default 120 s) passes (SIGTERM to the group, 2 s of
@@ -42,7 +42,7 @@ use super::memory::{Baseline, MemoryWatch, Usage, human_size};
 use super::outcome::{MemoryExceeded, ToolError, ToolOutput};
 use super::reap::{CallProcesses, CallTag, TAG_VAR};
 use crate::conversation::ToolSpec;
-use crate::process::ProcessGroup;
+use kugetsu_os::process::ProcessGroup;
 
 /// Seconds a command may run when the model gives no `timeout_s`.
 const DEFAULT_TIMEOUT_S: f64 = 120.0;
@@ -196,7 +196,7 @@ fn spawn(
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
-        crate::process::contain(&mut cmd);
+        kugetsu_os::process::contain(&mut cmd);
         match cmd.spawn() {
             Ok(child) => {
                 // Our copies of the write end must go, or the read end never sees EOF.
@@ -686,7 +686,7 @@ mod tests {
         if std::env::var_os("KUGETSU_SUBREAPER_TEST").is_none() {
             return;
         }
-        crate::process::become_subreaper().unwrap();
+        kugetsu_os::process::become_subreaper().unwrap();
         let fx = Fixture::new();
         // No tag (env -i) and no group (setsid): only the subreaper sweep can find it.
         // The loop waits until the untagged sleep runs: before its exec it is a tagged subshell.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::reap::{CallTag, is_subreaper};
-use crate::process::parent_of;
+use kugetsu_os::process::parent_of;
 
 /// Time between two measurements of a running bash call.
 pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -345,7 +345,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        crate::process::kill_pids(&ours);
+        kugetsu_os::process::kill_pids(&ours);
         before.kill().unwrap();
         let _ = shell.wait();
         let _ = before.wait();

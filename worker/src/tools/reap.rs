@@ -2,7 +2,7 @@
 //!
 //! A call's processes are found three ways, because each alone has holes:
 //!
-//! 1. **The process group.** The shell leads its own group ([`crate::process::contain`]), so
+//! 1. **The process group.** The shell leads its own group ([`kugetsu_os::process::contain`]), so
 //!    one `killpg` reaches every `&` job and pipeline that did not move to another group.
 //! 2. **The call tag.** Every process of the call inherits `KUGETSU_TOOL_CALL=<unique>` in its
 //!    environment, so `/proc/<pid>/environ` finds those that left the group (`setsid`,
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::process::ProcessGroup;
+use kugetsu_os::process::ProcessGroup;
 
 /// The environment variable that tags every process of one bash call.
 pub(crate) const TAG_VAR: &str = "KUGETSU_TOOL_CALL";
@@ -111,14 +111,14 @@ impl CallProcesses {
         }
         if is_subreaper() {
             let me = std::process::id();
-            crate::process::kill_descendants(me, &[]);
+            kugetsu_os::process::kill_descendants(me, &[]);
             // The shell itself is tokio's child: tokio reaps it, we must not.
             let shell: Vec<u32> = self
                 .group
                 .and_then(|g| u32::try_from(g.0).ok())
                 .into_iter()
                 .collect();
-            crate::process::reap_orphans(&shell);
+            kugetsu_os::process::reap_orphans(&shell);
         }
         alive.len()
     }
@@ -132,7 +132,7 @@ impl Drop for CallProcesses {
     }
 }
 
-use crate::process::{kill_pids as kill, processes_with_env as tagged};
+use kugetsu_os::process::{kill_pids as kill, processes_with_env as tagged};
 
 /// Whether orphans of our descendants reparent to us (see the module docs, step 3).
 pub(crate) fn is_subreaper() -> bool {
