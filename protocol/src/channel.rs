@@ -53,6 +53,32 @@ pub struct TaskSpec {
     pub mem_limit_bytes: Option<u64>,
 }
 
+/// Provider variables (API keys, base URLs) handed to the worker over the channel, so they
+/// are never in its environment where a tool could read them through `/proc`.
+///
+/// `Debug` prints the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub std::collections::BTreeMap<String, String>);
+
+impl Secrets {
+    /// The value of `name`, if the supervisor sent one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Whether no variable was sent.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// What a worker is doing, reported in heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -207,6 +207,7 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
             // A limit of zero would kill every command: it means no limit, as absent does.
             mem_limit: task.mem_limit_bytes.filter(|&limit| limit > 0),
             guard: std::env::current_exe().ok(),
+            sandbox: None,
         },
         specs: tools::specs(),
         system: system_prompt(&root),
@@ -603,6 +604,7 @@ mod tests {
             output_dir: dir.path().join("tool-output"),
             mem_limit: Some(64 * MIB),
             guard: None,
+            sandbox: None,
         };
         let mut session = Session::start(&dir.path().join("journal.jsonl"), "eat memory").unwrap();
         let call = bash_call(

@@ -6,6 +6,9 @@
 //! shell. The guard
 //! - leads the call's process group (the shell and its jobs join it),
 //! - asks for SIGTERM when its parent dies, and is a child subreaper,
+//! - enters the shadow's sandbox when the worker passed a policy in
+//!   [`crate::sandbox::POLICY_VAR`] (see [`crate::sandbox`]); a sandbox that should apply and
+//!   does not stops the call with exit code 126 before PROGRAM runs,
 //! - runs PROGRAM and waits for it, reaping adopted orphans as they exit,
 //! - on its parent's death, SIGKILLs every descendant and the whole group, then exits,
 //! - otherwise exits the way PROGRAM did (same code, or the same signal), so the worker sees
@@ -56,7 +59,17 @@ pub fn run(args: &[OsString]) -> ExitCode {
         return ExitCode::from(137);
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    let child = match Command::new(program).args(&args[2..]).spawn() {
+    if let Some(policy) = std::env::var_os(crate::sandbox::POLICY_VAR)
+        && let Err(e) = crate::sandbox::enter(&policy)
+    {
+        eprintln!("kugetsu-worker: the sandbox could not be set up, nothing was run: {e}");
+        return ExitCode::from(126);
+    }
+    let child = match Command::new(program)
+        .args(&args[2..])
+        .env_remove(crate::sandbox::POLICY_VAR)
+        .spawn()
+    {
         Ok(child) => child,
         Err(e) => {
             eprintln!(

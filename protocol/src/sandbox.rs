@@ -1,0 +1,176 @@
+//! The sandbox of a shadow's tool processes, as data.
+//!
+//! The supervisor builds one [`SandboxPolicy`] per task (from the config, the state dir, the
+//! daemon's socket and the task's record) and sends it in the task spec; the worker's tool
+//! guard applies it in the tool's process before the shell is executed. The worker never
+//! widens it. [`SandboxReport`] is what the `started` event and `kugetsu doctor` say about it:
+//! which protections hold on this host and which do not, and why.
+
+use serde::{Deserialize, Serialize};
+
+/// `sandbox` in the config, `--sandbox` on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    /// Tools write only in the worktree and the task's temp dir, and read everything but the
+    /// user's secrets and kugetsu's other state.
+    #[default]
+    Workspace,
+    /// No confinement of tool processes beyond the process group (the user opted out).
+    Off,
+}
+
+impl SandboxMode {
+    /// The name used on the wire, in the config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Workspace => "workspace",
+            SandboxMode::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "workspace" => Ok(SandboxMode::Workspace),
+            "off" => Ok(SandboxMode::Off),
+            other => Err(format!(
+                "sandbox must be `workspace` or `off`, not `{other}`"
+            )),
+        }
+    }
+}
+
+/// `network` in the config, `--network` on the command line: whether tools reach the network.
+/// The worker's own model traffic is never affected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    #[default]
+    On,
+    Off,
+}
+
+impl NetworkMode {
+    /// The name used on the wire, in the config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::On => "on",
+            NetworkMode::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" => Ok(NetworkMode::On),
+            "off" | "false" | "no" => Ok(NetworkMode::Off),
+            other => Err(format!("network must be `on` or `off`, not `{other}`")),
+        }
+    }
+}
+
+/// What a shadow's tool processes may do. Paths are absolute and canonical.
+///
+/// Landlock is an allow-list, so "read everything but X" is spelled out in [`Self::read`] as
+/// every sibling along the path from `/` down to each X (see the supervisor's policy
+/// builder); [`Self::list`] are those paths' ancestors, which may be listed but whose files
+/// are only reachable through the entries of `read`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPolicy {
+    pub mode: SandboxMode,
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Readable and executable, with everything beneath.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Directories whose entries may be listed (not read): the ancestors of denied paths.
+    #[serde(default)]
+    pub list: Vec<String>,
+    /// Readable and writable, with everything beneath: the worktree, the task's temp dir, the
+    /// parts of the shared git dir that commits in the worktree touch, `sandbox_write`.
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// Device files that may be opened for writing (`/dev/null`, terminals).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Files made read-only with a bind mount where mount namespaces are available (the
+    /// worktree's `.git` link). Landlock alone cannot protect a file inside a writable tree.
+    #[serde(default)]
+    pub read_only: Vec<String>,
+    /// The task's private temp dir: the tools' `TMPDIR`, and their `/tmp` where mount
+    /// namespaces are available.
+    #[serde(default)]
+    pub tmp_dir: Option<String>,
+    /// Paths under `/tmp` that must stay visible when the private temp dir is mounted over
+    /// `/tmp` (a worktree or repository that lives there).
+    #[serde(default)]
+    pub keep_visible: Vec<String>,
+}
+
+impl SandboxPolicy {
+    /// The policy of `--sandbox off`: nothing is confined.
+    pub fn off() -> Self {
+        SandboxPolicy {
+            mode: SandboxMode::Off,
+            ..SandboxPolicy::default()
+        }
+    }
+}
+
+/// One protection the sandbox can give, named as `doctor` and `started.sandbox` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protection {
+    /// Landlock filesystem rules: writes only in the worktree and temp dir, no reads of the
+    /// user's secrets or kugetsu's state.
+    Filesystem,
+    /// Landlock's domain rule: no ptrace of, and no `/proc/PID/environ` or memory reads from,
+    /// processes outside the shadow (root included).
+    Ptrace,
+    /// Landlock signal scoping (ABI 6): no signals to processes outside the shadow.
+    Signals,
+    /// Landlock abstract unix socket scoping (ABI 6).
+    AbstractSockets,
+    /// A private mount namespace: the task's temp dir is `/tmp`, the `.git` link read-only.
+    MountNamespace,
+    /// `network = "off"`: a network namespace of its own (or Landlock TCP rules).
+    NetworkOff,
+    /// `pids_limit` through a cgroup.
+    PidsLimit,
+    /// The daemon's socket refuses processes of a shadow.
+    SocketPeerCheck,
+    /// Secrets travel over the channel; worker and tool environments are scrubbed.
+    SecretScrubbing,
+    /// The supervisor's git runs no hook, fsmonitor, filter or textconv a shadow planted.
+    InertGit,
+}
+
+/// A protection that is not in force, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Missing {
+    pub protection: Protection,
+    pub reason: String,
+}
+
+/// The `sandbox` field of the `started` event, and what `kugetsu doctor` lists.
+///
+/// Shape: `{"mode":"workspace","network":"on","in_force":["filesystem",...],
+/// "missing":[{"protection":"pids_limit","reason":"..."}]}`. With `mode` `"off"`, `in_force`
+/// holds only what does not depend on the sandbox (secret scrubbing, inert git).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    pub mode: SandboxMode,
+    #[serde(default)]
+    pub network: NetworkMode,
+    #[serde(default)]
+    pub in_force: Vec<Protection>,
+    #[serde(default)]
+    pub missing: Vec<Missing>,
+}
