@@ -69,9 +69,11 @@ pub(crate) struct Tree {
     path: PathBuf,
     /// The root's identity, to recognise it when climbing from a directory.
     id: FileId,
-    /// The identity of `<root>/.git` when it is a directory (a main checkout); in a linked
-    /// worktree `.git` is a file, and the real git dir lies outside the root anyway.
-    git_dir: Option<FileId>,
+    /// The identity of `<root>/.git`: a directory in a main checkout, a `gitdir:` file in a
+    /// linked worktree (whose real git dir lies outside the root, out of reach anyway).
+    git: Option<FileId>,
+    /// Whether `git` is a directory, whose whole subtree is then git's.
+    git_is_dir: bool,
 }
 
 impl Tree {
@@ -83,17 +85,22 @@ impl Tree {
             Mode::empty(),
         )?;
         let id = FileId::of(&fd)?;
-        let git_dir =
-            match rustix::fs::openat(&fd, ".git", DIR_PATH | OFlags::NOFOLLOW, Mode::empty()) {
-                Ok(git) => Some(FileId::of(&git)?),
-                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => None,
-                Err(e) => return Err(e.into()),
-            };
+        let git_flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (git, git_is_dir) = match rustix::fs::openat(&fd, ".git", git_flags, Mode::empty()) {
+            Ok(git) => {
+                let stat = rustix::fs::fstat(&git)?;
+                let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+                (Some(FileId::of(&git)?), is_dir)
+            }
+            Err(Errno::NOENT) => (None, false),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Self {
             fd,
             path: path.to_path_buf(),
             id,
-            git_dir,
+            git,
+            git_is_dir,
         })
     }
 
@@ -118,7 +125,7 @@ impl Tree {
         if id == self.id {
             return Ok(name.is_some_and(|n| n == ".git"));
         }
-        let Some(git) = self.git_dir else {
+        let Some(git) = self.git.filter(|_| self.git_is_dir) else {
             return Ok(false);
         };
         let mut current = rustix::fs::openat(dir, ".", DIR_PATH, Mode::empty())?;
@@ -138,6 +145,23 @@ impl Tree {
             (current, id) = (parent, parent_id);
         }
         Ok(false)
+    }
+
+    /// Whether some leading part of `rel` resolves (beneath the root) to the root's `.git`:
+    /// what a path like `link/x` with `link -> .git` runs into, where `.git` is a file.
+    pub(crate) fn leads_through_git(&self, rel: &Path) -> bool {
+        let Some(git) = self.git else {
+            return false;
+        };
+        let mut prefix = PathBuf::new();
+        for component in rel.components() {
+            prefix.push(component);
+            let opened = self.open_rel(&prefix, OFlags::PATH);
+            if opened.and_then(FileId::of).is_ok_and(|id| id == git) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -360,5 +384,45 @@ mod tests {
         assert!(tree.is_git(dir("gitlink").as_fd(), name).unwrap());
         assert!(tree.is_git(dir(".git").as_fd(), name).unwrap());
         assert!(!tree.is_git(dir("src").as_fd(), name).unwrap());
+    }
+
+    #[test]
+    fn both_resolvers_stay_beneath_while_a_directory_is_swapped() {
+        let fx = Fixture::new();
+        let swapper = fx.race_pair();
+        let tree = Tree::open(&fx.root).unwrap();
+        let outside =
+            FileId::of(rustix::fs::open(&fx.outside, DIR_PATH, Mode::empty()).unwrap()).unwrap();
+        let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+        for (which, resolve) in RESOLVERS {
+            for i in 0..150 {
+                if let Ok(fd) = resolve(
+                    tree.fd.as_fd(),
+                    Path::new("d/f.txt"),
+                    OFlags::RDONLY,
+                    Mode::empty(),
+                ) {
+                    let text = std::io::read_to_string(std::fs::File::from(fd)).unwrap();
+                    assert_eq!(text, "inside\n", "{which}");
+                }
+                if let Ok(dir) = resolve(tree.fd.as_fd(), Path::new("d"), DIR_PATH, Mode::empty()) {
+                    assert_ne!(FileId::of(dir).unwrap(), outside, "{which}");
+                }
+                let name = format!("d/{which}{i}");
+                let _ = resolve(
+                    tree.fd.as_fd(),
+                    Path::new(&name),
+                    create,
+                    Mode::from_raw_mode(0o600),
+                );
+            }
+        }
+        let swaps = swapper.stop();
+        assert!(swaps > 0);
+        let outside: Vec<_> = std::fs::read_dir(&fx.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(outside.len(), 2, "files were created outside: {outside:?}");
     }
 }

@@ -49,6 +49,8 @@ mod write;
 #[cfg(test)]
 mod escape_tests;
 #[cfg(test)]
+mod race_tests;
+#[cfg(test)]
 mod testkit;
 
 pub use context::ToolContext;

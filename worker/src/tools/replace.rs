@@ -98,9 +98,12 @@ pub(crate) fn locate(tree: &Tree, target: &Confined, parents: Parents) -> Result
         }
         let dir = match parents {
             Parents::Create => create_dirs(tree, &parent, given)?,
-            Parents::Existing => tree
-                .open_rel(&parent, DIR_PATH)
-                .map_err(|e| refused(e, "open the directory of"))?,
+            Parents::Existing => match tree.open_rel(&parent, DIR_PATH) {
+                Ok(dir) => dir,
+                // A missing or non-directory parent may be missing inside git's data.
+                Err(_) if tree.leads_through_git(&parent) => return Err(git()),
+                Err(e) => return Err(refused(e, "open the directory of")),
+            },
         };
         if tree
             .is_git(dir.as_fd(), Some(&name))
@@ -146,9 +149,16 @@ fn create_dirs(tree: &Tree, rel: &Path, given: &str) -> Result<OwnedFd, ToolErro
             ToolError::io("create the directories of", given, e)
         })
     };
+    let git = || {
+        ToolError::from(PathError::Git {
+            path: given.to_owned(),
+        })
+    };
     match tree.open_rel(rel, DIR_PATH) {
         Ok(dir) => return Ok(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // `link/x` with `link -> .git` where `.git` is a file.
+        Err(_) if tree.leads_through_git(rel) => return Err(git()),
         Err(e) => return Err(refused(e)),
     }
     let mut dir = tree.open_rel(Path::new("."), DIR_PATH).map_err(refused)?;
@@ -173,10 +183,7 @@ fn create_dirs(tree: &Tree, rel: &Path, given: &str) -> Result<OwnedFd, ToolErro
                 .is_git(dir.as_fd(), Some(name))
                 .map_err(|e| ToolError::io("inspect", given, e))?
             {
-                return Err(PathError::Git {
-                    path: given.to_owned(),
-                }
-                .into());
+                return Err(git());
             }
             checked_git = true;
         }
