@@ -4,7 +4,9 @@
 //! 2000), 2000 bytes per line and about 50 KB in all are shown; a closing note says which lines
 //! were shown and which `offset` continues. Files are streamed, never loaded whole, so a huge
 //! file costs time, not memory. Binary files (a NUL byte in the first 8 KiB), directories and
-//! special files are refused with a message saying what to use instead.
+//! special files are refused with a message saying what to use instead. The file is opened
+//! beneath the worktree's fd (see [`super::beneath`]), following only symlinks that stay
+//! inside; `.git` may be read (only write and edit refuse it).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
