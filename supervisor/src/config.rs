@@ -33,7 +33,13 @@ pub struct Config {
     pub max_restarts: u32,
     pub max_turns: u32,
     pub context_window: Option<u64>,
+    /// How long finished tasks' records and clean worktrees are kept (`None`: forever).
+    pub task_retention: Option<std::time::Duration>,
 }
+
+/// Default retention of finished tasks: 30 days.
+pub const DEFAULT_TASK_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// The file's shape: every key optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +53,7 @@ struct FileConfig {
     max_restarts: Option<u32>,
     max_turns: Option<u32>,
     context_window: Option<u64>,
+    task_retention: Option<String>,
 }
 
 /// A size written as a number of bytes or a string such as "512MiB".
@@ -95,6 +102,11 @@ impl Config {
             max_restarts: file.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
             max_turns: file.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
             context_window: file.context_window,
+            task_retention: match &file.task_retention {
+                None => Some(DEFAULT_TASK_RETENTION),
+                Some(text) => parse_retention(text)
+                    .map_err(|e| CliError::Usage(format!("{origin}: task_retention: {e}")))?,
+            },
         };
         config.apply_env(env)?;
         Ok(config)
@@ -133,8 +145,52 @@ impl Config {
         if let Some(v) = get("KUGETSU_CONTEXT_WINDOW") {
             self.context_window = Some(number("KUGETSU_CONTEXT_WINDOW", &v)?);
         }
+        if let Some(v) = get("KUGETSU_TASK_RETENTION") {
+            self.task_retention = parse_retention(&v)
+                .map_err(|e| CliError::Usage(format!("KUGETSU_TASK_RETENTION={v:?}: {e}")))?;
+        }
         Ok(())
     }
+
+    /// What differs from `new`, one `key old -> new` per changed setting (for reload logs).
+    pub fn changes_to(&self, new: &Config) -> Vec<String> {
+        let mut changes = Vec::new();
+        macro_rules! diff {
+            ($($field:ident),*) => {$(
+                if self.$field != new.$field {
+                    changes.push(format!(
+                        "{} {:?} -> {:?}",
+                        stringify!($field),
+                        self.$field,
+                        new.$field
+                    ));
+                }
+            )*};
+        }
+        diff!(
+            max_shadows,
+            queue_capacity,
+            mem_limit,
+            max_restarts,
+            max_turns,
+            model,
+            compaction_model,
+            context_window,
+            task_retention
+        );
+        changes
+    }
+}
+
+/// Parses a retention such as `30d`, `12h`, `90m`; `off` (or `0`) keeps tasks forever.
+pub fn parse_retention(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") || t == "0" {
+        return Ok(None);
+    }
+    humantime::parse_duration(t)
+        .map(Some)
+        .map_err(|e| format!("{text:?} is not a duration ({e}; e.g. 30d, 12h, or off)"))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, CliError> {

@@ -21,6 +21,18 @@ pub fn for_status(status: FinishStatus) -> u8 {
     }
 }
 
+/// Describes an I/O error for a person, naming the fix for the ones with a known cause.
+pub fn describe_io(error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => format!(
+            "{error}: kugetsu ran out of file descriptors; raise the open-files limit \
+             (`ulimit -n`, or LimitNOFILE= for systemd) or lower max_shadows"
+        ),
+        Some(libc::ENOSPC) => format!("{error}: the disk is full"),
+        _ => error.to_string(),
+    }
+}
+
 /// An error that ends the command, with the exit code it ends it with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

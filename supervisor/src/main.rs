@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kugetsu_supervisor::cli::{Cli, Command};
-use kugetsu_supervisor::{client, daemon, demo, doctor, run};
+use kugetsu_supervisor::cli::args::{Cli, Command};
+use kugetsu_supervisor::cli::{client, demo, doctor, run};
+use kugetsu_supervisor::daemon;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

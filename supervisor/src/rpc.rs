@@ -1,12 +1,16 @@
 //! The daemon's JSON-RPC 2.0 vocabulary: one message per line over the Unix socket.
 //!
-//! Methods: `submit`, `list`, `get`, `cancel`, `steer`, `subscribe` (events then arrive as
-//! `event` notifications), `shutdown`, and `clean`. Errors carry a numeric code and, for the
-//! ones a client must act on, a stable message: [`QUEUE_FULL`] is always `"queue_full"`.
+//! Methods: `submit`, `list`, `get`, `events`, `cancel`, `steer`, `subscribe` (events then
+//! arrive as `event` notifications), `shutdown`, and `clean`; each is a [`Method`] type naming
+//! its params and result, so the daemon and the client share one typed vocabulary. Errors carry
+//! a numeric code and, for the ones a client must act on, a stable message: [`QUEUE_FULL`] is
+//! always `"queue_full"`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kugetsu_protocol::{EventEnvelope, Priority, Usage};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,6 +48,15 @@ pub struct Request {
     pub params: Option<Value>,
 }
 
+/// A request as sent by a client.
+#[derive(Debug, Serialize)]
+pub struct Outgoing<'a, P> {
+    pub jsonrpc: &'static str,
+    pub id: u64,
+    pub method: &'static str,
+    pub params: &'a P,
+}
+
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
@@ -69,6 +82,27 @@ impl RpcError {
         self.data = Some(data);
         self
     }
+
+    /// `not_found` for task `task`.
+    pub fn not_found(task: &str) -> Self {
+        RpcError::new(NOT_FOUND, "not_found").with_data(serde_json::json!({ "task": task }))
+    }
+
+    /// `shutting_down`.
+    pub fn shutting_down() -> Self {
+        RpcError::new(SHUTTING_DOWN, "shutting_down")
+    }
+
+    /// The answer for a [`CliError`](crate::exit::CliError) met while serving a request: bad
+    /// input stays a params error, anything else is the daemon's failure.
+    pub fn from_cli(error: &crate::exit::CliError) -> Self {
+        use crate::exit::CliError;
+        match error {
+            CliError::Usage(text) => RpcError::new(INVALID_PARAMS, text.clone()),
+            CliError::QueueFull(_) => RpcError::new(QUEUE_FULL, "queue_full"),
+            CliError::Failed(text) => RpcError::new(INTERNAL_ERROR, text.clone()),
+        }
+    }
 }
 
 /// A response line.
@@ -88,7 +122,174 @@ pub fn response(id: Value, result: Result<Value, RpcError>) -> Value {
 
 /// The notification carrying one event to a subscriber.
 pub fn event_notification(envelope: &EventEnvelope) -> Value {
-    serde_json::json!({"jsonrpc": "2.0", "method": "event", "params": envelope})
+    serde_json::json!({"jsonrpc": "2.0", "method": EVENT_NOTIFICATION, "params": envelope})
+}
+
+/// The method name of event notifications.
+pub const EVENT_NOTIFICATION: &str = "event";
+/// The method name of the last notification of a subscription the daemon ended.
+pub const SUBSCRIPTION_ENDED: &str = "subscription_ended";
+
+/// Why the daemon ended a subscription, sent as its last notification: the subscriber fell
+/// behind by more than the daemon buffers for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionEnded {
+    /// `lagged`.
+    pub reason: String,
+    /// What to do, for a person.
+    pub message: String,
+    /// For a one-task subscription: subscribe again with this `after_seq` to miss nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// For an all-tasks subscription: the last `seq` delivered, per task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delivered: BTreeMap<String, u64>,
+}
+
+/// One method of the vocabulary: its name, its params and its result, shared by the daemon
+/// (which decodes params and encodes results) and the client (which does the opposite).
+pub trait Method {
+    /// The JSON-RPC method name.
+    const NAME: &'static str;
+    /// What the request carries.
+    type Params: Serialize + DeserializeOwned;
+    /// What a successful response carries.
+    type Result: Serialize + DeserializeOwned;
+}
+
+macro_rules! methods {
+    ($($(#[$doc:meta])* $ty:ident = $name:literal, $params:ty => $result:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub enum $ty {}
+            impl Method for $ty {
+                const NAME: &'static str = $name;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// A decoded request: one variant per method.
+        #[derive(Debug)]
+        pub enum Call {
+            $($ty($params),)*
+        }
+
+        impl Call {
+            /// Decodes `method` and its `params` (absent params read as `{}`).
+            pub fn parse(method: &str, params: Option<Value>) -> Result<Call, RpcError> {
+                let params = match params {
+                    None | Some(Value::Null) => Value::Object(Default::default()),
+                    Some(value) => value,
+                };
+                match method {
+                    $($name => serde_json::from_value(params).map(Call::$ty).map_err(|e| {
+                        RpcError::new(INVALID_PARAMS, format!("invalid params for {method}: {e}"))
+                    }),)*
+                    other => Err(RpcError::new(
+                        METHOD_NOT_FOUND,
+                        format!("unknown method {other:?}"),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    /// Queue a task.
+    Submit = "submit", SubmitParams => Submitted;
+    /// The live tasks and the most recent finished ones.
+    List = "list", ListParams => TaskList;
+    /// One task.
+    Get = "get", TaskParams => TaskSummary;
+    /// A task's events so far.
+    Events = "events", TaskParams => EventList;
+    /// Cancel a queued or running task.
+    Cancel = "cancel", TaskParams => Cancelled;
+    /// Hand a message to a task's model.
+    Steer = "steer", SteerParams => Steered;
+    /// Follow events (they arrive as `event` notifications after the response).
+    Subscribe = "subscribe", SubscribeParams => Subscribed;
+    /// Stop the daemon.
+    Shutdown = "shutdown", ShutdownParams => Stopping;
+    /// Remove finished tasks' worktrees (and records, with `purge`).
+    Clean = "clean", CleanParams => Cleaned;
+}
+
+/// `submit`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub task: String,
+}
+
+/// `list` params.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Every finished task, not only the most recent ones.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `list`'s result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskSummary>,
+}
+
+/// `events`' result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<EventEnvelope>,
+}
+
+/// `cancel`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub task: String,
+    /// `cancelled` (it had not started) or `cancelling` (the shadow is stopping).
+    pub status: String,
+}
+
+/// `steer`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Steered {
+    pub task: String,
+}
+
+/// `subscribe`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub subscribed: bool,
+}
+
+/// `shutdown`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    pub stopping: bool,
+    pub drain: bool,
+}
+
+/// `clean`'s result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleaned {
+    /// Tasks whose worktree was removed (their branches stay).
+    pub removed_worktrees: Vec<String>,
+    /// Worktrees kept because they hold work that is not committed, with why.
+    #[serde(default)]
+    pub kept: Vec<Kept>,
+    /// Task records removed (`purge`).
+    #[serde(default)]
+    pub purged: Vec<String>,
+}
+
+/// A worktree `clean` or the retention policy left in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub task: String,
+    pub reason: String,
 }
 
 /// `submit` params. Paths must be absolute: the daemon does not share the client's cwd.
@@ -212,6 +413,9 @@ pub struct TaskSummary {
     /// Memory of the worker and its tools, while running.
     pub rss_bytes: Option<u64>,
     pub mem_limit: u64,
+    /// The tool running now, while running.
+    #[serde(default)]
+    pub tool: Option<String>,
     pub result: Option<String>,
     pub error: Option<String>,
 }

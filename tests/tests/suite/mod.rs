@@ -8,6 +8,7 @@ mod crash_loop;
 mod daemon;
 mod errors;
 mod fake_server;
+mod file_races;
 mod hermes;
 mod journal_damage;
 mod providers;

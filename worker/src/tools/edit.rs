@@ -1,8 +1,11 @@
 //! `edit {path, old_text, new_text}`: replace the one exact occurrence of a text in a file.
 //!
 //! Exactness is the point: the model must quote the file as it is, and a text that appears
-//! twice is refused (with the count) rather than guessed at. The file is replaced atomically
-//! like `write` does, keeping its permissions.
+//! twice is refused (with the count) rather than guessed at. The file is found, read and
+//! replaced through directory fds beneath the worktree, atomically like `write` does, keeping
+//! its permissions; `.git` is refused.
+
+use std::io::Read as _;
 
 use serde_json::json;
 
@@ -10,8 +13,8 @@ use super::args::Args;
 use super::blocking::run_blocking;
 use super::context::ToolContext;
 use super::outcome::{ToolError, ToolOutput};
-use super::path::{Confined, resolve};
-use super::write::replace_file;
+use super::path::{Confined, confine_for_change, open_error, open_tree};
+use super::replace::{Parents, Place, locate, replace};
 use crate::conversation::ToolSpec;
 
 /// Files larger than this are not edited in memory (the worker keeps a small footprint).
@@ -24,7 +27,8 @@ pub(crate) fn spec() -> ToolSpec {
         description: "Replace text in a file. `old_text` must match the file exactly \
             (including whitespace and indentation) and occur exactly once; include enough \
             surrounding lines to make it unique. `new_text` replaces it (it may be empty to \
-            delete). Paths are relative to the worktree root (or absolute inside it).",
+            delete). Paths are relative to the worktree root (or absolute inside it); `.git` \
+            cannot be edited.",
         parameters: json!({
             "type": "object",
             "properties": {
@@ -59,14 +63,37 @@ pub(crate) async fn run(
             "is the same as old_text; nothing would change",
         ));
     }
-    let target = resolve(&ctx.root, path)?;
-    run_blocking(move |_| edit_file(&target, &old_text, &new_text)).await
+    let target = confine_for_change(&ctx.root, path)?;
+    let root = ctx.root.clone();
+    run_blocking(move |_| {
+        let tree = open_tree(&root)?;
+        let missing = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => ToolError::Failed(format!(
+                "`{}` does not exist; use write to create it",
+                target.given
+            )),
+            _ => ToolError::io("open", &target.given, e),
+        };
+        let place = match locate(&tree, &target, Parents::Existing) {
+            Err(ToolError::Io { source, .. }) => {
+                return Err(open_error(tree.path(), &target.given, source, missing));
+            }
+            other => other?,
+        };
+        edit_file(&place, &target, &old_text, &new_text)
+    })
+    .await
 }
 
 /// Replaces the one occurrence of `old_text` in the file, or says why it cannot.
-fn edit_file(target: &Confined, old_text: &str, new_text: &str) -> Result<ToolOutput, ToolError> {
+fn edit_file(
+    place: &Place,
+    target: &Confined,
+    old_text: &str,
+    new_text: &str,
+) -> Result<ToolOutput, ToolError> {
     let given = &target.given;
-    let content = load(target)?;
+    let content = load(place, given)?;
     let count = content.matches(old_text).count();
     if count == 0 {
         let mut message = format!(
@@ -93,7 +120,7 @@ fn edit_file(target: &Confined, old_text: &str, new_text: &str) -> Result<ToolOu
     edited.push_str(&content[..at]);
     edited.push_str(new_text);
     edited.push_str(&content[at + old_text.len()..]);
-    replace_file(target, edited.as_bytes())?;
+    replace(place, edited.as_bytes(), given)?;
     let line = content[..at].matches('\n').count() + 1;
     Ok(ToolOutput::success(
         format!("edited `{given}`: replaced 1 occurrence starting at line {line}"),
@@ -102,18 +129,19 @@ fn edit_file(target: &Confined, old_text: &str, new_text: &str) -> Result<ToolOu
 }
 
 /// The whole file as text, refusing what cannot be edited as text.
-fn load(target: &Confined) -> Result<String, ToolError> {
-    let given = &target.given;
-    let meta = std::fs::metadata(&target.real).map_err(|e| match e.kind() {
+fn load(place: &Place, given: &str) -> Result<String, ToolError> {
+    let file = place.open_read().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             ToolError::Failed(format!("`{given}` does not exist; use write to create it"))
         }
+        _ if e.raw_os_error() == Some(libc::ENXIO) => not_a_file(given),
         _ => ToolError::io("read", given, e),
     })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ToolError::io("read", given, e))?;
     if !meta.is_file() {
-        return Err(ToolError::Failed(format!(
-            "`{given}` is not a regular file; edit changes files"
-        )));
+        return Err(not_a_file(given));
     }
     if meta.len() > MAX_EDIT_BYTES {
         return Err(ToolError::Failed(format!(
@@ -122,12 +150,23 @@ fn load(target: &Confined) -> Result<String, ToolError> {
             meta.len()
         )));
     }
-    let bytes = std::fs::read(&target.real).map_err(|e| ToolError::io("read", given, e))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&file)
+        .take(MAX_EDIT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ToolError::io("read", given, e))?;
     String::from_utf8(bytes).map_err(|_| {
         ToolError::Failed(format!(
             "`{given}` is not UTF-8 text; edit changes text files only"
         ))
     })
+}
+
+/// The refusal for directories, FIFOs, sockets and devices.
+fn not_a_file(given: &str) -> ToolError {
+    ToolError::Failed(format!(
+        "`{given}` is not a regular file; edit changes files"
+    ))
 }
 
 #[cfg(test)]

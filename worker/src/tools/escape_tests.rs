@@ -158,3 +158,159 @@ async fn unknown_tools_and_bad_arguments_are_reported() {
     let names: Vec<_> = super::specs().iter().map(|s| s.name).collect();
     assert_eq!(names, ["read", "write", "edit", "bash", "grep", "ls"]);
 }
+
+/// Every file under the root's `.git` with its content (or the `.git` file's content).
+fn git_snapshot(fx: &Fixture) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let git = fx.root.join(".git");
+    if git.is_file() {
+        return vec![(git.clone(), std::fs::read(&git).unwrap())];
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![git];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.push((path.clone(), Vec::new()));
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Write and edit calls on git's data, each with the path it names.
+fn git_attempts(fx: &Fixture) -> Vec<(&'static str, String, Value)> {
+    let abs = fx.root.join(".git/config").to_str().unwrap().to_owned();
+    let write = |path: &str| json!({"path": path, "content": "gitdir: /elsewhere\n"});
+    let edit = |path: &str| json!({"path": path, "old_text": "core", "new_text": "pwned"});
+    let mut attempts = vec![];
+    for path in [
+        ".git",
+        ".git/config",
+        ".git/hooks/pre-commit",
+        "sub/../.git",
+        "./.git/new/dir/file",
+        "gitlink/x",
+        "gitlink/config",
+        "gitlink/deep/new",
+        "gitlink",
+        "sub/up_git/config",
+        "nested/.git",
+        abs.as_str(),
+    ] {
+        attempts.push(("write", path.to_owned(), write(path)));
+        attempts.push(("edit", path.to_owned(), edit(path)));
+    }
+    attempts
+}
+
+/// Runs every [`git_attempts`] call and checks each was refused naming `.git`, with git's
+/// data left as it was.
+async fn assert_git_untouched(fx: &Fixture) {
+    fx.file("sub/keep.txt", "");
+    fx.symlink(".git", "gitlink");
+    fx.symlink("../.git", "sub/up_git");
+    let before = git_snapshot(fx);
+    for (tool, path, args) in git_attempts(fx) {
+        let out = fx.run(tool, args).await;
+        assert!(!out.ok, "{tool} {path}: {out:?}");
+        assert!(
+            out.output.contains(&format!("`{path}`")) && out.output.contains("inside `.git`"),
+            "{tool} {path}: {}",
+            out.output
+        );
+        assert_eq!(git_snapshot(fx), before, "{tool} {path} changed .git");
+    }
+    assert!(!fx.root.join("nested/.git").exists());
+    assert_eq!(fx.stray_temp_files(), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test]
+async fn a_git_directory_is_never_written_or_edited() {
+    let fx = Fixture::new();
+    fx.file(".git/config", "[core]\n\tbare = false\n");
+    fx.file(".git/HEAD", "ref: refs/heads/main\n");
+    fx.file(".git/hooks/pre-commit", "#!/bin/sh\n");
+    assert_git_untouched(&fx).await;
+    // Looking is allowed.
+    let out = fx.run("read", json!({"path": ".git/config"})).await;
+    assert!(out.ok && out.output.contains("bare = false"), "{out:?}");
+    let out = fx.run("ls", json!({"path": "gitlink"})).await;
+    assert_eq!(out.output, "HEAD\nconfig\nhooks/\n");
+}
+
+#[tokio::test]
+async fn a_git_file_is_never_written_or_edited() {
+    let fx = Fixture::new();
+    fx.file(".git", "gitdir: /somewhere/.git/worktrees/core\n");
+    assert_git_untouched(&fx).await;
+    let out = fx.run("read", json!({"path": ".git"})).await;
+    assert!(out.ok && out.output.contains("gitdir:"), "{out:?}");
+}
+
+#[tokio::test]
+async fn writes_through_inside_symlinks_keep_the_links() {
+    let fx = Fixture::new();
+    fx.file("src/lib.rs", "old\n");
+    fx.symlink("../src", "sub/up_src");
+    fx.symlink("up_src/lib.rs", "sub/lib_link");
+    fx.symlink("sub/lib_link", "chain");
+    for (i, path) in ["sub/up_src/lib.rs", "sub/lib_link", "chain"]
+        .iter()
+        .enumerate()
+    {
+        let content = format!("v{i}\n");
+        let out = fx
+            .run("write", json!({"path": path, "content": content}))
+            .await;
+        assert!(out.ok, "{path}: {out:?}");
+        assert_eq!(
+            std::fs::read_to_string(fx.root.join("src/lib.rs")).unwrap(),
+            content
+        );
+    }
+    let out = fx
+        .run(
+            "edit",
+            json!({"path": "chain", "old_text": "v2", "new_text": "v3"}),
+        )
+        .await;
+    assert!(out.ok, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(fx.root.join("src/lib.rs")).unwrap(),
+        "v3\n"
+    );
+    for link in ["sub/up_src", "sub/lib_link", "chain"] {
+        assert!(
+            fx.root.join(link).symlink_metadata().unwrap().is_symlink(),
+            "{link}"
+        );
+    }
+    let out = fx
+        .run(
+            "write",
+            json!({"path": "sub/up_src/new/deep.rs", "content": "x"}),
+        )
+        .await;
+    assert!(out.ok, "{out:?}");
+    assert!(fx.root.join("src/new/deep.rs").is_file());
+    assert_eq!(fx.stray_temp_files(), Vec::<std::path::PathBuf>::new());
+}
+
+#[tokio::test]
+async fn absolute_symlinks_are_refused_even_when_they_point_inside() {
+    let fx = Fixture::new();
+    fx.file("src/a.rs", "a\n");
+    fx.symlink(fx.root.join("src"), "abs_src");
+    let out = fx.run("read", json!({"path": "abs_src/a.rs"})).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.output.contains("`abs_src/a.rs`") && out.output.contains("relative symlinks"),
+        "{}",
+        out.output
+    );
+}

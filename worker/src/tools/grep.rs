@@ -8,26 +8,35 @@
 //! ripgrep does with an explicit path. Symlinks are never followed (one could lead out of the
 //! worktree), binary files (a NUL in the first 8 KiB) are skipped.
 //!
+//! The walk itself lists directories by path (the `ignore` crate has no fd API), so a
+//! directory swapped for a symlink mid-walk could have its outside entries listed; but every
+//! file is opened beneath the worktree's fd with `O_NOFOLLOW` (see [`super::beneath`]), so no
+//! line from outside is ever searched or shown. `path` is opened the same way, and the walk
+//! starts from the real directory that fd names.
+//!
 //! Output is `path:line: text`, paths relative to the root, sorted by path; at most 200
 //! matches and about 40 KB are shown, matched lines are cut at 500 bytes.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use ignore::gitignore::Gitignore;
 use ignore::overrides::{Override, OverrideBuilder};
 use ignore::{Match, WalkBuilder};
 use regex::bytes::{Regex, RegexBuilder};
+use rustix::fs::OFlags;
 use serde_json::json;
 
 use super::args::Args;
+use super::beneath::Tree;
 use super::blocking::{Stop, run_blocking};
 use super::cap::lossy_prefix;
 use super::context::ToolContext;
 use super::lines::{BoundedLines, SNIFF_LEN, looks_binary};
 use super::outcome::{ToolError, ToolOutput};
-use super::path::{resolve, shown};
+use super::path::{Confined, confine, open_error, open_tree, shown};
 use crate::conversation::ToolSpec;
 
 /// Matches shown at most.
@@ -87,23 +96,44 @@ pub(crate) async fn run(
         .optional_str("path")?
         .filter(|p| !p.is_empty())
         .unwrap_or(".");
-    let target = resolve(&ctx.root, path)?;
-    if !target.real.exists() {
-        return Err(ToolError::Failed(format!("`{path}` does not exist")));
-    }
-    let search = Search {
-        root: ctx.root.clone(),
-        start: target.real,
-        regex,
-        overrides,
-    };
+    let target = confine(&ctx.root, path)?;
+    let root = ctx.root.clone();
     let pattern = pattern.to_owned();
-    let path = path.to_owned();
     run_blocking(move |stop| {
+        let tree = open_tree(&root)?;
+        let start = real_start(&tree, &target)?;
+        let search = Search {
+            tree,
+            start,
+            regex,
+            overrides,
+        };
         let found = search.run(stop)?;
-        Ok(found.into_output(&pattern, &path))
+        Ok(found.into_output(&pattern, &target.given))
     })
     .await
+}
+
+/// The real path of what `target` names, found through an fd opened beneath the root: with
+/// symlinks resolved, so that matches are shown by their real paths.
+fn real_start(tree: &Tree, target: &Confined) -> Result<PathBuf, ToolError> {
+    let given = &target.given;
+    let fd = tree.open_rel(&target.rel, OFlags::PATH).map_err(|e| {
+        open_error(tree.path(), given, e, |e| match e.kind() {
+            std::io::ErrorKind::NotFound => ToolError::Failed(format!("`{given}` does not exist")),
+            _ => ToolError::io("search", given, e),
+        })
+    })?;
+    // The kernel's name for the fd; without /proc, the path as given (still inside: every
+    // file is opened beneath the root anyway, only names may show a symlink).
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap_or_else(|_| tree.path().join(&target.rel));
+    if !real.starts_with(tree.path()) {
+        return Err(ToolError::Failed(format!(
+            "`{given}` moved outside the worktree while it was opened"
+        )));
+    }
+    Ok(real)
 }
 
 /// The `glob` argument as an override whitelist, globs relative to the root.
@@ -119,7 +149,7 @@ fn glob_filter(root: &Path, glob: &str) -> Result<Override, ToolError> {
 
 /// One search, ready to run on a blocking thread.
 struct Search {
-    root: PathBuf,
+    tree: Tree,
     start: PathBuf,
     regex: Regex,
     overrides: Option<Override>,
@@ -161,7 +191,7 @@ impl Found {
 
 impl Search {
     fn run(&self, stop: &Stop) -> Result<Found, ToolError> {
-        let inherited = inherited_ignores(&self.root, &self.start);
+        let inherited = inherited_ignores(self.tree.path(), &self.start);
         let mut builder = WalkBuilder::new(&self.start);
         builder
             .hidden(false)
@@ -191,8 +221,11 @@ impl Search {
             if entry.path_is_symlink() || !entry.file_type().is_some_and(|t| t.is_file()) {
                 continue;
             }
-            let rel = shown(&self.root, entry.path());
-            let _ = self.search_file(entry.path(), &rel, &mut found, stop);
+            let Ok(inside) = entry.path().strip_prefix(self.tree.path()) else {
+                continue;
+            };
+            let rel = shown(self.tree.path(), entry.path());
+            let _ = self.search_file(inside, &rel, &mut found, stop);
             if found.is_full() {
                 found.stopped_early = true;
                 break;
@@ -201,15 +234,20 @@ impl Search {
         Ok(found)
     }
 
-    /// Adds the matches of one file to `found`.
+    /// Adds the matches of file `inside` (relative to the root) to `found`.
     fn search_file(
         &self,
-        path: &Path,
+        inside: &Path,
         rel: &str,
         found: &mut Found,
         stop: &Stop,
     ) -> std::io::Result<()> {
-        let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let file = File::from(self.tree.open_rel(inside, flags)?);
+        if !file.metadata()?.is_file() {
+            return Ok(());
+        }
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
         let start = reader.fill_buf()?;
         if looks_binary(&start[..start.len().min(SNIFF_LEN)]) {
             found.binary_skipped += 1;

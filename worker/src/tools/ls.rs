@@ -1,15 +1,24 @@
 //! `ls {path?}`: the entries of a directory, sorted by name.
 //!
 //! Directories end with `/`, symlinks show as `name -> target` (with `/` when they lead to a
-//! directory). Everything is listed, hidden entries included; at most 1000 entries are shown.
+//! directory). Everything is listed, hidden entries included (`.git` too: looking is fine); at
+//! most 1000 entries are shown. The directory is opened and read through an fd beneath the
+//! worktree, so what is listed is what was checked.
 
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{Dir, FileType, OFlags};
 use serde_json::json;
 
 use super::args::Args;
+use super::beneath::{DIR_PATH, Tree, entry_type};
 use super::blocking::run_blocking;
 use super::context::ToolContext;
 use super::outcome::{ToolError, ToolOutput};
-use super::path::{Confined, resolve};
+use super::path::{Confined, confine, open_error, open_tree};
 use crate::conversation::ToolSpec;
 
 /// Entries shown at most; a note gives the number left out.
@@ -42,26 +51,45 @@ pub(crate) async fn run(
         .optional_str("path")?
         .filter(|p| !p.is_empty())
         .unwrap_or(".");
-    let target = resolve(&ctx.root, path)?;
-    run_blocking(move |_| list(&target)).await
+    let target = confine(&ctx.root, path)?;
+    let root = ctx.root.clone();
+    run_blocking(move |_| {
+        let tree = open_tree(&root)?;
+        list(&tree, &target)
+    })
+    .await
 }
 
 /// The listing of the directory at `target`.
-fn list(target: &Confined) -> Result<ToolOutput, ToolError> {
+fn list(tree: &Tree, target: &Confined) -> Result<ToolOutput, ToolError> {
     let given = &target.given;
-    let entries = std::fs::read_dir(&target.real).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ToolError::Failed(format!("`{given}` does not exist")),
-        std::io::ErrorKind::NotADirectory => {
-            ToolError::Failed(format!("`{given}` is a file, not a directory; use read"))
+    let dir = tree
+        .open_rel(&target.rel, OFlags::RDONLY | OFlags::DIRECTORY)
+        .map_err(|e| {
+            open_error(tree.path(), given, e, |e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    ToolError::Failed(format!("`{given}` does not exist"))
+                }
+                std::io::ErrorKind::NotADirectory => {
+                    ToolError::Failed(format!("`{given}` is a file, not a directory; use read"))
+                }
+                _ => ToolError::io("list", given, e),
+            })
+        })?;
+    let mut entries = Dir::read_from(&dir).map_err(|e| ToolError::io("list", given, e.into()))?;
+    let mut names: Vec<(OsString, String)> = Vec::new();
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(|e| ToolError::io("list", given, e.into()))?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
         }
-        _ => ToolError::io("list", given, e),
-    })?;
-    let mut names: Vec<(std::ffi::OsString, String)> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| ToolError::io("list", given, e))?;
-        let name = entry.file_name();
-        let shown = describe(&entry, &name.to_string_lossy());
-        names.push((name, shown));
+        let kind = match entry.file_type() {
+            FileType::Unknown => entry_type(dir.as_fd(), name).unwrap_or(FileType::Unknown),
+            kind => kind,
+        };
+        let shown = describe(tree, &dir, &target.rel, name, kind);
+        names.push((name.to_owned(), shown));
     }
     if names.is_empty() {
         return Ok(ToolOutput::success(format!("(`{given}` is empty)"), false));
@@ -85,22 +113,24 @@ fn list(target: &Confined) -> Result<ToolOutput, ToolError> {
 }
 
 /// One entry as listed: `name`, `name/`, or `name -> target` (`name/ -> target` for a link to
-/// a directory).
-fn describe(entry: &std::fs::DirEntry, name: &str) -> String {
-    let Ok(kind) = entry.file_type() else {
-        return name.to_owned();
-    };
-    if kind.is_dir() {
-        return format!("{name}/");
+/// a directory; the slash only when the link leads to a directory inside the worktree).
+fn describe(tree: &Tree, dir: &OwnedFd, rel: &Path, name: &OsStr, kind: FileType) -> String {
+    let shown = name.to_string_lossy();
+    match kind {
+        FileType::Directory => format!("{shown}/"),
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned())
+                .unwrap_or_else(|_| "?".to_owned());
+            let slash = if tree.open_rel(&rel.join(name), DIR_PATH).is_ok() {
+                "/"
+            } else {
+                ""
+            };
+            format!("{shown}{slash} -> {target}")
+        }
+        _ => shown.into_owned(),
     }
-    if kind.is_symlink() {
-        let target = std::fs::read_link(entry.path())
-            .map(|t| t.display().to_string())
-            .unwrap_or_else(|_| "?".to_owned());
-        let slash = if entry.path().is_dir() { "/" } else { "" };
-        return format!("{name}{slash} -> {target}");
-    }
-    name.to_owned()
 }
 
 #[cfg(test)]

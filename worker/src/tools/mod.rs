@@ -5,7 +5,12 @@
 //! (the tool list offered to the model) and [`run`] (one call). Everything else is private to
 //! this module:
 //!
-//! - [`path`]: the one resolver every tool uses; no path, `..` or symlink may leave the worktree.
+//! - [`path`]: the one resolver every tool uses; no path, `..` or symlink may leave the worktree,
+//!   and write and edit never change `.git`.
+//! - [`beneath`]: opening paths beneath the worktree's directory fd (`openat2`, or a race-free
+//!   walk on old kernels), so a path swapped for a symlink mid-call cannot lead outside.
+//! - [`replace`]: where write and edit put a file, and the temp-file-and-rename that replaces
+//!   it, all inside directory fds.
 //! - [`read`], [`write`], [`edit`], [`grep`], [`ls`]: file tools, run on the blocking pool.
 //! - [`bash`]: shell commands in their own process group, killed on timeout and on drop.
 //! - [`reap`]: finding and killing every process a bash call started, even outside its group.
@@ -24,6 +29,7 @@
 
 mod args;
 mod bash;
+mod beneath;
 mod blocking;
 mod cap;
 mod context;
@@ -37,10 +43,13 @@ mod outcome;
 mod path;
 mod read;
 mod reap;
+mod replace;
 mod write;
 
 #[cfg(test)]
 mod escape_tests;
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod testkit;
 

@@ -1,30 +1,31 @@
-//! Confinement: the one resolver every tool uses to turn a model's path into a real one.
+//! Confinement: turning a model's path into one the tools can open beneath the worktree.
 //!
-//! A path is relative to the worktree root or absolute inside it. [`resolve`] returns the real
-//! location it names, with every symlink followed, and refuses (touching nothing) any path that
-//! would end up outside the root:
+//! Two layers, so that what is checked is what is opened:
 //!
-//! 1. Join to the root and normalise lexically: `.` goes, `..` removes the previous component.
-//!    If the result is not under the root (`../x`, `a/../../x`, `/etc/passwd`), refuse.
-//! 2. Walk the rest one component at a time from the canonical root, like `realpath`: a
-//!    symlink is replaced by its target (absolute targets restart from `/`, relative ones from
-//!    the link's directory, a `..` in a target goes to the parent of the already-real prefix).
-//!    The first component that does not exist ends the walk; what follows it is appended as is
-//!    and must hold no `..` (we cannot know where it would lead).
-//! 3. The real path must be under the root. Dangling symlinks are followed too, so a write to a
-//!    link pointing at a missing file outside the root is refused like any other escape.
+//! 1. [`confine`] works on the text alone. The path is joined to the root and normalised
+//!    lexically (`.` goes, `..` removes the previous component); if the result is not under
+//!    the root (`../x`, `a/../../x`, `/etc/passwd`) it is refused. What remains is a path
+//!    relative to the root, with no `..`, that names nothing yet.
+//! 2. Every open of that relative path goes through [`super::beneath`]: the kernel (or a
+//!    race-free walk) resolves it beneath the root's directory fd, following only symlinks
+//!    that stay inside. [`open_error`] turns the kernel's refusals (`EXDEV`, `ELOOP`) into the
+//!    [`PathError`]s below. Nothing ever opens a path string that was checked earlier.
 //!
-//! Tools then operate on the real path, never on the path the model gave, so what was checked is
-//! what is opened. A concurrent change between check and use (only the model's own bash
-//! commands could make one, and bash is not confined anyway) is out of scope.
+//! Absolute symlinks are refused even when they point inside the worktree: beneath the root,
+//! the kernel cannot tell where `/` is, and a worktree should hold relative links anyway.
+//!
+//! The worktree's `.git` (the file of a linked worktree, or the directory of a main checkout)
+//! and anything named `.git` below the root is git's data: [`confine_for_change`] refuses
+//! such paths for write and edit before anything is touched; `replace` also refuses, by
+//! inode, a `.git` reached through symlinks. Reading it (read, ls) is allowed.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-/// How many symlinks one resolution may follow before it is called a loop (Linux's limit).
-const MAX_SYMLINKS: usize = 40;
+use rustix::io::Errno;
+
+use super::beneath::Tree;
+use super::outcome::ToolError;
 
 /// Why a path was refused. Each message names the path as the model gave it.
 #[derive(Debug, thiserror::Error)]
@@ -49,59 +50,52 @@ pub(crate) enum PathError {
         /// The worktree root, to show what "inside" means.
         root: String,
     },
-    /// The path goes through a symlink that leads out of the worktree.
+    /// Resolving the path met a symlink that leads out of the worktree (or an absolute one).
     #[error(
-        "path `{path}` goes through the symlink `{link}` -> `{target}`, which leads outside the \
-         worktree"
+        "path `{path}` goes through a symlink that leads outside the worktree `{root}`; only \
+         relative symlinks that stay inside the worktree are followed"
     )]
     ThroughSymlink {
         /// The path as given.
         path: String,
-        /// The symlink, relative to the root when it is inside it.
-        link: String,
-        /// Where the symlink points, as stored in it.
-        target: String,
+        /// The worktree root.
+        root: String,
     },
-    /// A symlink leads to a missing directory followed by `..`.
-    #[error("path `{path}` cannot be resolved: it leads through a missing directory and then `..`")]
-    Unresolvable {
-        /// The path as given.
-        path: String,
-    },
-    /// Symlinks refer to each other in a loop, or the chain is too long.
+    /// Symlinks refer to each other in a loop, the chain is too long, or a `/proc` magic link.
     #[error("path `{path}` has too many levels of symlinks")]
     SymlinkLoop {
         /// The path as given.
         path: String,
     },
-    /// Looking at a component failed (permission denied, not a directory, ...).
-    #[error("cannot resolve path `{path}`")]
-    Io {
+    /// The path is the worktree's `.git` or inside it.
+    #[error(
+        "path `{path}` is inside `.git`, which holds git's own data; write and edit never \
+         change it (read and ls may look at it; use git through bash to change the repository)"
+    )]
+    Git {
         /// The path as given.
         path: String,
-        /// What the operating system said.
-        #[source]
-        source: io::Error,
     },
 }
 
-/// A path checked to be inside the worktree.
+/// A path checked, by its text, to name something under the worktree root.
 #[derive(Debug, Clone)]
 pub(crate) struct Confined {
-    /// The real location: absolute, symlinks resolved, under the canonical root.
-    pub(crate) real: PathBuf,
+    /// The path relative to the root, normalised, without `.` or `..`; `.` for the root.
+    pub(crate) rel: PathBuf,
     /// The path as the model gave it, for messages.
     pub(crate) given: String,
 }
 
-/// One step of the walk: a name to enter, or a `..` that came from a symlink target.
-enum Step {
-    Parent,
-    Name(OsString),
+impl Confined {
+    /// Whether this is the root itself.
+    pub(crate) fn is_root(&self) -> bool {
+        self.rel == Path::new(".")
+    }
 }
 
-/// Resolves `given` against the canonical `root`, refusing anything that leaves it.
-pub(crate) fn resolve(root: &Path, given: &str) -> Result<Confined, PathError> {
+/// Checks `given` against the canonical `root` by its text, refusing anything that leaves it.
+pub(crate) fn confine(root: &Path, given: &str) -> Result<Confined, PathError> {
     if given.is_empty() {
         return Err(PathError::Empty);
     }
@@ -110,94 +104,62 @@ pub(crate) fn resolve(root: &Path, given: &str) -> Result<Confined, PathError> {
             path: given.replace('\0', "\\0"),
         });
     }
-    let outside = || PathError::Outside {
+    let lexical = normalize(&root.join(given));
+    let inside = lexical.strip_prefix(root).map_err(|_| PathError::Outside {
         path: given.to_owned(),
         root: root.display().to_string(),
+    })?;
+    let rel = if inside.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        inside.to_path_buf()
     };
-    let lexical = normalize(&root.join(given));
-    let inside = lexical.strip_prefix(root).map_err(|_| outside())?;
-    let mut steps: VecDeque<Step> = inside
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(Step::Name(name.to_owned())),
-            _ => None,
-        })
-        .collect();
-
-    let mut real = root.to_path_buf();
-    let mut followed = 0;
-    let mut last_link: Option<(PathBuf, PathBuf)> = None;
-    while let Some(step) = steps.pop_front() {
-        let name = match step {
-            Step::Parent => {
-                // `real` has no symlinks left, so its lexical parent is its real parent.
-                real.pop();
-                continue;
-            }
-            Step::Name(name) => name,
-        };
-        let next = real.join(&name);
-        match std::fs::symlink_metadata(&next) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(PathError::SymlinkLoop {
-                        path: given.to_owned(),
-                    });
-                }
-                let target = std::fs::read_link(&next).map_err(|source| PathError::Io {
-                    path: given.to_owned(),
-                    source,
-                })?;
-                if target.is_absolute() {
-                    real = PathBuf::from("/");
-                }
-                for component in target.components().rev() {
-                    match component {
-                        Component::Normal(part) => steps.push_front(Step::Name(part.to_owned())),
-                        Component::ParentDir => steps.push_front(Step::Parent),
-                        Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-                    }
-                }
-                last_link = Some((next, target));
-            }
-            Ok(_) => real = next,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                real = next;
-                for step in steps.drain(..) {
-                    match step {
-                        Step::Name(part) => real.push(part),
-                        Step::Parent => {
-                            return Err(PathError::Unresolvable {
-                                path: given.to_owned(),
-                            });
-                        }
-                    }
-                }
-            }
-            Err(source) => {
-                return Err(PathError::Io {
-                    path: given.to_owned(),
-                    source,
-                });
-            }
-        }
-    }
-
-    if !real.starts_with(root) {
-        return Err(match last_link {
-            Some((link, target)) => PathError::ThroughSymlink {
-                path: given.to_owned(),
-                link: shown(root, &link),
-                target: target.display().to_string(),
-            },
-            None => outside(),
-        });
-    }
     Ok(Confined {
-        real,
+        rel,
         given: given.to_owned(),
     })
+}
+
+/// [`confine`] for a tool that changes files: also refuses any path with a `.git` component.
+pub(crate) fn confine_for_change(root: &Path, given: &str) -> Result<Confined, PathError> {
+    let target = confine(root, given)?;
+    if names_git(&target.rel) {
+        return Err(PathError::Git { path: target.given });
+    }
+    Ok(target)
+}
+
+/// Whether some component of `path` is `.git`.
+pub(crate) fn names_git(path: &Path) -> bool {
+    path.components()
+        .any(|c| matches!(c, Component::Normal(name) if name == ".git"))
+}
+
+/// What an error from opening `target` beneath `root` means: leaving the root and symlink
+/// loops become the [`PathError`] refusals; anything else is left to `other`.
+pub(crate) fn open_error(
+    root: &Path,
+    given: &str,
+    error: io::Error,
+    other: impl FnOnce(io::Error) -> ToolError,
+) -> ToolError {
+    match error.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::XDEV) => PathError::ThroughSymlink {
+            path: given.to_owned(),
+            root: root.display().to_string(),
+        }
+        .into(),
+        Some(Errno::LOOP) => PathError::SymlinkLoop {
+            path: given.to_owned(),
+        }
+        .into(),
+        _ => other(error),
+    }
+}
+
+/// Opens the worktree root for one tool call.
+pub(crate) fn open_tree(root: &Path) -> Result<Tree, ToolError> {
+    Tree::open(root).map_err(|e| ToolError::io("open the worktree", &root.display().to_string(), e))
 }
 
 /// `path` relative to `root` when it is inside it, else absolute; for messages and listings.
@@ -232,41 +194,22 @@ mod tests {
     use crate::tools::testkit::Fixture;
 
     #[test]
-    fn paths_inside_resolve_to_real_locations() {
+    fn paths_inside_become_relative() {
         let fx = Fixture::new();
-        fx.file("src/a.rs", "a");
-        fx.symlink("src/a.rs", "alias.rs");
-        fx.symlink("src", "srclink");
         let root = &fx.root;
-        assert_eq!(
-            resolve(root, "src/a.rs").unwrap().real,
-            root.join("src/a.rs")
-        );
-        assert_eq!(
-            resolve(root, "./src/../src/a.rs").unwrap().real,
-            root.join("src/a.rs")
-        );
-        assert_eq!(
-            resolve(root, "alias.rs").unwrap().real,
-            root.join("src/a.rs")
-        );
-        assert_eq!(
-            resolve(root, "srclink/a.rs").unwrap().real,
-            root.join("src/a.rs")
-        );
-        assert_eq!(
-            resolve(root, "srclink/new/b.rs").unwrap().real,
-            root.join("src/new/b.rs")
-        );
-        assert_eq!(resolve(root, ".").unwrap().real, *root);
+        let rel = |given: &str| confine(root, given).unwrap().rel;
+        assert_eq!(rel("src/a.rs"), Path::new("src/a.rs"));
+        assert_eq!(rel("./src/../src/a.rs"), Path::new("src/a.rs"));
+        assert_eq!(rel("."), Path::new("."));
+        assert_eq!(rel("a/.."), Path::new("."));
         let abs = root.join("src/a.rs");
-        assert_eq!(resolve(root, abs.to_str().unwrap()).unwrap().real, abs);
+        assert_eq!(rel(abs.to_str().unwrap()), Path::new("src/a.rs"));
+        assert_eq!(rel(root.to_str().unwrap()), Path::new("."));
     }
 
     #[test]
-    fn paths_leaving_the_root_are_refused() {
+    fn paths_leaving_the_root_are_refused_by_their_text() {
         let fx = Fixture::new();
-        fx.escape_links();
         let root = &fx.root;
         let outside_file = fx.outside.join("secret.txt");
         for given in [
@@ -276,51 +219,33 @@ mod tests {
             outside_file.to_str().unwrap(),
             "/etc/passwd",
         ] {
-            let err = resolve(root, given).unwrap_err();
+            let err = confine(root, given).unwrap_err();
             assert!(matches!(err, PathError::Outside { .. }), "{given}: {err}");
             assert!(err.to_string().contains(given), "{err}");
         }
-        for given in [
-            "outdir/secret.txt",
-            "outdir/new.txt",
-            "outdir/deep/new.txt",
-            "outfile",
-            "dangling",
-            "uplink/x",
-            "sub/rel_out/secret.txt",
-        ] {
-            let err = resolve(root, given).unwrap_err();
-            assert!(
-                matches!(err, PathError::ThroughSymlink { .. }),
-                "{given}: {err}"
-            );
-            assert!(err.to_string().contains(given), "{err}");
-        }
+        assert!(matches!(confine(root, ""), Err(PathError::Empty)));
+        assert!(matches!(confine(root, "a\0b"), Err(PathError::Nul { .. })));
     }
 
     #[test]
-    fn symlink_loops_and_missing_dotdot_are_refused() {
+    fn git_paths_are_refused_for_changes() {
         let fx = Fixture::new();
-        fx.symlink("loop_b", "loop_a");
-        fx.symlink("loop_a", "loop_b");
-        fx.symlink("missing/../x", "weird");
         let root = &fx.root;
-        assert!(matches!(
-            resolve(root, "loop_a/x"),
-            Err(PathError::SymlinkLoop { .. })
-        ));
-        assert!(matches!(
-            resolve(root, "weird"),
-            Err(PathError::Unresolvable { .. })
-        ));
-        assert!(matches!(resolve(root, ""), Err(PathError::Empty)));
-    }
-
-    #[test]
-    fn a_file_used_as_a_directory_is_an_error() {
-        let fx = Fixture::new();
-        fx.file("a.txt", "x");
-        let err = resolve(&fx.root, "a.txt/b").unwrap_err();
-        assert!(matches!(err, PathError::Io { .. }), "{err}");
+        let git_config = root.join(".git/config");
+        for given in [
+            ".git",
+            ".git/config",
+            "./.git/hooks/pre-commit",
+            "sub/../.git",
+            "sub/.git",
+            git_config.to_str().unwrap(),
+        ] {
+            let err = confine_for_change(root, given).unwrap_err();
+            assert!(matches!(err, PathError::Git { .. }), "{given}: {err}");
+            assert!(err.to_string().contains(&format!("`{given}`")), "{err}");
+            assert!(confine(root, given).is_ok(), "{given} may be read");
+        }
+        assert!(confine_for_change(root, ".gitignore").is_ok());
+        assert!(confine_for_change(root, "a/.github/x").is_ok());
     }
 }

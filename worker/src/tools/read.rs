@@ -4,20 +4,25 @@
 //! 2000), 2000 bytes per line and about 50 KB in all are shown; a closing note says which lines
 //! were shown and which `offset` continues. Files are streamed, never loaded whole, so a huge
 //! file costs time, not memory. Binary files (a NUL byte in the first 8 KiB), directories and
-//! special files are refused with a message saying what to use instead.
+//! special files are refused with a message saying what to use instead. The file is opened
+//! beneath the worktree's fd (see [`super::beneath`]), following only symlinks that stay
+//! inside; `.git` may be read (only write and edit refuse it).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 use serde_json::json;
 
 use super::args::Args;
+use super::beneath::Tree;
 use super::blocking::{Stop, run_blocking};
 use super::cap::lossy_prefix;
 use super::context::ToolContext;
 use super::lines::{BoundedLines, SNIFF_LEN, looks_binary};
 use super::outcome::{ToolError, ToolOutput};
-use super::path::{Confined, resolve};
+use super::path::{Confined, confine, open_error, open_tree};
 use crate::conversation::ToolSpec;
 
 /// Lines shown when the model gives no `limit`.
@@ -67,8 +72,13 @@ pub(crate) async fn run(
         Some(limit) => limit,
         None => DEFAULT_LIMIT,
     };
-    let target = resolve(&ctx.root, path)?;
-    run_blocking(move |stop| read_lines(&target, offset, limit, stop)).await
+    let target = confine(&ctx.root, path)?;
+    let root = ctx.root.clone();
+    run_blocking(move |stop| {
+        let tree = open_tree(&root)?;
+        read_lines(&tree, &target, offset, limit, stop)
+    })
+    .await
 }
 
 /// Which lines were shown and why the output ended.
@@ -81,27 +91,25 @@ struct Shown {
 
 /// Shows `limit` lines of the file from line `offset`, within the byte cap.
 fn read_lines(
+    tree: &Tree,
     target: &Confined,
     offset: u64,
     limit: u64,
     stop: &Stop,
 ) -> Result<ToolOutput, ToolError> {
     let given = &target.given;
-    let meta = std::fs::metadata(&target.real).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ToolError::Failed(format!("`{given}` does not exist")),
-        _ => ToolError::io("read", given, e),
-    })?;
+    let file = open_file(tree, target)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ToolError::io("read", given, e))?;
     if meta.is_dir() {
         return Err(ToolError::Failed(format!(
             "`{given}` is a directory; use ls to list it"
         )));
     }
     if !meta.is_file() {
-        return Err(ToolError::Failed(format!(
-            "`{given}` is not a regular file (a FIFO, socket or device); read only reads files"
-        )));
+        return Err(not_a_file(given));
     }
-    let file = File::open(&target.real).map_err(|e| ToolError::io("open", given, e))?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let start = reader
         .fill_buf()
@@ -174,6 +182,30 @@ fn read_lines(
     Ok(ToolOutput::success(
         out,
         shown.more_follow || shown.lines_cut,
+    ))
+}
+
+/// Opens the file `target` names, beneath the root, following only symlinks that stay inside.
+/// `O_NONBLOCK` so that a FIFO cannot hang the call before it is refused.
+fn open_file(tree: &Tree, target: &Confined) -> Result<File, ToolError> {
+    let given = &target.given;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = tree.open_rel(&target.rel, flags).map_err(|e| {
+        open_error(tree.path(), given, e, |e| {
+            match e.raw_os_error().map(Errno::from_raw_os_error) {
+                Some(Errno::NOENT) => ToolError::Failed(format!("`{given}` does not exist")),
+                Some(Errno::NXIO) => not_a_file(given),
+                _ => ToolError::io("open", given, e),
+            }
+        })
+    })?;
+    Ok(File::from(fd))
+}
+
+/// The refusal for FIFOs, sockets and devices.
+fn not_a_file(given: &str) -> ToolError {
+    ToolError::Failed(format!(
+        "`{given}` is not a regular file (a FIFO, socket or device); read only reads files"
     ))
 }
 

@@ -1,7 +1,11 @@
-//! Test support: a worktree and an "outside" directory side by side in a temp dir, and
-//! helpers to look for processes by a marker in their command line.
+//! Test support: a worktree and an "outside" directory side by side in a temp dir, a thread
+//! that swaps a directory and an escaping symlink under running tools, and helpers to look for
+//! processes by a marker in their command line.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -72,6 +76,44 @@ impl Fixture {
         self.symlink("../../outside", "sub/rel_out");
     }
 
+    /// The race setup: `d/` (a real directory holding `f.txt` = `inside\n`) and `swap`, a
+    /// symlink to `outside/` (which holds `f.txt` = `OUTSIDE-DATA\n`). A [`Swapper`] exchanges
+    /// the two names, so `d/f.txt` names the inside file or, for an instant, the outside one.
+    pub(crate) fn race_pair(&self) -> Swapper {
+        self.file("d/f.txt", "inside\n");
+        std::fs::write(self.outside.join("f.txt"), "OUTSIDE-DATA\n").unwrap();
+        self.symlink(&self.outside, "swap");
+        Swapper::start(self.root.join("d"), self.root.join("swap"))
+    }
+
+    /// The real directory of [`Self::race_pair`], under whichever name it has now.
+    pub(crate) fn race_dir(&self) -> PathBuf {
+        let d = self.root.join("d");
+        if d.symlink_metadata().unwrap().is_dir() {
+            d
+        } else {
+            self.root.join("swap")
+        }
+    }
+
+    /// Every path under the temp dir (root and outside) whose name marks a temp file.
+    pub(crate) fn stray_temp_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone(), self.outside.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_name().to_string_lossy().contains(".kugetsu-") {
+                    out.push(entry.path());
+                }
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        out
+    }
+
     /// Every file under `outside/` with its content, to show nothing there changed.
     pub(crate) fn outside_snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
@@ -94,6 +136,55 @@ impl Fixture {
     /// Runs tool `name` through the public entry point.
     pub(crate) async fn run(&self, name: &str, args: Value) -> ToolOutput {
         super::run(&self.ctx(), "call_test", name, &args).await
+    }
+}
+
+/// A thread exchanging two names (`renameat2(RENAME_EXCHANGE)`) in a loop until stopped.
+pub(crate) struct Swapper {
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Swapper {
+    fn start(a: PathBuf, b: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, swaps) = (stop.clone(), swaps.clone());
+            std::thread::spawn(move || {
+                let cwd = rustix::fs::CWD;
+                let flags = rustix::fs::RenameFlags::EXCHANGE;
+                while !stop.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(cwd, &a, cwd, &b, flags).unwrap();
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        Self {
+            stop,
+            swaps,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the thread; returns how many exchanges it made.
+    pub(crate) fn stop(mut self) -> u64 {
+        self.halt();
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 

@@ -1,14 +1,10 @@
 //! `write {path, content}`: create or replace a file, creating its directories.
 //!
-//! The file is replaced atomically: the content goes to a temp file in the same directory,
-//! which is renamed over the target, so a reader (or a crash) sees the old file or the new one,
-//! never half of it. An existing file keeps its permission bits (an executable script stays
-//! executable). No fsync: these are worktree files the model can rewrite, not kugetsu's own
-//! state, and an fsync per edit would cost more than it protects.
-
-use std::io::Write as _;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! The file is replaced atomically (see [`super::replace`]): the content goes to a temp file
+//! in the same directory, fsynced and renamed over the target, so a reader (or a crash) sees
+//! the old file or the new one, never half of it. An existing file keeps its permission bits
+//! (an executable script stays executable). Every directory is opened or created beneath the
+//! worktree's fd, never by path, and `.git` is refused.
 
 use serde_json::json;
 
@@ -16,7 +12,8 @@ use super::args::Args;
 use super::blocking::run_blocking;
 use super::context::ToolContext;
 use super::outcome::{ToolError, ToolOutput};
-use super::path::{Confined, resolve};
+use super::path::{confine_for_change, open_tree};
+use super::replace::{Parents, locate, replace};
 use crate::conversation::ToolSpec;
 
 /// The schema offered to the model.
@@ -25,7 +22,7 @@ pub(crate) fn spec() -> ToolSpec {
         name: "write",
         description: "Create a file or replace its whole content. Missing parent directories \
             are created. To change part of an existing file, prefer edit. Paths are relative \
-            to the worktree root (or absolute inside it).",
+            to the worktree root (or absolute inside it); `.git` cannot be written.",
         parameters: json!({
             "type": "object",
             "properties": {
@@ -46,15 +43,36 @@ pub(crate) async fn run(
     let args = Args::new(args)?;
     let path = args.required_str("path")?;
     let content = args.required_str("content")?.to_owned();
-    let target = resolve(&ctx.root, path)?;
+    let target = confine_for_change(&ctx.root, path)?;
+    let root = ctx.root.clone();
     run_blocking(move |_| {
-        let before = existing_file_len(&target)?;
-        if let Some(parent) = target.real.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| ToolError::io("create the directories of", &target.given, e))?;
-        }
-        replace_file(&target, content.as_bytes())?;
         let given = &target.given;
+        let tree = open_tree(&root)?;
+        let place = locate(&tree, &target, Parents::Create)?;
+        let before = match place.kind() {
+            Ok(None) => None,
+            Ok(Some(rustix::fs::FileType::RegularFile)) => Some(
+                rustix::fs::statat(
+                    &place.dir,
+                    &place.name,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map(|stat| stat.st_size)
+                .map_err(|e| ToolError::io("inspect", given, e.into()))?,
+            ),
+            Ok(Some(rustix::fs::FileType::Directory)) => {
+                return Err(ToolError::Failed(format!(
+                    "`{given}` is a directory; give the path of a file"
+                )));
+            }
+            Ok(Some(_)) => {
+                return Err(ToolError::Failed(format!(
+                    "`{given}` is not a regular file (a FIFO, socket or device)"
+                )));
+            }
+            Err(e) => return Err(ToolError::io("inspect", given, e)),
+        };
+        replace(&place, content.as_bytes(), given)?;
         let bytes = content.len();
         let message = match before {
             None => format!("created `{given}` ({bytes} bytes)"),
@@ -63,68 +81,6 @@ pub(crate) async fn run(
         Ok(ToolOutput::success(message, false))
     })
     .await
-}
-
-/// The size of the regular file at `target`, `None` if nothing is there; anything else there
-/// (a directory, a FIFO) is an error.
-fn existing_file_len(target: &Confined) -> Result<Option<u64>, ToolError> {
-    match std::fs::metadata(&target.real) {
-        Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
-        Ok(meta) if meta.is_dir() => Err(ToolError::Failed(format!(
-            "`{}` is a directory; give the path of a file",
-            target.given
-        ))),
-        Ok(_) => Err(ToolError::Failed(format!(
-            "`{}` is not a regular file (a FIFO, socket or device)",
-            target.given
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ToolError::io("inspect", &target.given, e)),
-    }
-}
-
-/// Replaces (or creates) the file at `target.real` with `content`, atomically, keeping the
-/// permissions of a file that was there. The parent directory must exist.
-pub(crate) fn replace_file(target: &Confined, content: &[u8]) -> Result<(), ToolError> {
-    let given = &target.given;
-    let Some((dir, name)) = target.real.parent().zip(target.real.file_name()) else {
-        return Err(ToolError::Failed(format!("`{given}` is not a file path")));
-    };
-    let temp = dir.join(format!(
-        ".{}.kugetsu-{}.tmp",
-        name.to_string_lossy(),
-        unique_suffix()
-    ));
-    let result = write_temp(&temp, content, &target.real)
-        .and_then(|()| std::fs::rename(&temp, &target.real));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(ToolError::io("write", given, e));
-    }
-    Ok(())
-}
-
-/// Writes `content` to a new file `temp` with the permissions of `like` (when it exists).
-fn write_temp(temp: &Path, content: &[u8], like: &Path) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp)?;
-    file.write_all(content)?;
-    if let Ok(meta) = std::fs::metadata(like) {
-        file.set_permissions(meta.permissions())?;
-    }
-    Ok(())
-}
-
-/// A suffix no other temp file of this process (or another worker) uses.
-fn unique_suffix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run git: {e}"))?;
+        .map_err(|e| format!("cannot run git: {}", crate::exit::describe_io(&e)))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout)
             .trim_end()
@@ -43,10 +43,15 @@ pub async fn toplevel(dir: &Path) -> Result<PathBuf, CliError> {
             dir.display()
         )));
     }
-    git(dir, &["rev-parse", "--show-toplevel"])
-        .await
-        .map(PathBuf::from)
-        .map_err(|_| CliError::Usage(format!("{} is not a git repository", dir.display())))
+    match git(dir, &["rev-parse", "--show-toplevel"]).await {
+        Ok(top) => Ok(PathBuf::from(top)),
+        // git did not even start (e.g. out of file descriptors): say that, not "not a repo".
+        Err(e) if e.starts_with("cannot run git") => Err(CliError::Failed(e)),
+        Err(_) => Err(CliError::Usage(format!(
+            "{} is not a git repository",
+            dir.display()
+        ))),
+    }
 }
 
 /// The commit `reference` names in `repo`.
@@ -182,6 +187,17 @@ pub async fn changed_files(dir: &Path, base: Option<&str>) -> Vec<String> {
     files.sort();
     files.dedup();
     files
+}
+
+/// The paths in the worktree `dir` that hold changes not committed (staged, unstaged or
+/// untracked and not ignored).
+pub async fn uncommitted(dir: &Path) -> Result<Vec<String>, String> {
+    let out = git(dir, &["status", "--porcelain", "--untracked-files=all"]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.get(3..))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `git diff` of `dir` against `base`, for showing a person what a shadow did.

@@ -11,15 +11,18 @@ use kugetsu_protocol::{DecodeError, Event, EventEnvelope, LineReader};
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
 
-use crate::cli::{
+use crate::cli::args::{
     CleanArgs, ClientOptions, IdArgs, LogsArgs, PsArgs, ShowArgs, ShutdownArgs, SteerArgs,
     SubmitArgs, TopArgs,
 };
+use crate::cli::render::Renderer;
+use crate::cli::run::{print_json, print_result};
+use crate::daemon::socket::{Half, halves};
 use crate::exit::{self, CliError};
-use crate::render::Renderer;
-use crate::rpc::{self, RpcError, SubmitParams, TaskStatus, TaskSummary};
-use crate::run::{print_json, print_result};
-use crate::socket::{Half, halves};
+use crate::rpc::{
+    self, CleanParams, ListParams, Method, Outgoing, RpcError, ShutdownParams, SteerParams,
+    SubmitParams, SubscribeParams, SubscriptionEnded, TaskParams, TaskStatus, TaskSummary,
+};
 
 /// A connection to the daemon.
 #[derive(Debug)]
@@ -44,8 +47,8 @@ impl Client {
     ) -> Result<Client, CliError> {
         let env = |key: &str| std::env::var(key).ok();
         let state = crate::config::state_dir(state_dir, &env)?;
-        let path = crate::socket::socket_path(socket, &state, &env);
-        let stream = crate::socket::connect(&path).await.map_err(|e| {
+        let path = crate::daemon::socket::socket_path(socket, &state, &env);
+        let stream = crate::daemon::socket::connect(&path).await.map_err(|e| {
             CliError::Usage(format!(
                 "no kugetsu daemon is running (cannot connect to {}: {e}); start one with `kugetsu serve`",
                 path.display()
@@ -59,14 +62,17 @@ impl Client {
         })
     }
 
-    /// Calls `method` and waits for its response (notifications before it are dropped).
-    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CliError> {
+    /// Calls method `M` and waits for its response (notifications before it are dropped).
+    pub async fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, CliError> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut line = serde_json::to_vec(
-            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
-        )
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+        let request = Outgoing {
+            jsonrpc: "2.0",
+            id,
+            method: M::NAME,
+            params,
+        };
+        let mut line = serde_json::to_vec(&request).map_err(|e| CliError::Failed(e.to_string()))?;
         line.push(b'\n');
         self.send
             .write_all(&line)
@@ -82,7 +88,10 @@ impl Client {
                     .unwrap_or_else(|_| RpcError::new(rpc::INTERNAL_ERROR, error.to_string()));
                 return Err(cli_error(error));
             }
-            return Ok(message.get("result").cloned().unwrap_or(Value::Null));
+            let result = message.get("result").cloned().unwrap_or(Value::Null);
+            return serde_json::from_value(result).map_err(|e| {
+                CliError::Failed(format!("bad answer from the daemon to {}: {e}", M::NAME))
+            });
         }
     }
 
@@ -103,11 +112,21 @@ impl Client {
     pub async fn next_event(&mut self) -> Result<EventEnvelope, CliError> {
         loop {
             let message = self.next_message().await?;
-            if message.get("method").and_then(Value::as_str) == Some("event")
-                && let Some(params) = message.get("params")
-                && let Ok(envelope) = serde_json::from_value::<EventEnvelope>(params.clone())
-            {
-                return Ok(envelope);
+            let params = message.get("params").cloned().unwrap_or(Value::Null);
+            match message.get("method").and_then(Value::as_str) {
+                Some(rpc::EVENT_NOTIFICATION) => {
+                    if let Ok(envelope) = serde_json::from_value::<EventEnvelope>(params) {
+                        return Ok(envelope);
+                    }
+                }
+                Some(rpc::SUBSCRIPTION_ENDED) => {
+                    let ended: Option<SubscriptionEnded> = serde_json::from_value(params).ok();
+                    return Err(CliError::Failed(ended.map_or_else(
+                        || "the daemon ended the subscription".to_owned(),
+                        |e| e.message,
+                    )));
+                }
+                _ => {}
             }
         }
     }
@@ -158,13 +177,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
     };
     let mut client =
         Client::connect_to(args.socket.as_deref(), args.task.state_dir.as_deref()).await?;
-    let params = serde_json::to_value(&params).map_err(|e| CliError::Failed(e.to_string()))?;
-    let result = client.call("submit", params).await?;
-    let id = result
-        .get("task")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let id = client.call::<rpc::Submit>(&params).await?.task;
     if !args.wait {
         if args.json {
             print_line(&json!({ "task": id }).to_string());
@@ -189,9 +202,11 @@ async fn follow(
     id: &str,
     json: bool,
 ) -> Result<kugetsu_protocol::Finished, CliError> {
-    client
-        .call("subscribe", json!({ "task": id, "after_seq": 0 }))
-        .await?;
+    let params = SubscribeParams {
+        task: Some(id.to_owned()),
+        after_seq: 0,
+    };
+    client.call::<rpc::Subscribe>(&params).await?;
     let mut renderer = Renderer::new();
     loop {
         let envelope = client.next_event().await?;
@@ -206,16 +221,14 @@ async fn follow(
     }
 }
 
-async fn list(client: &mut Client) -> Result<Vec<TaskSummary>, CliError> {
-    let result = client.call("list", json!({})).await?;
-    serde_json::from_value(result.get("tasks").cloned().unwrap_or(Value::Null))
-        .map_err(|e| CliError::Failed(format!("bad task list from the daemon: {e}")))
+async fn list(client: &mut Client, all: bool) -> Result<Vec<TaskSummary>, CliError> {
+    Ok(client.call::<rpc::List>(&ListParams { all }).await?.tasks)
 }
 
 /// `kugetsu ps`.
 pub async fn ps(args: PsArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    let tasks = list(&mut client).await?;
+    let tasks = list(&mut client, args.all).await?;
     if args.json {
         print_line(&json!({ "tasks": tasks }).to_string());
     } else {
@@ -274,13 +287,15 @@ fn clip(text: &str, max: usize) -> String {
 /// `kugetsu show`.
 pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    let result = client.call("get", json!({ "task": args.id })).await?;
+    let task = client
+        .call::<rpc::Get>(&TaskParams {
+            task: args.id.clone(),
+        })
+        .await?;
     if args.json {
-        print_line(&result.to_string());
+        print_line(&serde_json::to_string(&task).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    let task: TaskSummary = serde_json::from_value(result)
-        .map_err(|e| CliError::Failed(format!("bad task from the daemon: {e}")))?;
     let mut text = format!(
         "task      {}\nstatus    {}\npriority  {:?}\nmodel     {}\nrepo      {}\n",
         task.id,
@@ -328,10 +343,12 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode, CliError> {
         follow(&mut client, &args.id, args.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let result = client.call("events", json!({ "task": args.id })).await?;
-    let events: Vec<EventEnvelope> =
-        serde_json::from_value(result.get("events").cloned().unwrap_or(Value::Null))
-            .map_err(|e| CliError::Failed(format!("bad events from the daemon: {e}")))?;
+    let events = client
+        .call::<rpc::Events>(&TaskParams {
+            task: args.id.clone(),
+        })
+        .await?
+        .events;
     let mut renderer = Renderer::new();
     for envelope in &events {
         if args.json {
@@ -346,12 +363,12 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode, CliError> {
 /// `kugetsu cancel`.
 pub async fn cancel(args: IdArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    let result = client.call("cancel", json!({ "task": args.id })).await?;
-    let status = result
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or("cancelling");
-    print_line(&format!("{status} {}", args.id));
+    let result = client
+        .call::<rpc::Cancel>(&TaskParams {
+            task: args.id.clone(),
+        })
+        .await?;
+    print_line(&format!("{} {}", result.status, result.task));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -359,7 +376,10 @@ pub async fn cancel(args: IdArgs) -> Result<ExitCode, CliError> {
 pub async fn steer(args: SteerArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
     client
-        .call("steer", json!({ "task": args.id, "text": args.text }))
+        .call::<rpc::Steer>(&SteerParams {
+            task: args.id.clone(),
+            text: args.text.clone(),
+        })
         .await?;
     print_line(&format!("steering message queued for {}", args.id));
     Ok(ExitCode::SUCCESS)
@@ -369,7 +389,7 @@ pub async fn steer(args: SteerArgs) -> Result<ExitCode, CliError> {
 pub async fn top(args: TopArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
     loop {
-        let tasks = list(&mut client).await?;
+        let tasks = list(&mut client, false).await?;
         let live: Vec<TaskSummary> = tasks.into_iter().filter(|t| !t.status.is_final()).collect();
         let frame = table(&live);
         if args.once {
@@ -387,12 +407,13 @@ pub async fn top(args: TopArgs) -> Result<ExitCode, CliError> {
 /// `kugetsu clean`.
 pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    let result = client.call("clean", json!({ "purge": args.purge })).await?;
-    let removed: Vec<String> = result
-        .get("removed_worktrees")
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let result = client
+        .call::<rpc::Clean>(&CleanParams { purge: args.purge })
+        .await?;
+    let removed = &result.removed_worktrees;
+    for kept in &result.kept {
+        eprintln!("kept the worktree of {}: {}", kept.task, kept.reason);
+    }
     if removed.is_empty() {
         print_line("nothing to clean");
     } else {
@@ -410,7 +431,7 @@ pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
 pub async fn shutdown(args: ShutdownArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
     match client
-        .call("shutdown", json!({ "drain": args.drain }))
+        .call::<rpc::Shutdown>(&ShutdownParams { drain: args.drain })
         .await
     {
         Ok(_) => {}

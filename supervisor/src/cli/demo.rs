@@ -10,16 +10,22 @@ use std::process::ExitCode;
 use kugetsu_protocol::demo::{DEMO_FILES, DEMO_PROMPT};
 use tokio::process::Command;
 
-use crate::cli::{DemoArgs, TaskOptions};
+use crate::cli::args::DemoArgs;
+use crate::cli::run::drive_in_foreground;
 use crate::config::Config;
-use crate::driver::{Resume, prepare_now};
 use crate::exit::{self, CliError};
-use crate::git;
-use crate::run::drive_in_foreground;
+use crate::task::drive::Resume;
+use crate::task::git;
+use crate::task::prepare::prepare_now;
+use crate::task::record::{Origin, StateDir};
+use crate::task::request::TaskRequest;
 
 /// Entry point of `kugetsu demo`.
 pub async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
-    let base = std::env::temp_dir().join(format!("kugetsu-demo-{}", crate::task::new_task_id()));
+    let base = std::env::temp_dir().join(format!(
+        "kugetsu-demo-{}",
+        crate::task::record::new_task_id()
+    ));
     let repo = base.join("repo");
     let state = base.join("state");
     let outcome = run_demo(&args, &repo, &state).await;
@@ -43,7 +49,8 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
     eprintln!("  repo   {}", repo.display());
     eprintln!("  task   {DEMO_PROMPT}");
     eprintln!();
-    let options = TaskOptions {
+    let request = TaskRequest {
+        prompt: DEMO_PROMPT.to_owned(),
         repo: repo.to_owned(),
         base: None,
         no_worktree: false,
@@ -51,13 +58,15 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
         max_turns: Some(10),
         timeout: Some(std::time::Duration::from_secs(120)),
         mem_limit: None,
-        state_dir: Some(state.to_owned()),
-        resume: None,
-        config: None,
+        priority: kugetsu_protocol::Priority::Normal,
+        origin: Origin::Run,
     };
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;
-    let prepared = prepare_now(&options, DEMO_PROMPT, &config, &|_| None).await?;
+    let state = StateDir {
+        root: state.to_owned(),
+    };
+    let prepared = prepare_now(&request, &state, &config, &|_| None).await?;
     let finished = drive_in_foreground(&prepared, Resume::FRESH, args.json).await?;
     if !args.json {
         if let Some(result) = &finished.result {
@@ -70,7 +79,7 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
             eprintln!();
             match git::diff(&prepared.record.workdir, base).await {
                 Ok(diff) if diff.trim().is_empty() => eprintln!("(no changes)"),
-                Ok(diff) => crate::run::print_text(&diff),
+                Ok(diff) => crate::cli::run::print_text(&diff),
                 Err(e) => eprintln!("cannot show the diff: {e}"),
             }
         }

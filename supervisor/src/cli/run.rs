@@ -11,19 +11,24 @@ use kugetsu_protocol::{Event, EventEnvelope, Finished};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::cli::RunArgs;
+use crate::cli::args::RunArgs;
+use crate::cli::render::Renderer;
 use crate::config::Config;
-use crate::driver::{Prepared, Reopened, Resume, ShadowControl, drive, prepare_now, reopen};
 use crate::exit::{self, CliError};
-use crate::memory::Sampler;
-use crate::render::Renderer;
+use crate::task::drive::{Resume, ShadowControl, drive};
+use crate::task::memory::Sampler;
+use crate::task::prepare::{Prepared, Reopened, prepare_now, reopen};
+use crate::task::record::{Origin, StateDir};
 
 /// Entry point of `kugetsu run`.
 pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let env = |key: &str| std::env::var(key).ok();
     let config = Config::load(args.task.config.as_deref(), &env)?;
+    let state = StateDir {
+        root: crate::config::state_dir(args.task.state_dir.as_deref(), &env)?,
+    };
     let (prepared, resume) = match (&args.task.resume, &args.prompt) {
-        (Some(id), None) => match reopen(id, &args.task, &config, &env).await? {
+        (Some(id), None) => match reopen(id, &state, &config, &env).await? {
             Reopened::Resumable(prepared, resume) => (prepared, resume),
             Reopened::Finished(envelope) => {
                 let Event::Finished(finished) = &envelope.event else {
@@ -38,10 +43,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(exit::for_status(finished.status)));
             }
         },
-        (None, Some(prompt)) => (
-            prepare_now(&args.task, prompt, &config, &env).await?,
-            Resume::FRESH,
-        ),
+        (None, Some(prompt)) => {
+            let request =
+                args.task
+                    .request(prompt, kugetsu_protocol::Priority::Normal, Origin::Run);
+            (
+                prepare_now(&request, &state, &config, &env).await?,
+                Resume::FRESH,
+            )
+        }
         (Some(_), Some(_)) => {
             return Err(CliError::Usage(
                 "--resume continues an existing task: give no PROMPT with it".to_owned(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use kugetsu_protocol::{ModelRef, ProviderKind};
 
-use crate::cli::DoctorArgs;
+use crate::cli::args::DoctorArgs;
 use crate::config::Config;
 use crate::exit::CliError;
 
@@ -81,7 +81,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
         Err(e) => report.line(Verdict::Fail, "state dir", &e.to_string()),
     }
 
-    match crate::shadow::find_worker() {
+    match crate::task::shadow::find_worker() {
         Ok(path) => report.line(Verdict::Ok, "worker", &path.display().to_string()),
         Err(e) => report.line(Verdict::Fail, "worker", &e.to_string()),
     }
@@ -142,13 +142,13 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
     );
 
     let snapshot = {
-        let sampler = crate::memory::Sampler::spawn();
+        let sampler = crate::task::memory::Sampler::spawn();
         let mut rx = sampler.subscribe();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.changed()).await;
         sampler.latest()
     };
     if snapshot.valid {
-        let need = config.mem_limit + crate::daemon::MEMORY_RESERVE;
+        let need = config.mem_limit + crate::daemon::actor::MEMORY_RESERVE;
         let verdict = if snapshot.available >= need {
             Verdict::Ok
         } else {
@@ -158,7 +158,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
             "{} MiB available; a shadow needs {} MiB (mem_limit) + {} MiB reserve; max_shadows {}",
             snapshot.available >> 20,
             config.mem_limit >> 20,
-            crate::daemon::MEMORY_RESERVE >> 20,
+            crate::daemon::actor::MEMORY_RESERVE >> 20,
             config.max_shadows
         ));
     } else {
@@ -193,10 +193,10 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
     );
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
-        .map(|dir| crate::socket::socket_path(None, &dir, &env));
+        .map(|dir| crate::daemon::socket::socket_path(None, &dir, &env));
     match socket {
         Ok(path) => {
-            let up = crate::socket::connect(&path).await.is_ok();
+            let up = crate::daemon::socket::connect(&path).await.is_ok();
             report.line(
                 Verdict::Ok,
                 "daemon",

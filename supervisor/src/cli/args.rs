@@ -107,6 +107,9 @@ pub struct SubmitArgs {
 pub struct PsArgs {
     #[command(flatten)]
     pub client: ClientOptions,
+    /// Every finished task, not only the most recent ones.
+    #[arg(long)]
+    pub all: bool,
     /// Print the task list as JSON.
     #[arg(long)]
     pub json: bool,
@@ -231,6 +234,29 @@ pub struct TaskOptions {
     /// Config file (default: $XDG_CONFIG_HOME/kugetsu/config.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+impl TaskOptions {
+    /// The task these options ask for.
+    pub fn request(
+        &self,
+        prompt: &str,
+        priority: kugetsu_protocol::Priority,
+        origin: crate::task::record::Origin,
+    ) -> crate::task::request::TaskRequest {
+        crate::task::request::TaskRequest {
+            prompt: prompt.to_owned(),
+            repo: self.repo.clone(),
+            base: self.base.clone(),
+            no_worktree: self.no_worktree,
+            model: self.model.clone(),
+            max_turns: self.max_turns,
+            timeout: self.timeout,
+            mem_limit: self.mem_limit,
+            priority,
+            origin,
+        }
+    }
 }
 
 /// `kugetsu run`.

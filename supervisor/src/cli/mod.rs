@@ -1,0 +1,15 @@
+//! What a user types: the command line, and the commands that are not the daemon itself.
+//!
+//! - [`args`]: the clap definitions of every subcommand and its options.
+//! - [`run`]: `kugetsu run`, one shadow in the foreground.
+//! - [`demo`]: `kugetsu demo`, the offline showcase.
+//! - [`doctor`]: `kugetsu doctor`, environment checks.
+//! - [`client`]: the daemon's clients (`submit`, `ps`, `logs`, ...).
+//! - [`render`]: the human progress view.
+
+pub mod args;
+pub mod client;
+pub mod demo;
+pub mod doctor;
+pub mod render;
+pub mod run;

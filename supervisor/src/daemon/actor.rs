@@ -1,0 +1,570 @@
+//! The daemon actor: the one owner of the queue, the task table and the subscribers.
+//!
+//! # Theory of operation
+//!
+//! Nothing but [`Daemon`] touches the daemon's state; everything else talks to it through
+//! [`Command`]s on one channel, each answered on a oneshot:
+//!
+//! - each client connection ([`crate::daemon::connection`]) sends calls; the slow parts of a
+//!   request (validating and creating a submitted task, reading a log from disk) run in the
+//!   connection's own task, so the actor only decides and never waits on git or the disk;
+//! - each running shadow is a tokio task running [`crate::task::drive::drive`], which sends
+//!   every event it commits (`Event`) and, at the end, `Done`;
+//! - the config watcher sends `Reload`.
+//!
+//! A tick every 500 ms starts queued tasks while fewer than `max_shadows` run and the host has
+//! memory for one more (`mem_limit` + a reserve), and reports status to systemd; a submission
+//! and a shadow's end schedule at once.
+//!
+//! Durability: a submission is acknowledged only after its `task.json`, its live marker and its
+//! `queued` event are on disk. After a crash (or `kill -9`) the daemon rebuilds its table from
+//! the live markers only (never the whole history): a task with `finished` is done, one with a
+//! `started` event resumes from its journal (after killing anything a dead worker left behind),
+//! the rest are queued again in their original order.
+//!
+//! Shutdown order: stop accepting submissions; without `drain`, detach running shadows (their
+//! workers exit, their tasks stay resumable) and exit once every shadow task returned; with
+//! `drain`, keep running until the queue is empty and nothing runs. Then remove the socket.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::prelude::*;
+use kugetsu_protocol::{EventEnvelope, Finished};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::args::ServeArgs;
+use crate::config::Config;
+use crate::daemon::queue::Queue;
+use crate::daemon::sdnotify::Notifier;
+use crate::daemon::subscribers::{Sink, Subscribers};
+use crate::daemon::table::{Entry, Table};
+use crate::exit::CliError;
+use crate::rpc::{Call, RpcError, TaskStatus};
+use crate::task::drive::{self, ShadowControl};
+use crate::task::events::{self, Progress};
+use crate::task::memory::Sampler;
+use crate::task::prepare::{self, Prepared};
+use crate::task::record::{Origin, StateDir, TaskDir};
+
+/// Memory kept free on the host beyond a new shadow's limit before it may start.
+pub const MEMORY_RESERVE: u64 = 256 * 1024 * 1024;
+/// How often the daemon schedules, and reports to systemd.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Where a subscription's past events are, for the connection to replay before live ones.
+#[derive(Debug)]
+pub struct Replay {
+    /// The task's `events.jsonl` (one-task subscriptions only).
+    pub log: Option<PathBuf>,
+    /// Whether the task is still live (false: the replay is all there is).
+    pub live: bool,
+}
+
+/// Everything the actor hears.
+#[derive(Debug)]
+pub enum Command {
+    /// A client's request that the actor answers from its state.
+    Call {
+        call: Call,
+        reply: oneshot::Sender<Result<serde_json::Value, RpcError>>,
+    },
+    /// A client wants to submit: may it, and with which settings?
+    Admit {
+        reply: oneshot::Sender<Result<(Config, StateDir), RpcError>>,
+    },
+    /// A submitted task is on disk (record, live marker, `queued` event): queue it.
+    Enqueue {
+        prepared: Box<Prepared>,
+        queued: EventEnvelope,
+        reply: oneshot::Sender<Result<(), RpcError>>,
+    },
+    /// A client wants events; they go to `sink` until it closes or lags.
+    Subscribe {
+        task: Option<String>,
+        after_seq: u64,
+        sink: Sink,
+        reply: oneshot::Sender<Result<Replay, RpcError>>,
+    },
+    /// Where a task's directory is (live, or finished on disk).
+    Locate {
+        task: String,
+        reply: oneshot::Sender<Result<TaskDir, RpcError>>,
+    },
+    /// A running shadow published an event.
+    Event(EventEnvelope),
+    /// A shadow task returned: `None` when it was detached.
+    Done {
+        id: String,
+        finished: Option<Finished>,
+    },
+    /// The config file changed.
+    Reload,
+}
+
+/// The daemon actor.
+#[derive(Debug)]
+pub struct Daemon {
+    pub(super) config: Config,
+    /// `--config`, if given; else the default location is read (when it exists).
+    config_path: Option<PathBuf>,
+    pub(super) state: StateDir,
+    pub(super) queue: Queue,
+    /// Tasks to resume before anything queued (they were running when the daemon died).
+    pub(super) resume_first: VecDeque<String>,
+    pub(super) table: Table,
+    running: usize,
+    pub(super) subscribers: Subscribers,
+    pub(super) sampler: Sampler,
+    /// Handed to shadow tasks and the config watcher.
+    commands: mpsc::UnboundedSender<Command>,
+    notifier: Notifier,
+    /// `Some(drain)` once shutdown began.
+    pub(super) stopping: Option<bool>,
+    /// Whether the last scheduling attempt was held back by host memory (logged once).
+    memory_held: bool,
+    /// Tasks already reported as too big for this host.
+    warned_impossible: HashSet<String>,
+}
+
+/// Entry point of `kugetsu serve`.
+pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let env = |key: &str| std::env::var(key).ok();
+    let config = Config::load(args.config.as_deref(), &env)?;
+    let state = StateDir {
+        root: crate::config::state_dir(args.state_dir.as_deref(), &env)?,
+    };
+    std::fs::create_dir_all(state.tasks()).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot create {}: {}",
+            state.root.display(),
+            crate::exit::describe_io(&e)
+        ))
+    })?;
+    match crate::daemon::limits::raise_nofile() {
+        Ok(limit) if limit.shadows() < u64::from(config.max_shadows) => eprintln!(
+            "kugetsu: warning: the open-files limit ({}) allows about {} shadows, fewer than max_shadows {}; raise it (ulimit -n, LimitNOFILE=)",
+            limit.soft,
+            limit.shadows(),
+            config.max_shadows
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("kugetsu: warning: cannot read the open-files limit: {e}"),
+    }
+    let socket_path = crate::daemon::socket::socket_path(args.socket.as_deref(), &state.root, &env);
+    let listener = crate::daemon::socket::bind(&socket_path).await?;
+    if let Err(e) = kugetsu_os::process::become_subreaper() {
+        eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
+    }
+    let (commands, mut inbox) = mpsc::unbounded_channel();
+    let mut daemon = Daemon {
+        queue: Queue::new(config.queue_capacity as usize),
+        config_path: args.config.clone(),
+        config,
+        state,
+        resume_first: VecDeque::new(),
+        table: Table::default(),
+        running: 0,
+        subscribers: Subscribers::default(),
+        sampler: Sampler::spawn(),
+        commands: commands.clone(),
+        notifier: Notifier::from_env(),
+        stopping: None,
+        memory_held: false,
+        warned_impossible: HashSet::new(),
+    };
+    // Admission needs real numbers: never schedule on an empty snapshot.
+    daemon.sampler.first_sample(Duration::from_secs(2)).await;
+    daemon.recover().await;
+    crate::daemon::housekeeping::spawn_retention(
+        daemon.state.clone(),
+        daemon.config.task_retention,
+    );
+    // Watch the file even if it does not exist yet: creating it is a change too.
+    let watch_path = args
+        .config
+        .clone()
+        .or_else(|| crate::config::default_path(&env));
+    let _watcher = crate::daemon::reload::watch(watch_path.as_deref(), commands.clone());
+
+    let accept_commands = commands.clone();
+    let accept_state = daemon.state.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    tokio::spawn(crate::daemon::connection::serve_connection(
+                        stream,
+                        accept_commands.clone(),
+                        accept_state.clone(),
+                    ));
+                }
+                Err(e) => {
+                    eprintln!("kugetsu: accept failed: {}", crate::exit::describe_io(&e));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    drop(commands);
+    eprintln!(
+        "kugetsu: serving on {} (state {}, max_shadows {}, queue_capacity {})",
+        socket_path.display(),
+        daemon.state.root.display(),
+        daemon.config.max_shadows,
+        daemon.config.queue_capacity
+    );
+    let status = daemon.status_line();
+    daemon.notifier.ready(&status);
+
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => {
+            return Err(CliError::Failed(
+                "cannot install signal handlers".to_owned(),
+            ));
+        }
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(command) = inbox.recv() => daemon.handle(command),
+            _ = tick.tick() => {
+                daemon.schedule();
+                let status = daemon.status_line();
+                daemon.notifier.status(&status);
+                daemon.notifier.watchdog();
+            }
+            _ = sigterm.recv() => daemon.begin_stop(false),
+            _ = sigint.recv() => daemon.begin_stop(false),
+        }
+        if daemon.finished_stopping() {
+            break;
+        }
+    }
+    daemon.notifier.stopping();
+    acceptor.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    // Let connection writers send their last answers (the `shutdown` reply among them).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    eprintln!("kugetsu: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Daemon {
+    fn status_line(&self) -> String {
+        format!(
+            "{} running, {} queued (max_shadows {})",
+            self.running,
+            self.queue.len() + self.resume_first.len(),
+            self.config.max_shadows
+        )
+    }
+
+    /// Rebuilds the table from the live markers (see the module docs).
+    async fn recover(&mut self) {
+        let ids = match self.state.live_ids() {
+            Some(ids) => ids,
+            // A state dir from before live markers: find the unfinished tasks once, and mark
+            // them so that no later start reads the whole history again.
+            None => self.migrate_to_live_markers().await,
+        };
+        let (mut queued, mut resumed) = (0, 0);
+        for id in ids {
+            let dir = self.state.task(&id);
+            let record = match dir.load() {
+                Ok(record) if record.origin == Origin::Daemon => record,
+                Ok(_) => {
+                    self.state.unmark_live(&id);
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "kugetsu: warning: {}; the task is left on disk and not run",
+                        kugetsu_protocol::error_chain(&e)
+                    );
+                    continue;
+                }
+            };
+            let events = events::read_all(&dir.events_file())
+                .await
+                .unwrap_or_default();
+            let progress = Progress::of(&events);
+            if progress.finished.is_some() {
+                self.state.unmark_live(&id);
+                continue;
+            }
+            let priority = record.priority;
+            let entry = Entry::new(
+                Prepared {
+                    record,
+                    dir,
+                    config: self.config.clone(),
+                },
+                progress,
+            );
+            if entry.resume.from_journal {
+                // It was running when the daemon died. Its worker died with us (PDEATHSIG);
+                // anything it left behind must not run beside the resumed one.
+                crate::task::shadow::kill_task_leftovers(&id);
+                self.resume_first.push_back(id.clone());
+                resumed += 1;
+            } else {
+                self.queue.push_recovered(id.clone(), priority);
+                queued += 1;
+            }
+            self.table.live.insert(id, entry);
+        }
+        if queued + resumed > 0 {
+            eprintln!("kugetsu: recovered {queued} queued and {resumed} running tasks");
+        }
+    }
+
+    async fn migrate_to_live_markers(&self) -> Vec<String> {
+        let mut live = Vec::new();
+        for id in self.state.all_ids() {
+            let dir = self.state.task(&id);
+            if !matches!(dir.load(), Ok(record) if record.origin == Origin::Daemon) {
+                continue;
+            }
+            let finished = crate::task::events::read_last(&dir.events_file())
+                .is_some_and(|e| e.event.kind() == "finished");
+            if !finished {
+                if let Err(e) = self.state.mark_live(&id) {
+                    eprintln!("kugetsu: warning: cannot mark task {id} live: {e}");
+                }
+                live.push(id);
+            }
+        }
+        if let Err(e) = std::fs::create_dir_all(self.state.live()) {
+            eprintln!(
+                "kugetsu: warning: cannot create {}: {e}",
+                self.state.live().display()
+            );
+        }
+        live
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Call { call, reply } => {
+                let answer = self.call(call);
+                let _ = reply.send(answer);
+            }
+            Command::Admit { reply } => {
+                let _ = reply.send(
+                    self.admit()
+                        .map(|()| (self.config.clone(), self.state.clone())),
+                );
+            }
+            Command::Enqueue {
+                prepared,
+                queued,
+                reply,
+            } => {
+                let answer = self.enqueue(*prepared, &queued);
+                let _ = reply.send(answer);
+                self.schedule();
+            }
+            Command::Subscribe {
+                task,
+                after_seq,
+                sink,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(task, after_seq, sink));
+            }
+            Command::Locate { task, reply } => {
+                let _ = reply.send(self.locate(&task));
+            }
+            Command::Event(envelope) => {
+                if let Some(entry) = self.table.live.get_mut(&envelope.task) {
+                    entry.progress.note_envelope(&envelope);
+                    if entry.progress.starts > 0 {
+                        entry.status = TaskStatus::Running;
+                    }
+                }
+                self.subscribers.fan_out(&envelope);
+            }
+            Command::Done { id, finished } => {
+                self.running = self.running.saturating_sub(1);
+                match finished {
+                    Some(finished) => {
+                        self.table.finish(&id, finished);
+                        self.state.unmark_live(&id);
+                    }
+                    None => {
+                        if let Some(entry) = self.table.live.get_mut(&id) {
+                            entry.control = None;
+                        }
+                    }
+                }
+                self.schedule();
+            }
+            Command::Reload => self.reload(),
+        }
+    }
+
+    /// Starts queued tasks while the pool and the host allow.
+    pub(super) fn schedule(&mut self) {
+        if self.stopping == Some(false) {
+            return;
+        }
+        let snapshot = self.sampler.latest();
+        if !snapshot.valid {
+            // No memory figures yet: admission cannot be judged; the next tick will.
+            return;
+        }
+        // Tasks no host of this size could ever run wait aside, so they block nobody.
+        let mut impossible: Vec<String> = Vec::new();
+        while self.running < self.config.max_shadows as usize {
+            let next = self
+                .resume_first
+                .iter()
+                .chain(self.queue.iter())
+                .find(|id| !impossible.contains(id))
+                .cloned();
+            let Some(id) = next else { break };
+            let Some(limit) = self
+                .table
+                .live
+                .get(&id)
+                .map(|e| e.prepared.record.mem_limit)
+            else {
+                self.resume_first.retain(|t| t != &id);
+                self.queue.remove(&id);
+                continue;
+            };
+            if limit.saturating_add(MEMORY_RESERVE) > snapshot.total {
+                if self.warned_impossible.insert(id.clone()) {
+                    eprintln!(
+                        "kugetsu: holding queued tasks: task {id} needs {} MiB + {} MiB reserve and this host has {} MiB in all; it waits until cancelled",
+                        limit >> 20,
+                        MEMORY_RESERVE >> 20,
+                        snapshot.total >> 20
+                    );
+                }
+                impossible.push(id);
+                continue;
+            }
+            if snapshot.available < limit.saturating_add(MEMORY_RESERVE) {
+                if !self.memory_held {
+                    eprintln!(
+                        "kugetsu: holding queued tasks: {} MiB available, a shadow needs {} MiB + {} MiB reserve",
+                        snapshot.available >> 20,
+                        limit >> 20,
+                        MEMORY_RESERVE >> 20
+                    );
+                    self.memory_held = true;
+                }
+                break;
+            }
+            self.memory_held = false;
+            if self.resume_first.front() == Some(&id) {
+                self.resume_first.pop_front();
+            } else {
+                self.queue.remove(&id);
+            }
+            self.start(&id);
+        }
+    }
+
+    fn start(&mut self, id: &str) {
+        let Some(entry) = self.table.live.get_mut(id) else {
+            return;
+        };
+        let (control, mut controls) = mpsc::unbounded_channel();
+        for text in entry.pending_steers.drain(..) {
+            let _ = control.send(ShadowControl::Steer(text));
+        }
+        entry.control = Some(control);
+        entry.status = TaskStatus::Running;
+        let mut prepared = entry.prepared.clone();
+        let resume = entry.resume;
+        let sampler = self.sampler.clone();
+        let commands = self.commands.clone();
+        let id = id.to_owned();
+        self.running += 1;
+        tokio::spawn(async move {
+            let finished = match prepare::materialize(&mut prepared).await {
+                Ok(()) => {
+                    let events = commands.clone();
+                    drive::drive(&prepared, resume, &sampler, &mut controls, &mut |e| {
+                        let _ = events.send(Command::Event(e.clone()));
+                    })
+                    .await
+                }
+                Err(error) => Some(
+                    drive::fail(&prepared, error, &mut |e| {
+                        let _ = commands.send(Command::Event(e.clone()));
+                    })
+                    .await,
+                ),
+            };
+            let _ = commands.send(Command::Done { id, finished });
+        });
+    }
+
+    pub(super) fn begin_stop(&mut self, drain: bool) {
+        if self.stopping == Some(false) {
+            return;
+        }
+        self.stopping = Some(drain);
+        eprintln!(
+            "kugetsu: shutting down{}",
+            if drain { " after the queue drains" } else { "" }
+        );
+        self.notifier.stopping();
+        if !drain {
+            for entry in self.table.live.values() {
+                if let Some(control) = &entry.control {
+                    let _ = control.send(ShadowControl::Detach);
+                }
+            }
+        }
+    }
+
+    fn finished_stopping(&self) -> bool {
+        match self.stopping {
+            None => false,
+            Some(false) => self.running == 0,
+            Some(true) => {
+                self.running == 0 && self.queue.is_empty() && self.resume_first.is_empty()
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let env = |key: &str| std::env::var(key).ok();
+        let new = match Config::load(self.config_path.as_deref(), &env) {
+            Ok(new) => new,
+            Err(e) => {
+                eprintln!(
+                    "kugetsu: config reload rejected ({e}); keeping the previous configuration"
+                );
+                return;
+            }
+        };
+        let changes = self.config.changes_to(&new);
+        if changes.is_empty() {
+            return;
+        }
+        eprintln!("kugetsu: config reloaded: {}", changes.join(", "));
+        self.queue.set_capacity(new.queue_capacity as usize);
+        // Queued tasks pick up the new restart policy and context settings when they start.
+        for entry in self.table.live.values_mut() {
+            if entry.status == TaskStatus::Queued {
+                entry.prepared.config = new.clone();
+            }
+        }
+        self.config = new;
+        self.schedule();
+    }
+}

@@ -1,0 +1,351 @@
+//! One client connection to the daemon: JSON-RPC 2.0 requests in, responses and event
+//! notifications out, one message per line.
+//!
+//! The handshake is the peer check: a connection whose peer uid is not ours is closed before
+//! a byte is read. Then requests are read with a size cap (an oversized line is answered with
+//! an error and skipped; the connection survives). One writer task owns the socket's send half,
+//! fed by a bounded channel, so responses and notifications never interleave mid-line and a
+//! client that stops reading holds a bounded amount of the daemon's memory (see
+//! [`crate::daemon::subscribers`]).
+//!
+//! The slow parts of a request run here, not in the actor: a submission is validated and
+//! written to disk (record, live marker, `queued` event) before the actor is asked to queue it;
+//! logs are read from disk here; `clean` works on finished tasks' directories here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use interprocess::local_socket::tokio::Stream;
+use kugetsu_protocol::{DecodeError, Event, EventEnvelope, LineReader};
+use serde_json::Value;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::daemon::actor::{Command, Replay};
+use crate::daemon::socket::{Half, halves, peer_is_owner};
+use crate::daemon::subscribers::{self, Feed, Line};
+use crate::rpc::{
+    self, Call, EventList, Method, RpcError, SubmitParams, Submitted, SubscribeParams, Subscribed,
+};
+use crate::task::events::{self, EventLog};
+use crate::task::prepare;
+use crate::task::record::{Origin, StateDir};
+use crate::task::request::TaskRequest;
+
+/// Lines waiting for the socket writer. Small: the real backlog bound is per subscription.
+const OUTBOX: usize = 64;
+
+/// One line for the writer: a response, or a notification shared with other subscribers.
+#[derive(Debug)]
+enum Out {
+    Owned(Vec<u8>),
+    /// Its length is returned to the subscription's backlog once written.
+    Shared(Arc<Line>, Arc<std::sync::atomic::AtomicUsize>),
+}
+
+/// Serves one connection until the client hangs up.
+pub async fn serve_connection(
+    stream: Stream,
+    daemon: mpsc::UnboundedSender<Command>,
+    state: StateDir,
+) {
+    if !peer_is_owner(&stream) {
+        eprintln!("kugetsu: refused a connection from another user");
+        return;
+    }
+    let (recv, send) = halves(stream);
+    let (out, out_rx) = mpsc::channel::<Out>(OUTBOX);
+    let writer = tokio::spawn(write_lines(send, out_rx));
+    read_requests(recv, &out, &daemon, &state).await;
+    drop(out);
+    let _ = writer.await;
+}
+
+async fn write_lines(mut send: Half, mut rx: mpsc::Receiver<Out>) {
+    while let Some(line) = rx.recv().await {
+        let written = match &line {
+            Out::Owned(bytes) => send.write_all(bytes).await,
+            Out::Shared(line, backlog) => {
+                let written = send.write_all(&line.bytes).await;
+                backlog.fetch_sub(line.bytes.len(), Ordering::AcqRel);
+                written
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    let _ = send.flush().await;
+}
+
+fn encode(message: &Value) -> Out {
+    let mut line = serde_json::to_vec(message).unwrap_or_default();
+    line.push(b'\n');
+    Out::Owned(line)
+}
+
+async fn respond(out: &mpsc::Sender<Out>, id: Option<Value>, result: Result<Value, RpcError>) {
+    if let Some(id) = id {
+        let _ = out.send(encode(&rpc::response(id, result))).await;
+    }
+}
+
+async fn read_requests(
+    recv: Half,
+    out: &mpsc::Sender<Out>,
+    daemon: &mpsc::UnboundedSender<Command>,
+    state: &StateDir,
+) {
+    let mut reader = LineReader::with_limit(BufReader::new(recv), rpc::MAX_REQUEST_BYTES);
+    loop {
+        let line = match reader.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(DecodeError::Io { .. }) => return,
+            Err(e) => {
+                let error = RpcError::new(rpc::INVALID_REQUEST, e.to_string());
+                respond(out, Some(Value::Null), Err(error)).await;
+                continue;
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let request: rpc::Request = match serde_json::from_slice::<Value>(&line) {
+            Err(e) => {
+                let error = RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}"));
+                respond(out, Some(Value::Null), Err(error)).await;
+                continue;
+            }
+            Ok(value) => {
+                let id = value.get("id").cloned().unwrap_or(Value::Null);
+                match serde_json::from_value::<rpc::Request>(value) {
+                    Ok(request) if request.jsonrpc == "2.0" => request,
+                    Ok(_) => {
+                        let error = RpcError::new(rpc::INVALID_REQUEST, "jsonrpc must be \"2.0\"");
+                        respond(out, Some(id), Err(error)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let error =
+                            RpcError::new(rpc::INVALID_REQUEST, format!("invalid request: {e}"));
+                        respond(out, Some(id), Err(error)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let id = request.id.clone();
+        let call = match Call::parse(&request.method, request.params) {
+            Ok(call) => call,
+            Err(error) => {
+                respond(out, id, Err(error)).await;
+                continue;
+            }
+        };
+        match call {
+            Call::Subscribe(params) => subscribe(id, params, out, daemon).await,
+            Call::Submit(params) => {
+                let result = submit(params, daemon).await;
+                respond(out, id, typed::<rpc::Submit>(result)).await;
+            }
+            Call::Events(params) => {
+                let result = read_events(&params.task, daemon).await;
+                respond(out, id, typed::<rpc::Events>(result)).await;
+            }
+            Call::Clean(params) => {
+                let cleaned = crate::daemon::housekeeping::clean(state, params.purge, None).await;
+                respond(out, id, typed::<rpc::Clean>(Ok(cleaned))).await;
+            }
+            call => {
+                let result = ask(daemon, |reply| Command::Call { call, reply })
+                    .await
+                    .and_then(|r| r);
+                respond(out, id, result).await;
+            }
+        }
+    }
+}
+
+fn typed<M: Method>(result: Result<M::Result, RpcError>) -> Result<Value, RpcError> {
+    result.and_then(|r| {
+        serde_json::to_value(r).map_err(|e| RpcError::new(rpc::INTERNAL_ERROR, e.to_string()))
+    })
+}
+
+/// Sends the actor a command and waits for its answer.
+async fn ask<T>(
+    daemon: &mpsc::UnboundedSender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, RpcError> {
+    let (reply, answer) = oneshot::channel();
+    daemon
+        .send(make(reply))
+        .map_err(|_| RpcError::shutting_down())?;
+    answer.await.map_err(|_| RpcError::shutting_down())
+}
+
+/// Validates and creates a submitted task, then has the actor queue it.
+async fn submit(
+    params: SubmitParams,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<Submitted, RpcError> {
+    let (config, state) = ask(daemon, |reply| Command::Admit { reply }).await??;
+    if !params.repo.is_absolute() {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            format!(
+                "repo must be an absolute path, not {}",
+                params.repo.display()
+            ),
+        ));
+    }
+    let request = TaskRequest {
+        prompt: params.prompt,
+        repo: params.repo,
+        base: params.base,
+        no_worktree: params.no_worktree,
+        model: params.model,
+        max_turns: params.max_turns,
+        timeout: params.timeout_ms.map(std::time::Duration::from_millis),
+        mem_limit: params.mem_limit,
+        priority: params.priority,
+        origin: Origin::Daemon,
+    };
+    let env = |key: &str| std::env::var(key).ok();
+    let prepared = prepare::prepare(&request, &state, &config, &env)
+        .await
+        .map_err(|e| RpcError::from_cli(&e))?;
+    let id = prepared.record.id.clone();
+    let undo = |why: String| {
+        state.unmark_live(&id);
+        let _ = prepared.dir.remove();
+        RpcError::new(rpc::INTERNAL_ERROR, why)
+    };
+    if let Err(e) = state.mark_live(&id) {
+        return Err(undo(format!(
+            "cannot record the task: {}",
+            crate::exit::describe_io(&e)
+        )));
+    }
+    let queued = match EventLog::open(&prepared.dir.events_file(), &id) {
+        Ok(mut log) => log.publish(Event::Queued {
+            priority: request.priority,
+        }),
+        Err(e) => {
+            return Err(undo(format!(
+                "cannot open the event log: {}",
+                crate::exit::describe_io(&e)
+            )));
+        }
+    };
+    let dir = prepared.dir.clone();
+    let queued_result = ask(daemon, |reply| Command::Enqueue {
+        prepared: Box::new(prepared),
+        queued,
+        reply,
+    })
+    .await
+    .and_then(|r| r);
+    if let Err(e) = queued_result {
+        // Refused after all (the queue filled up meanwhile, or shutdown began): nothing stays.
+        state.unmark_live(&id);
+        let _ = dir.remove();
+        return Err(e);
+    }
+    Ok(Submitted { task: id })
+}
+
+async fn read_events(
+    task: &str,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<EventList, RpcError> {
+    let task = task.to_owned();
+    let dir = ask(daemon, |reply| Command::Locate { task, reply }).await??;
+    let events = events::read_all(&dir.events_file())
+        .await
+        .unwrap_or_default();
+    Ok(EventList { events })
+}
+
+/// Registers a subscription, answers the request, replays the past from disk, then forwards
+/// live events as notifications in the background (the response always comes first).
+async fn subscribe(
+    id: Option<Value>,
+    params: SubscribeParams,
+    out: &mpsc::Sender<Out>,
+    daemon: &mpsc::UnboundedSender<Command>,
+) {
+    let (sink, feed) = subscribers::channel();
+    let task = params.task.clone();
+    let registered = ask(daemon, |reply| Command::Subscribe {
+        task,
+        after_seq: params.after_seq,
+        sink,
+        reply,
+    })
+    .await
+    .and_then(|r| r);
+    let replay = match registered {
+        Ok(replay) => {
+            respond(
+                out,
+                id,
+                typed::<rpc::Subscribe>(Ok(Subscribed { subscribed: true })),
+            )
+            .await;
+            replay
+        }
+        Err(error) => {
+            respond(out, id, Err(error)).await;
+            return;
+        }
+    };
+    let out = out.clone();
+    tokio::spawn(forward(params, replay, feed, out));
+}
+
+async fn forward(params: SubscribeParams, replay: Replay, mut feed: Feed, out: mpsc::Sender<Out>) {
+    let single = params.task.is_some();
+    let mut last = params.after_seq;
+    if let Some(log) = &replay.log {
+        let past: Vec<EventEnvelope> = events::read_all(log).await.unwrap_or_default();
+        for envelope in past.iter().filter(|e| e.seq > params.after_seq) {
+            last = envelope.seq;
+            let line = Line::event(envelope);
+            if out.send(Out::Owned(line.bytes.clone())).await.is_err() {
+                return;
+            }
+            if single && line.last {
+                return;
+            }
+        }
+    }
+    if !replay.live {
+        return;
+    }
+    while let Some(line) = feed.lines.recv().await {
+        if single && line.seq <= last {
+            // Covered by the replay: give its bytes back to the backlog and skip it.
+            feed.backlog.fetch_sub(line.bytes.len(), Ordering::AcqRel);
+            continue;
+        }
+        let end = single && line.last;
+        if out
+            .send(Out::Shared(line, feed.backlog.clone()))
+            .await
+            .is_err()
+            || end
+        {
+            return;
+        }
+    }
+    // The daemon dropped the subscription: say why, if it was cut off.
+    if let Ok(ended) = feed.ended.try_recv() {
+        let notice = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": rpc::SUBSCRIPTION_ENDED,
+            "params": ended,
+        });
+        let _ = out.send(encode(&notice)).await;
+    }
+}

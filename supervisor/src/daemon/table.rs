@@ -1,0 +1,193 @@
+//! The daemon's table of tasks: the live ones (queued or running) in memory, finished ones on
+//! disk, read on demand.
+//!
+//! A finished task leaves the table: what the daemon keeps of its history is a bounded list of
+//! the most recent summaries ([`RECENT`]), so memory and start-up time do not grow with the
+//! number of tasks ever run. Anything older is read from its task directory when asked for.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use kugetsu_protocol::{Event, FinishStatus, Finished};
+use tokio::sync::mpsc;
+
+use crate::rpc::{TaskStatus, TaskSummary};
+use crate::task::drive::{Resume, ShadowControl};
+use crate::task::events::Progress;
+use crate::task::memory::Snapshot;
+use crate::task::prepare::Prepared;
+use crate::task::record::{Origin, StateDir, TaskDir, TaskRecord};
+
+/// How many finished tasks' summaries the daemon keeps in memory.
+pub const RECENT: usize = 200;
+
+/// One live task.
+#[derive(Debug)]
+pub struct Entry {
+    pub prepared: Prepared,
+    /// `Queued` or `Running`.
+    pub status: TaskStatus,
+    /// How the next start of this task begins (fresh, or resuming its journal).
+    pub resume: Resume,
+    /// The fold of its events so far.
+    pub progress: Progress,
+    /// The running shadow's control channel. Held here so cancel and steer reach it.
+    pub control: Option<mpsc::UnboundedSender<ShadowControl>>,
+    /// Steers that arrived while the task was queued.
+    pub pending_steers: Vec<String>,
+}
+
+impl Entry {
+    /// A task that has not run yet, or resumes after `progress`.
+    pub fn new(prepared: Prepared, progress: Progress) -> Entry {
+        Entry {
+            prepared,
+            status: TaskStatus::Queued,
+            resume: Resume::after(&progress),
+            progress,
+            control: None,
+            pending_steers: Vec::new(),
+        }
+    }
+
+    /// What `list` and `get` say about it; `snapshot` gives its memory while running.
+    pub fn summary(&self, snapshot: &Snapshot) -> TaskSummary {
+        let rss_bytes = self
+            .progress
+            .pid
+            .filter(|_| self.status == TaskStatus::Running)
+            .and_then(|pid| snapshot.shadow(pid))
+            .map(|m| m.total());
+        let mut summary = summarize(&self.prepared.record, &self.progress, self.status);
+        summary.rss_bytes = rss_bytes;
+        summary.attempt = self.resume.attempt.max(self.progress.attempt);
+        summary
+    }
+}
+
+/// The summary of a task from its record and the fold of its events.
+pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -> TaskSummary {
+    let created = std::time::UNIX_EPOCH + Duration::from_millis(record.created_unix_ms);
+    let finished = progress.finished.as_ref();
+    TaskSummary {
+        id: record.id.clone(),
+        status,
+        priority: record.priority,
+        model: record.model.clone(),
+        prompt: record.prompt.clone(),
+        repo: record.repo.clone(),
+        branch: record.branch.clone(),
+        worktree: Some(record.workdir.display().to_string()),
+        created: humantime::format_rfc3339_seconds(created).to_string(),
+        pid: progress.pid.filter(|_| status == TaskStatus::Running),
+        attempt: progress.attempt,
+        turns: finished.map_or(progress.turns, |f| f.turns.max(progress.turns)),
+        usage: finished.map_or(progress.usage, |f| f.usage),
+        restarts: finished.map_or(progress.restarts, |f| f.restarts),
+        rss_bytes: None,
+        mem_limit: record.mem_limit,
+        tool: progress
+            .tool
+            .clone()
+            .filter(|_| status == TaskStatus::Running),
+        result: finished.and_then(|f| f.result.clone()),
+        error: finished.and_then(|f| f.error.clone()),
+    }
+}
+
+/// The status a finished task shows.
+pub fn status_of(status: FinishStatus) -> TaskStatus {
+    match status {
+        FinishStatus::Completed => TaskStatus::Completed,
+        FinishStatus::Failed => TaskStatus::Failed,
+        FinishStatus::Cancelled => TaskStatus::Cancelled,
+        FinishStatus::TimedOut => TaskStatus::TimedOut,
+    }
+}
+
+/// Live tasks by id (ids sort by creation time), and the recent finished ones.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub live: BTreeMap<String, Entry>,
+    /// Newest last; at most [`RECENT`].
+    recent: VecDeque<TaskSummary>,
+    /// Whether `recent` was filled from disk since the daemon started.
+    recent_loaded: bool,
+}
+
+impl Table {
+    /// Moves a task that finished out of the live table.
+    pub fn finish(&mut self, id: &str, finished: Finished) -> Option<TaskSummary> {
+        let mut entry = self.live.remove(id)?;
+        let status = status_of(finished.status);
+        entry.progress.finished = Some(finished);
+        let summary = summarize(&entry.prepared.record, &entry.progress, status);
+        self.remember(summary.clone());
+        Some(summary)
+    }
+
+    fn remember(&mut self, summary: TaskSummary) {
+        self.recent.retain(|s| s.id != summary.id);
+        self.recent.push_back(summary);
+        while self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The recent finished tasks, oldest first, read from disk the first time.
+    pub fn recent(&mut self, state: &StateDir) -> Vec<TaskSummary> {
+        if !self.recent_loaded {
+            self.recent_loaded = true;
+            let live = &self.live;
+            let mut found: Vec<TaskSummary> = state
+                .all_ids()
+                .into_iter()
+                .rev()
+                .filter(|id| !live.contains_key(id))
+                .filter_map(|id| load_finished(&state.task(&id)))
+                .take(RECENT)
+                .collect();
+            found.reverse();
+            for summary in found {
+                if !self.recent.iter().any(|s| s.id == summary.id) {
+                    self.recent.push_front(summary);
+                }
+            }
+            self.recent
+                .make_contiguous()
+                .sort_by(|a, b| a.id.cmp(&b.id));
+            while self.recent.len() > RECENT {
+                self.recent.pop_front();
+            }
+        }
+        self.recent.iter().cloned().collect()
+    }
+
+    /// A finished task's summary: from memory if recent, else from disk.
+    pub fn finished(&self, state: &StateDir, id: &str) -> Option<TaskSummary> {
+        self.recent
+            .iter()
+            .find(|s| s.id == id)
+            .cloned()
+            .or_else(|| load_finished(&state.task(id)))
+    }
+}
+
+/// A finished daemon task's summary, read from its directory (`None` for tasks that are not
+/// the daemon's, not finished, or unreadable).
+pub fn load_finished(dir: &TaskDir) -> Option<TaskSummary> {
+    let record = dir.load().ok()?;
+    if record.origin != Origin::Daemon {
+        return None;
+    }
+    let last = crate::task::events::read_last(&dir.events_file())?;
+    let Event::Finished(finished) = &last.event else {
+        return None;
+    };
+    let progress = Progress {
+        finished: Some(finished.clone()),
+        last_seq: last.seq,
+        ..Progress::default()
+    };
+    Some(summarize(&record, &progress, status_of(finished.status)))
+}

@@ -1,0 +1,23 @@
+//! One task's life, shared by `kugetsu run` and the daemon: its on-disk record, preparing it,
+//! spawning and driving its workers to `finished`, its event log, its git worktree, and the
+//! memory accounting that holds it to its limit.
+//!
+//! - [`record`]: task ids, the task directory and `task.json` ([`record::TaskDir`]).
+//! - [`request`]: what a caller asks for ([`request::TaskRequest`]), independent of the CLI.
+//! - [`prepare`]: validating a request, creating the task, its worktree; reopening it.
+//! - [`drive`]: running workers until `finished`, restarts with backoff.
+//! - [`attempt`]: one worker's life as a state machine whose decisions are plain methods.
+//! - [`events`]: event envelopes, the group-committed `events.jsonl`, the one fold of events.
+//! - [`git`]: repository checks, worktrees, committing the shadow's work.
+//! - [`shadow`]: spawning one worker process, the handshake, the channel.
+//! - [`memory`]: the sysinfo sampler behind memory limits and pool admission.
+
+pub mod attempt;
+pub mod drive;
+pub mod events;
+pub mod git;
+pub mod memory;
+pub mod prepare;
+pub mod record;
+pub mod request;
+pub mod shadow;

@@ -1,0 +1,32 @@
+//! What a caller asks of a new task, independent of where the ask came from: `kugetsu run`
+//! builds a [`TaskRequest`] from its flags, the daemon from `submit`'s params.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kugetsu_protocol::Priority;
+
+use crate::task::record::Origin;
+
+/// A request for a new task. Every `None` falls back to the config.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    /// What the shadow should do.
+    pub prompt: String,
+    /// A directory inside the repository to work on (absolute for the daemon).
+    pub repo: PathBuf,
+    /// The commit the worktree starts from (default: the repository's HEAD).
+    pub base: Option<String>,
+    /// Work in the repository itself instead of a fresh worktree.
+    pub no_worktree: bool,
+    /// `PROVIDER/MODEL`.
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    /// Wall-clock limit, counted from the task's first start.
+    pub timeout: Option<Duration>,
+    /// Memory limit of the shadow, in bytes.
+    pub mem_limit: Option<u64>,
+    pub priority: Priority,
+    /// Who owns the task.
+    pub origin: Origin,
+}
