@@ -104,14 +104,15 @@ pub struct SandboxPolicy {
     /// worktree's `.git` link). Landlock alone cannot protect a file inside a writable tree.
     #[serde(default)]
     pub read_only: Vec<String>,
-    /// The task's private temp dir: the tools' `TMPDIR`, and their `/tmp` where mount
-    /// namespaces are available.
+    /// The task's private temp dir: the tools' `TMPDIR` (and `TMP`, `TEMP`).
     #[serde(default)]
     pub tmp_dir: Option<String>,
-    /// Paths under `/tmp` that must stay visible when the private temp dir is mounted over
-    /// `/tmp` (a worktree or repository that lives there).
+    /// Whether the temp dir is also mounted on `/tmp` (where mount namespaces are available).
+    /// The supervisor says no when the worktree or the repository lives under `/tmp`: they
+    /// would vanish behind it, and binding them back inside the writable temp dir would make
+    /// them writable in full (Landlock follows the mount tree).
     #[serde(default)]
-    pub keep_visible: Vec<String>,
+    pub private_tmp: bool,
 }
 
 impl SandboxPolicy {
@@ -138,8 +139,10 @@ pub enum Protection {
     Signals,
     /// Landlock abstract unix socket scoping (ABI 6).
     AbstractSockets,
-    /// A private mount namespace: the task's temp dir is `/tmp`, the `.git` link read-only.
+    /// A private mount namespace: the worktree's `.git` link is read-only.
     MountNamespace,
+    /// The task's temp dir is what its tools see as `/tmp`.
+    PrivateTmp,
     /// `network = "off"`: a network namespace of its own (or Landlock TCP rules).
     NetworkOff,
     /// `pids_limit` through a cgroup.

@@ -59,17 +59,33 @@ pub fn run(args: &[OsString]) -> ExitCode {
         return ExitCode::from(137);
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    if let Some(policy) = std::env::var_os(crate::sandbox::POLICY_VAR)
-        && let Err(e) = crate::sandbox::enter(&policy)
-    {
-        eprintln!("kugetsu-worker: the sandbox could not be set up, nothing was run: {e}");
-        return ExitCode::from(126);
-    }
-    let child = match Command::new(program)
+    let sandbox = match std::env::var_os(crate::sandbox::POLICY_VAR) {
+        Some(policy) => match crate::sandbox::enter(&policy) {
+            Ok(entered) => entered,
+            Err(e) => {
+                eprintln!("kugetsu-worker: the sandbox could not be set up, nothing was run: {e}");
+                return ExitCode::from(126);
+            }
+        },
+        None => None,
+    };
+    let mut command = Command::new(program);
+    command
         .args(&args[2..])
-        .env_remove(crate::sandbox::POLICY_VAR)
-        .spawn()
-    {
+        .env_remove(crate::sandbox::POLICY_VAR);
+    if let Some(mut sandbox) = sandbox {
+        use std::os::unix::process::CommandExt as _;
+        #[expect(
+            unsafe_code,
+            reason = "the sandbox's last steps must run in the tool's process before exec"
+        )]
+        // SAFETY: the guard is single-threaded, so the forked child may allocate; the closure
+        // only mounts /proc and makes the Landlock syscalls, touching nothing shared.
+        unsafe {
+            command.pre_exec(move || sandbox.in_child());
+        }
+    }
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!(

@@ -40,9 +40,11 @@ pub(super) enum Outcome {
     Unsupported,
 }
 
-/// Restricts the calling process to `policy`; `deny_tcp` adds TCP bind/connect rules that
-/// allow nothing.
-pub(super) fn restrict(policy: &SandboxPolicy, deny_tcp: bool) -> Result<Outcome, String> {
+/// A ruleset built (its paths opened), not yet enforced.
+pub(super) type Prepared = landlock::RulesetCreated;
+
+/// Builds the ruleset of `policy`; `deny_tcp` adds TCP bind/connect rules that allow nothing.
+pub(super) fn prepare(policy: &SandboxPolicy, deny_tcp: bool) -> Result<Prepared, String> {
     let fail = |e: landlock::RulesetError| e.to_string();
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(TARGET))
@@ -85,7 +87,12 @@ pub(super) fn restrict(policy: &SandboxPolicy, deny_tcp: bool) -> Result<Outcome
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    let status = created.restrict_self().map_err(fail)?;
+    Ok(created)
+}
+
+/// Restricts the calling process (and what it execs) to `ruleset`.
+pub(super) fn enforce(ruleset: Prepared) -> Result<Outcome, String> {
+    let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Outcome::Enforced,
         RulesetStatus::NotEnforced => Outcome::Unsupported,

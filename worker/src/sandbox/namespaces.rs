@@ -1,10 +1,12 @@
 //! Private mount and network namespaces for a tool call.
 //!
 //! - Mount: `/` is made private (nothing we mount leaks back to the host), the task's temp dir
-//!   is bound over `/tmp`, paths the policy keeps visible under `/tmp` (a worktree or
-//!   repository that lives there) are bound back at their places, and each `read_only` file
+//!   is bound over `/tmp` when the policy asks for it, and each `read_only` file
 //!   (the worktree's `.git` link) is bound onto itself read-only, so it can be neither
 //!   rewritten nor removed.
+//! - Pid: the guard's next child (the tool's shell) is the first process of a new pid
+//!   namespace, with a `/proc` of its own ([`mount_proc`]): the tool sees only the shadow's
+//!   processes, and when the shell exits everything it left behind is killed by the kernel.
 //! - Network (`network = "off"`): a namespace of its own, with only a loopback device that
 //!   is brought up, so local test servers inside the call still work while nothing outside
 //!   is reachable.
@@ -15,13 +17,11 @@
 //! the caller decides (see [`super::enter`]).
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kugetsu_os::probe::NamespaceRoute;
 use kugetsu_protocol::{NetworkMode, SandboxPolicy};
-use nix::fcntl::{OFlag, open};
 use nix::mount::{MsFlags, mount};
-use nix::sys::stat::Mode;
 
 /// What entering the namespaces changed, for the Landlock rules that follow.
 #[derive(Debug, Default)]
@@ -37,10 +37,7 @@ pub(super) fn enter(policy: &SandboxPolicy) -> Result<Entered, String> {
         .tmp_dir
         .as_deref()
         .map(Path::new)
-        .filter(|dir| dir.is_dir() && Path::new("/tmp").is_dir());
-    if tmp.is_none() && policy.read_only.is_empty() && !network_off {
-        return Ok(Entered::default());
-    }
+        .filter(|dir| policy.private_tmp && dir.is_dir() && Path::new("/tmp").is_dir());
     let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
     let root = nix::unistd::geteuid().is_root();
     let route = if root {
@@ -63,15 +60,7 @@ pub(super) fn enter(policy: &SandboxPolicy) -> Result<Entered, String> {
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| format!("making / private: {e}"))?;
     if let Some(tmp) = tmp {
-        // Opened in the new namespace (a bind's source must be a mount of it) and before
-        // /tmp is covered (afterwards they could not be found by path).
-        let keep = kept_under_tmp(&policy.keep_visible)?;
         bind(tmp, Path::new("/tmp"))?;
-        for (path, fd) in &keep {
-            make_mount_point(path, fd)?;
-            let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            bind(Path::new(&source), path)?;
-        }
     }
     for file in &policy.read_only {
         let file = Path::new(file);
@@ -101,43 +90,18 @@ pub(super) fn enter(policy: &SandboxPolicy) -> Result<Entered, String> {
     })
 }
 
-/// The paths of `keep` that live under `/tmp`, outermost only, each opened (`O_PATH`).
-fn kept_under_tmp(keep: &[String]) -> Result<Vec<(PathBuf, OwnedFd)>, String> {
-    let mut paths: Vec<PathBuf> = keep
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with("/tmp") && p != Path::new("/tmp") && p.exists())
-        .collect();
-    paths.sort();
-    let mut outer: Vec<PathBuf> = Vec::new();
-    for path in paths {
-        if !outer.iter().any(|o| path.starts_with(o)) {
-            outer.push(path);
-        }
-    }
-    outer
-        .into_iter()
-        .map(|path| {
-            open(&path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-                .map(|fd| (path.clone(), fd))
-                .map_err(|e| format!("opening {}: {e}", path.display()))
-        })
-        .collect()
-}
-
-/// Creates, in the new `/tmp`, the directory or empty file that `path` is bound onto.
-fn make_mount_point(path: &Path, fd: &OwnedFd) -> Result<(), String> {
-    let is_dir = nix::sys::stat::fstat(fd)
-        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
-        .unwrap_or(true);
-    let made = if is_dir {
-        std::fs::create_dir_all(path)
-    } else {
-        path.parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::File::create(path).map(drop))
-    };
-    made.map_err(|e| format!("making a mount point at {}: {e}", path.display()))
+/// Mounts a `/proc` of the calling process's pid namespace: called in the first process of the
+/// namespace the guard made, before it execs the tool.
+pub(super) fn mount_proc() -> std::io::Result<()> {
+    let none: Option<&str> = None;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(std::io::Error::from)
 }
 
 fn bind(source: &Path, target: &Path) -> Result<(), String> {
