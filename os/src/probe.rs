@@ -19,6 +19,9 @@ pub struct Host {
     pub namespaces: Result<NamespaceRoute, String>,
     /// How a shadow's processes can be counted and limited.
     pub cgroups: CgroupSupport,
+    /// Whether a process in a Landlock domain is really refused `/proc/PID/environ` of a
+    /// process outside it (tried, not assumed: some kernels have been seen to allow it).
+    pub landlock_ptrace: bool,
 }
 
 /// How a tool process gets its namespaces.
@@ -64,7 +67,64 @@ pub fn host() -> &'static Host {
         landlock: landlock_abi(),
         namespaces: namespaces(),
         cgroups: cgroup::probe(),
+        landlock_ptrace: landlock_ptrace(),
     })
+}
+
+/// Forks a child that enters a minimal Landlock domain and tries to open our
+/// `/proc/PID/environ`: true when that is refused.
+fn landlock_ptrace() -> bool {
+    /// `struct landlock_ruleset_attr` with only `handled_access_fs` (ABI 1 layout).
+    #[repr(C)]
+    struct RulesetAttr {
+        handled_access_fs: u64,
+    }
+    const MAKE_BLOCK: u64 = 1 << 11;
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{}/environ", std::process::id())) else {
+        return false;
+    };
+    let attr = RulesetAttr {
+        handled_access_fs: MAKE_BLOCK,
+    };
+    #[expect(
+        unsafe_code,
+        reason = "fork and the Landlock syscalls are raw; the probe needs a child"
+    )]
+    // SAFETY: the child only makes async-signal-safe syscalls (landlock_create_ruleset,
+    // prctl, landlock_restrict_self, open, _exit) on memory prepared before the fork; the
+    // parent only waits for it.
+    unsafe {
+        match libc::fork() {
+            -1 => false,
+            0 => {
+                let fd = libc::syscall(
+                    libc::SYS_landlock_create_ruleset,
+                    &attr as *const RulesetAttr,
+                    std::mem::size_of::<RulesetAttr>(),
+                    0u32,
+                );
+                if fd < 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(2);
+                }
+                if libc::syscall(libc::SYS_landlock_restrict_self, fd as libc::c_int, 0u32) != 0 {
+                    libc::_exit(2);
+                }
+                if libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) >= 0 {
+                    libc::_exit(1);
+                }
+                libc::_exit(0)
+            }
+            child => {
+                let mut status = 0;
+                while libc::waitpid(child, &mut status, 0) != child {
+                    if *libc::__errno_location() != libc::EINTR {
+                        return false;
+                    }
+                }
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            }
+        }
+    }
 }
 
 /// Asks the kernel for its Landlock ABI version (cheap: one syscall, not cached) (`landlock_create_ruleset` with the

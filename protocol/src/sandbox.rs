@@ -133,8 +133,13 @@ pub enum Protection {
     /// user's secrets or kugetsu's state.
     Filesystem,
     /// Landlock's domain rule: no ptrace of, and no `/proc/PID/environ` or memory reads from,
-    /// processes outside the shadow (root included).
+    /// processes outside the shadow (root included). Some kernels have been seen to let
+    /// `/proc/PID/environ` reads through anyway: [`Protection::PidNamespace`] is what hides
+    /// other processes for sure.
     Ptrace,
+    /// A pid namespace with its own `/proc`: a tool sees only the shadow's processes, so no
+    /// other process's environment, command line or memory can even be named.
+    PidNamespace,
     /// Landlock signal scoping (ABI 6): no signals to processes outside the shadow.
     Signals,
     /// Landlock abstract unix socket scoping (ABI 6).
@@ -153,6 +158,30 @@ pub enum Protection {
     SecretScrubbing,
     /// The supervisor's git runs no hook, fsmonitor, filter or textconv a shadow planted.
     InertGit,
+    /// A protection this reader does not know (written by a newer supervisor).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Protection {
+    /// The name used on the wire and by `kugetsu doctor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::Filesystem => "filesystem",
+            Protection::Ptrace => "ptrace",
+            Protection::PidNamespace => "pid_namespace",
+            Protection::Signals => "signals",
+            Protection::AbstractSockets => "abstract_sockets",
+            Protection::MountNamespace => "mount_namespace",
+            Protection::PrivateTmp => "private_tmp",
+            Protection::NetworkOff => "network_off",
+            Protection::PidsLimit => "pids_limit",
+            Protection::SocketPeerCheck => "socket_peer_check",
+            Protection::SecretScrubbing => "secret_scrubbing",
+            Protection::InertGit => "inert_git",
+            Protection::Unknown => "unknown",
+        }
+    }
 }
 
 /// A protection that is not in force, and why.

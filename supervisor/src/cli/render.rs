@@ -75,7 +75,7 @@ impl Renderer {
                     let missing: Vec<String> = sandbox
                         .missing
                         .iter()
-                        .map(|m| format!("{:?}", m.protection).to_lowercase())
+                        .map(|m| m.protection.as_str().to_owned())
                         .collect();
                     let mut text = format!(
                         "  sandbox {} · network {}",

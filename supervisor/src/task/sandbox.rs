@@ -179,7 +179,17 @@ pub fn report(policy: &SandboxPolicy, host: &Host, cgroup: &Result<(), String>) 
         Protection::Filesystem,
         need(host.landlock.is_ok(), &landlock),
     );
-    check(Protection::Ptrace, need(host.landlock.is_ok(), &landlock));
+    let ptrace = if host.landlock.is_ok() {
+        "this kernel's Landlock lets a domain read /proc/PID/environ of processes outside it \
+         (tried at startup)"
+            .to_owned()
+    } else {
+        landlock.clone()
+    };
+    check(
+        Protection::Ptrace,
+        need(host.landlock.is_ok() && host.landlock_ptrace, &ptrace),
+    );
     let scopes = format!("Landlock ABI 6 needed for scoping ({})", abi_text(host));
     check(Protection::Signals, need(host.landlock_scopes(), &scopes));
     check(
@@ -191,6 +201,7 @@ pub fn report(policy: &SandboxPolicy, host: &Host, cgroup: &Result<(), String>) 
         Protection::MountNamespace,
         need(host.namespaces.is_ok(), &ns),
     );
+    check(Protection::PidNamespace, need(host.namespaces.is_ok(), &ns));
     let tmp = if host.namespaces.is_err() {
         ns.clone()
     } else {
