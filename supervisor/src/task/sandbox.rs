@@ -184,7 +184,7 @@ pub fn report(policy: &SandboxPolicy, host: &Host, cgroup: &Result<(), String>) 
          (tried at startup)"
             .to_owned()
     } else {
-        landlock.clone()
+        landlock
     };
     check(
         Protection::Ptrace,
@@ -319,4 +319,196 @@ where
             .filter(|(name, _)| PROVIDER_PREFIXES.iter().any(|p| name.starts_with(p)))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().canonicalize().unwrap();
+            for d in [
+                "state/worktrees/t1",
+                "state/worktrees/t2",
+                "state/tasks/t1",
+                "state/tasks/t2",
+                "home/.ssh",
+                "home/src",
+                "repo/.git/objects",
+                "repo/.git/worktrees/t1",
+                "repo/.git/hooks",
+            ] {
+                std::fs::create_dir_all(root.join(d)).unwrap();
+            }
+            Fixture { _dir: dir, root }
+        }
+
+        fn policy(&self, mode: SandboxMode) -> SandboxPolicy {
+            let r = &self.root;
+            policy(&Inputs {
+                mode,
+                network: NetworkMode::Off,
+                state_dir: &r.join("state"),
+                socket: &r.join("state/kugetsu.sock"),
+                home: Some(&r.join("home")),
+                config_file: None,
+                worktree: &r.join("state/worktrees/t1"),
+                tmp_dir: &r.join("state/tasks/t1/tmp"),
+                git_common: Some(&r.join("repo/.git")),
+                git_admin: Some(&r.join("repo/.git/worktrees/t1")),
+                extra_read: &[],
+                extra_write: &[],
+                extra_deny: &[r.join("home/src/private")],
+            })
+        }
+    }
+
+    fn has(paths: &[String], path: &Path) -> bool {
+        paths.iter().any(|p| Path::new(p) == path)
+    }
+
+    #[test]
+    fn the_policy_writes_only_the_worktree_tmp_and_the_commit_parts_of_the_git_dir() {
+        let fx = Fixture::new();
+        let r = &fx.root;
+        let policy = fx.policy(SandboxMode::Workspace);
+        assert_eq!(policy.network, NetworkMode::Off);
+        for path in [
+            "state/worktrees/t1",
+            "state/tasks/t1/tmp",
+            "repo/.git/objects",
+            "repo/.git/worktrees/t1",
+            "repo/.git/refs/heads/kugetsu",
+            "repo/.git/logs/refs/heads/kugetsu",
+        ] {
+            assert!(
+                has(&policy.write, &r.join(path)),
+                "{path}: {:?}",
+                policy.write
+            );
+        }
+        assert_eq!(policy.write.len(), 6, "{:?}", policy.write);
+        assert!(
+            r.join("state/tasks/t1/tmp").is_dir(),
+            "the temp dir is made"
+        );
+        assert_eq!(
+            policy.read_only,
+            [r.join("state/worktrees/t1/.git").display().to_string()]
+        );
+        // The test's temp dir is under /tmp: a private /tmp would hide the worktree.
+        assert!(!policy.private_tmp);
+    }
+
+    #[test]
+    fn the_policy_reads_everything_but_state_secrets_and_denied_paths() {
+        let fx = Fixture::new();
+        let r = &fx.root;
+        let policy = fx.policy(SandboxMode::Workspace);
+        let denied = [
+            r.join("state"),
+            r.join("home/.ssh"),
+            r.join("home/.aws"),
+            r.join("home/src/private"),
+        ];
+        for read in &policy.read {
+            let read = Path::new(read);
+            for deny in &denied {
+                assert!(
+                    !read.starts_with(deny) && !deny.starts_with(read),
+                    "{} grants {}",
+                    read.display(),
+                    deny.display()
+                );
+            }
+        }
+        assert!(has(&policy.read, &r.join("repo")));
+        assert!(has(&policy.read, Path::new("/usr")) || has(&policy.read, Path::new("/")));
+        assert!(has(&policy.list, &r.join("home")));
+        assert!(has(&policy.list, Path::new("/")));
+    }
+
+    #[test]
+    fn sandbox_off_is_an_empty_policy_and_reports_everything_confining_missing() {
+        let fx = Fixture::new();
+        let policy = fx.policy(SandboxMode::Off);
+        assert_eq!(policy, SandboxPolicy::off());
+        let host = Host {
+            landlock: Ok(7),
+            namespaces: Ok(kugetsu_os::probe::NamespaceRoute::Privileged),
+            cgroups: CgroupSupport::Unavailable("none here".to_owned()),
+            landlock_ptrace: true,
+        };
+        let report = report(&policy, &host, &Err("none here".to_owned()));
+        assert_eq!(report.mode, SandboxMode::Off);
+        assert!(report.in_force.contains(&Protection::InertGit));
+        assert!(!report.in_force.contains(&Protection::Filesystem));
+        let filesystem = report
+            .missing
+            .iter()
+            .find(|m| m.protection == Protection::Filesystem)
+            .unwrap();
+        assert_eq!(filesystem.reason, "--sandbox off");
+        assert!(
+            report
+                .missing
+                .iter()
+                .any(|m| m.protection == Protection::PidsLimit)
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_landlock_or_namespaces_is_reported_with_its_reasons() {
+        let policy = SandboxPolicy {
+            mode: SandboxMode::Workspace,
+            network: NetworkMode::Off,
+            private_tmp: true,
+            ..SandboxPolicy::default()
+        };
+        let host = Host {
+            landlock: Err("the kernel is built without Landlock".to_owned()),
+            namespaces: Err("unshare: EPERM".to_owned()),
+            cgroups: CgroupSupport::Unavailable("no cgroups".to_owned()),
+            landlock_ptrace: false,
+        };
+        let report = report(&policy, &host, &Ok(()));
+        assert!(report.in_force.contains(&Protection::PidsLimit));
+        let missing: Vec<Protection> = report.missing.iter().map(|m| m.protection).collect();
+        for protection in [
+            Protection::Filesystem,
+            Protection::Ptrace,
+            Protection::Signals,
+            Protection::MountNamespace,
+            Protection::PidNamespace,
+            Protection::PrivateTmp,
+            Protection::NetworkOff,
+        ] {
+            assert!(missing.contains(&protection), "{protection:?}: {report:?}");
+        }
+        assert!(report.missing[0].reason.contains("Landlock"), "{report:?}");
+    }
+
+    #[test]
+    fn only_provider_variables_become_secrets_of_the_task_spec() {
+        let secrets = provider_secrets([
+            ("OPENAI_API_KEY".to_owned(), "sk-value-1".to_owned()),
+            ("OPENAI_BASE_URL".to_owned(), "http://x".to_owned()),
+            ("ANTHROPIC_API_KEY".to_owned(), "sk-ant".to_owned()),
+            ("GITHUB_TOKEN".to_owned(), "ghp".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ]);
+        let names: Vec<&String> = secrets.0.keys().collect();
+        assert_eq!(
+            names,
+            ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"]
+        );
+        assert!(!format!("{secrets:?}").contains("sk-value"), "{secrets:?}");
+    }
 }
