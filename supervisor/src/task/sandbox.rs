@@ -11,7 +11,8 @@
 //!   user's secrets ([`HOME_SECRETS`]) and config `sandbox_deny`, as the sibling allow-list of
 //!   [`kugetsu_os::allowlist`]; plus config `sandbox_read`;
 //! - the worktree's `.git` link read-only (mount namespace), `/tmp` = the temp dir (unless the
-//!   worktree or the repository lives under `/tmp`, see `SandboxPolicy::private_tmp`).
+//!   worktree or the repository lives under `/tmp`, see `SandboxPolicy::private_tmp`); with
+//!   `--no-worktree` the checkout's `.git` directory read-only instead.
 //!
 //! [`ShadowSandbox::prepare`] also makes the task's cgroup (`pids_limit`) and decides, from
 //! the host probe ([`kugetsu_os::probe::host`]), what the `started` event reports.
@@ -138,10 +139,9 @@ pub fn policy(inputs: &Inputs<'_>) -> SandboxPolicy {
         list: text(allow.list),
         write: text(write),
         devices: DEVICES.iter().map(|d| (*d).to_owned()).collect(),
-        read_only: inputs
-            .git_common
-            .map(|_| vec![worktree.join(".git").display().to_string()])
-            .unwrap_or_default(),
+        // A worktree's `.git` link; with `--no-worktree`, the checkout's whole `.git` (its
+        // hooks and config are inside the writable tree): git in there can read, not commit.
+        read_only: vec![worktree.join(".git").display().to_string()],
         tmp_dir: Some(canonical(&tmp).display().to_string()),
         private_tmp,
     }

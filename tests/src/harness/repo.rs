@@ -48,6 +48,20 @@ impl TestRepo {
             .prefix("kugetsu-e2e-")
             .tempdir()
             .expect("create a temporary directory");
+        Self::in_dir(tmp, files)
+    }
+
+    /// A repository holding [`DEFAULT_FILES`] outside `/tmp` (in `/var/tmp`), the way a user's
+    /// repository and state dir are: there a shadow's tools get a private `/tmp`.
+    pub fn outside_tmp() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("kugetsu-e2e-")
+            .tempdir_in("/var/tmp")
+            .expect("create a directory in /var/tmp");
+        Self::in_dir(tmp, DEFAULT_FILES)
+    }
+
+    fn in_dir(tmp: TempDir, files: &[(&str, &str)]) -> Self {
         let root = tmp.path().canonicalize().expect("canonicalize the tempdir");
         let this = Self { tmp, root };
         for dir in [this.repo(), this.state_dir(), this.home(), this.side_dir()] {

@@ -500,3 +500,45 @@ fn which(program: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
 }
+
+#[tokio::test]
+async fn outside_tmp_the_tools_get_a_private_tmp_and_a_read_only_git_link() {
+    let repo = TestRepo::outside_tmp();
+    let key = plant_ssh_key(&repo);
+    let host_marker = format!("kugetsu-private-tmp-{}", std::process::id());
+    let server = FakeLlm::openai();
+    script(
+        &server,
+        &[
+            format!(
+                "echo private > /tmp/{host_marker} && ls /tmp && echo TMPDIR=$TMPDIR; \
+                 echo 'gitdir: /' > .git; rm -f .git; cat .git; cat {} 2>&1; \
+                 echo work > work.txt && git add work.txt && git commit -qm inside && echo committed",
+                key.display()
+            ),
+        ],
+    );
+    let out = repo.run().llm(&server).prompt("Use /tmp.").output().await;
+    out.assert_code(0).assert_status("completed");
+    let started = out.events.first("started");
+    assert!(
+        started["sandbox"]["in_force"]
+            .as_array()
+            .is_some_and(|p| p.contains(&json!("private_tmp"))),
+        "{started}"
+    );
+    let text = outputs(&out.events);
+    assert!(
+        !Path::new("/tmp").join(&host_marker).exists(),
+        "the tool wrote the host's /tmp"
+    );
+    assert!(text.contains(&host_marker), "{text}");
+    assert!(text.contains("gitdir: "), "{text}");
+    assert!(!text.contains("gitdir: /\n"), "the .git link was rewritten: {text}");
+    assert!(!text.contains(SSH_SECRET), "{text}");
+    assert!(text.contains("committed"), "{text}");
+    let log = repo.git(&["log", "--format=%s", &format!("kugetsu/{}", out.task_id())]);
+    assert!(log.contains("inside"), "{log}");
+    // The temp dir goes with the task.
+    assert!(!repo.task_dir(out.task_id()).join("tmp").exists());
+}
