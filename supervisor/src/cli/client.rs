@@ -108,10 +108,11 @@ impl Client {
         }
     }
 
-    /// The next event notification of a subscription.
-    pub async fn next_event(&mut self) -> Result<EventEnvelope, CliError> {
+    /// The next event notification of a subscription; [`Lagged`] when the daemon cut a
+    /// one-task subscription off because this client read too slowly.
+    pub async fn next_event(&mut self) -> Result<EventEnvelope, NextEvent> {
         loop {
-            let message = self.next_message().await?;
+            let message = self.next_message().await.map_err(Ended)?;
             let params = message.get("params").cloned().unwrap_or(Value::Null);
             match message.get("method").and_then(Value::as_str) {
                 Some(rpc::EVENT_NOTIFICATION) => {
@@ -121,16 +122,33 @@ impl Client {
                 }
                 Some(rpc::SUBSCRIPTION_ENDED) => {
                     let ended: Option<SubscriptionEnded> = serde_json::from_value(params).ok();
-                    return Err(CliError::Failed(ended.map_or_else(
-                        || "the daemon ended the subscription".to_owned(),
-                        |e| e.message,
-                    )));
+                    return Err(match ended {
+                        Some(SubscriptionEnded {
+                            after_seq: Some(seq),
+                            ..
+                        }) => Lagged(seq),
+                        other => Ended(CliError::Failed(other.map_or_else(
+                            || "the daemon ended the subscription".to_owned(),
+                            |e| e.message,
+                        ))),
+                    });
                 }
                 _ => {}
             }
         }
     }
 }
+
+/// Why [`Client::next_event`] returned no event.
+#[derive(Debug)]
+pub enum NextEvent {
+    /// The daemon cut the subscription off; subscribe again after this `seq`.
+    Lagged(u64),
+    /// The connection or the subscription ended for good.
+    Ended(CliError),
+}
+
+use NextEvent::{Ended, Lagged};
 
 /// Maps a daemon error to the CLI's exit codes.
 fn cli_error(error: RpcError) -> CliError {
@@ -198,27 +216,43 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::from(exit::for_status(finished.status)))
 }
 
-/// Prints a task's events from the start until `finished`, which it returns.
+/// Prints a task's events from the start until `finished`, which it returns. A reader slower
+/// than the task is cut off by the daemon with the `seq` to continue from: it subscribes again
+/// from there, so nothing is missed and nothing is printed twice.
 async fn follow(
     client: &mut Client,
     id: &str,
     json: bool,
 ) -> Result<kugetsu_protocol::Finished, CliError> {
-    let params = SubscribeParams {
-        task: Some(id.to_owned()),
-        after_seq: 0,
-    };
-    client.call::<rpc::Subscribe>(&params).await?;
     let mut renderer = Renderer::new();
+    let mut after_seq = 0;
     loop {
-        let envelope = client.next_event().await?;
-        if json {
-            print_json(&envelope);
-        } else {
-            renderer.show(&envelope);
-        }
-        if let Event::Finished(finished) = envelope.event {
-            return Ok(finished);
+        let params = SubscribeParams {
+            task: Some(id.to_owned()),
+            after_seq,
+        };
+        client.call::<rpc::Subscribe>(&params).await?;
+        loop {
+            let envelope = match client.next_event().await {
+                Ok(envelope) => envelope,
+                Err(Lagged(seq)) => {
+                    after_seq = seq.max(after_seq);
+                    break;
+                }
+                Err(Ended(e)) => return Err(e),
+            };
+            if envelope.seq <= after_seq {
+                continue;
+            }
+            after_seq = envelope.seq;
+            if json {
+                print_json(&envelope);
+            } else {
+                renderer.show(&envelope);
+            }
+            if let Event::Finished(finished) = envelope.event {
+                return Ok(finished);
+            }
         }
     }
 }

@@ -181,7 +181,48 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
             &format!("cannot become a subreaper ({e}): orphaned tool processes may escape"),
         ),
     }
+<<<<<<< HEAD
     sandbox_lines(&mut report, &config);
+=======
+    match crate::daemon::limits::current() {
+        Ok(limit) => {
+            // The daemon raises its soft limit to the hard one at start.
+            let raised = crate::daemon::limits::FdLimit {
+                soft: limit.hard,
+                hard: limit.hard,
+            };
+            let enough = raised.shadows() >= u64::from(config.max_shadows);
+            report.line(
+                if enough { Verdict::Ok } else { Verdict::Warn },
+                "open files",
+                &format!(
+                    "soft {} / hard {}: the daemon raises it to {} at start, enough for about {} shadows (max_shadows {}){}",
+                    limit.soft,
+                    limit.hard,
+                    raised.soft,
+                    raised.shadows(),
+                    config.max_shadows,
+                    if enough { "" } else { "; raise the hard limit (LimitNOFILE=, /etc/security/limits.conf)" }
+                ),
+            );
+        }
+        Err(e) => report.line(
+            Verdict::Warn,
+            "open files",
+            &format!("cannot read the limit: {e}"),
+        ),
+    }
+    let cgroup = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    report.line(
+        if cgroup { Verdict::Ok } else { Verdict::Warn },
+        "cgroups",
+        if cgroup {
+            "cgroup v2 present"
+        } else {
+            "no cgroup v2: containment relies on process groups"
+        },
+    );
+>>>>>>> main
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
         .map(|dir| crate::daemon::socket::socket_path(None, &dir, &env));

@@ -7,7 +7,9 @@
 //!
 //! - each client connection ([`crate::daemon::connection`]) sends calls; the slow parts of a
 //!   request (validating and creating a submitted task, reading a log from disk) run in the
-//!   connection's own task, so the actor only decides and never waits on git or the disk;
+//!   connection's own task, so the actor decides and never waits on git; its only disk work
+//!   is small: the `finished` of a task cancelled while queued, and `list` reading finished
+//!   tasks' records (the newest [`crate::daemon::table::RECENT`] once, or all with `--all`);
 //! - each running shadow is a tokio task running [`crate::task::drive::drive`], which sends
 //!   every event it commits (`Event`) and, at the end, `Done`;
 //! - the config watcher sends `Reload`.

@@ -395,9 +395,7 @@ pub async fn run(
             sandbox: Some(sandbox.report.clone()),
         }],
     );
-    let _measured = sampler.watch(shadow.pid);
-    let mut memory = sampler.subscribe();
-    memory.mark_unchanged();
+    let mut measured = sampler.watch(shadow.pid);
     let now = Instant::now();
     let backstop = record
         .deadline_unix_ms
@@ -441,9 +439,9 @@ pub async fn run(
         }
         let (at, timer) = attempt.next_timer();
         step = tokio::select! {
-            Ok(()) = memory.changed() => {
-                let snapshot = memory.borrow_and_update().clone();
-                match snapshot.shadow(shadow.pid) {
+            Ok(()) = measured.memory.changed() => {
+                let figures = *measured.memory.borrow_and_update();
+                match figures {
                     Some(mem) => Step::Continue(attempt.on_memory(mem)),
                     None => Step::Continue(Vec::new()),
                 }

@@ -88,23 +88,35 @@ impl Snapshot {
 
 /// Handle to the sampling task. Cheap to clone; the task stops when every handle is gone.
 ///
-/// Only the process trees of registered workers are measured ([`Sampler::watch`]): an idle
-/// daemon reads nothing but the host's memory figures, and a busy one reads its own shadows'
-/// processes, never the whole process table.
+/// Only the process trees of registered workers are measured ([`Sampler::watch`]), and each
+/// only as far as it changed: a worker that has not run since the last sample (its
+/// `/proc/PID/schedstat` runtime is unchanged) and had no children then cannot have forked or
+/// grown, so it costs one `pread` and nothing else. Everything else (a worker that ran, or
+/// one with tool processes) is walked and measured with sysinfo. Each watcher gets its own
+/// channel that changes only when its shadow's figures do, so idle shadows are never woken.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     rx: watch::Receiver<Arc<Snapshot>>,
-    /// Worker pids whose trees are measured, with how many watchers each has.
+    /// Worker pids whose trees are measured.
     roots: Roots,
 }
 
-type Roots = Arc<std::sync::Mutex<HashMap<u32, usize>>>;
+/// Registered workers: how many watchers each has, and where its figures go.
+type Roots = Arc<std::sync::Mutex<HashMap<u32, Registration>>>;
+
+#[derive(Debug)]
+struct Registration {
+    watchers: usize,
+    tx: watch::Sender<Option<ShadowMem>>,
+}
 
 /// Keeps a worker's tree measured while it lives; dropping it stops that.
 #[derive(Debug)]
 pub struct Watched {
     roots: Roots,
     pid: u32,
+    /// This shadow's figures, updated when they change.
+    pub memory: watch::Receiver<Option<ShadowMem>>,
 }
 
 impl Drop for Watched {
@@ -113,9 +125,9 @@ impl Drop for Watched {
             .roots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = roots.get_mut(&self.pid) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(registration) = roots.get_mut(&self.pid) {
+            registration.watchers -= 1;
+            if registration.watchers == 0 {
                 roots.remove(&self.pid);
             }
         }
@@ -133,15 +145,19 @@ impl Sampler {
 
     /// Measures the tree of the worker `pid` (and `pid` itself) until the guard is dropped.
     pub fn watch(&self, pid: u32) -> Watched {
-        *self
+        let mut roots = self
             .roots
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(pid)
-            .or_default() += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registration = roots.entry(pid).or_insert_with(|| Registration {
+            watchers: 0,
+            tx: watch::channel(None).0,
+        });
+        registration.watchers += 1;
         Watched {
             roots: self.roots.clone(),
             pid,
+            memory: registration.tx.subscribe(),
         }
     }
 
@@ -162,10 +178,14 @@ impl Sampler {
     }
 }
 
+/// Processes with their parents (`None` for a root).
+type Tree = Vec<(u32, Option<u32>)>;
+
 /// `roots` and all their descendants, with each one's parent, read from
 /// `/proc/PID/task/TID/children`.
-fn subtrees(roots: &[u32]) -> Vec<(u32, Option<u32>)> {
+fn subtrees(roots: &[u32]) -> Tree {
     let mut out: Vec<(u32, Option<u32>)> = roots.iter().map(|&pid| (pid, None)).collect();
+    let mut seen: std::collections::HashSet<u32> = roots.iter().copied().collect();
     let mut next = 0;
     while next < out.len() {
         let pid = out[next].0;
@@ -181,7 +201,7 @@ fn subtrees(roots: &[u32]) -> Vec<(u32, Option<u32>)> {
                 .split_whitespace()
                 .filter_map(|k| k.parse::<u32>().ok())
             {
-                if !out.iter().any(|(p, _)| *p == kid) {
+                if seen.insert(kid) {
                     out.push((kid, Some(pid)));
                 }
             }
@@ -190,11 +210,61 @@ fn subtrees(roots: &[u32]) -> Vec<(u32, Option<u32>)> {
     out
 }
 
+/// What the sampler remembers of one worker between samples.
+#[derive(Debug)]
+struct Tracked {
+    /// `/proc/PID/schedstat`, kept open: one `pread` tells whether the worker ran.
+    schedstat: Option<std::fs::File>,
+    /// The worker's total runtime at the last sample, in ns.
+    runtime: Option<u64>,
+    /// Its tree at the last walk, each process with its parent and RSS.
+    tree: Vec<(u32, ProcMem)>,
+}
+
+impl Tracked {
+    fn open(pid: u32) -> Tracked {
+        Tracked {
+            schedstat: std::fs::File::open(format!("/proc/{pid}/schedstat")).ok(),
+            runtime: None,
+            tree: Vec::new(),
+        }
+    }
+
+    /// The worker's runtime now (`None` if the kernel does not say).
+    fn read_runtime(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let file = self.schedstat.as_ref()?;
+        let mut buf = [0u8; 96];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether the tree must be walked again: the worker ran, or it has children (which
+    /// may run, fork or grow without the worker running).
+    fn stale(&self, runtime: Option<u64>) -> bool {
+        runtime.is_none() || runtime != self.runtime || self.tree.len() != 1
+    }
+
+    fn memory(&self) -> Option<ShadowMem> {
+        let (_, worker) = self.tree.first()?;
+        Some(ShadowMem {
+            worker_rss: worker.rss,
+            tools_rss: self.tree[1..].iter().map(|(_, p)| p.rss).sum(),
+        })
+    }
+}
+
 async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
     let Ok(mut system) = System::new() else {
         eprintln!("kugetsu: warning: cannot read process memory; memory limits are not enforced");
         return;
     };
+    let mut tracked: HashMap<u32, Tracked> = HashMap::new();
     let mut ticker = tokio::time::interval(SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -203,35 +273,71 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
             return;
         }
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let watched: Vec<u32> = roots
+        let watched: Vec<(u32, watch::Sender<Option<ShadowMem>>)> = roots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .copied()
-            .collect();
-        let tree = subtrees(&watched);
-        let pids: Vec<sysinfo::Pid> = tree
             .iter()
-            .map(|&(p, _)| sysinfo::Pid::from_u32(p))
+            .map(|(pid, r)| (*pid, r.tx.clone()))
             .collect();
-        let mut procs = HashMap::new();
-        if !pids.is_empty() {
+        tracked.retain(|pid, _| watched.iter().any(|(p, _)| p == pid));
+        // Walk only the workers that changed; measure their trees in one sysinfo refresh.
+        let mut stale: Vec<(u32, Option<u64>)> = Vec::new();
+        for (pid, _) in &watched {
+            let entry = tracked.entry(*pid).or_insert_with(|| Tracked::open(*pid));
+            let runtime = entry.read_runtime();
+            if entry.stale(runtime) {
+                stale.push((*pid, runtime));
+            }
+        }
+        if !stale.is_empty() {
+            let walked: Vec<(u32, Tree)> = stale
+                .iter()
+                .map(|&(pid, _)| (pid, subtrees(&[pid])))
+                .collect();
+            let pids: Vec<sysinfo::Pid> = walked
+                .iter()
+                .flat_map(|(_, tree)| tree.iter().map(|&(p, _)| sysinfo::Pid::from_u32(p)))
+                .collect();
             system.refresh_processes_specifics(
                 ProcessesToUpdate::Some(&pids),
                 true,
                 ProcessRefreshKind::nothing().with_memory().without_tasks(),
             );
-            for (pid, parent) in tree {
-                if let Some(proc) = system.process(sysinfo::Pid::from_u32(pid)) {
-                    procs.insert(
-                        pid,
-                        ProcMem {
-                            rss: proc.memory(),
-                            parent,
-                        },
-                    );
-                }
+            for ((root, tree), (_, runtime)) in walked.into_iter().zip(&stale) {
+                let Some(entry) = tracked.get_mut(&root) else {
+                    continue;
+                };
+                entry.runtime = *runtime;
+                entry.tree = tree
+                    .into_iter()
+                    .filter_map(|(pid, parent)| {
+                        let proc = system.process(sysinfo::Pid::from_u32(pid))?;
+                        Some((
+                            pid,
+                            ProcMem {
+                                rss: proc.memory(),
+                                parent,
+                            },
+                        ))
+                    })
+                    .collect();
             }
+        }
+        let mut procs = HashMap::new();
+        for (pid, shadow_tx) in &watched {
+            let Some(entry) = tracked.get(pid) else {
+                continue;
+            };
+            procs.extend(entry.tree.iter().copied());
+            let memory = entry.memory();
+            shadow_tx.send_if_modified(|current| {
+                if *current == memory {
+                    false
+                } else {
+                    *current = memory;
+                    true
+                }
+            });
         }
         let snapshot = Snapshot::new(procs, system.available_memory(), system.total_memory());
         if tx.send(Arc::new(snapshot)).is_err() {
@@ -275,16 +381,14 @@ mod tests {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let _me = sampler.watch(std::process::id());
-        let mut rx = sampler.subscribe();
-        rx.mark_unchanged();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        let mut me = sampler.watch(std::process::id());
+        tokio::time::timeout(Duration::from_secs(5), me.memory.changed())
             .await
             .unwrap()
             .unwrap();
-        let snapshot = sampler.latest();
-        let mem = snapshot.shadow(std::process::id()).unwrap();
+        let mem = me.memory.borrow().unwrap();
         assert!(mem.worker_rss > 0 && mem.tools_rss > 0, "{mem:?}");
+        let snapshot = sampler.latest();
         assert_eq!(
             snapshot.procs[&child.id().unwrap()].parent,
             Some(std::process::id())

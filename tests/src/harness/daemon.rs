@@ -57,6 +57,7 @@ pub struct DaemonBuilder {
     config: String,
     socket: Option<PathBuf>,
     env: BTreeMap<OsString, OsString>,
+    soft_nofile: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -84,6 +85,13 @@ impl DaemonBuilder {
         for (key, value) in server.env() {
             self.env.insert(key.into(), value.into());
         }
+        self
+    }
+
+    /// Starts the daemon with its open-files soft limit lowered to `soft` (through `sh`'s
+    /// `ulimit`, which then execs it: the daemon keeps the shell's pid).
+    pub fn soft_nofile(mut self, soft: u64) -> Self {
+        self.soft_nofile = Some(soft);
         self
     }
 
@@ -121,6 +129,7 @@ impl DaemonBuilder {
             stderr_tx: Arc::new(stderr_tx),
             stderr,
             readers: Vec::new(),
+            soft_nofile: self.soft_nofile,
         };
         daemon.spawn_process();
         daemon
@@ -154,6 +163,8 @@ pub struct Daemon {
     stderr_tx: Arc<watch::Sender<String>>,
     stderr: watch::Receiver<String>,
     readers: Vec<JoinHandle<()>>,
+    /// The open-files soft limit the daemon starts with (see [`DaemonBuilder::soft_nofile`]).
+    soft_nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -170,11 +181,21 @@ impl Daemon {
                 OsString::from("KUGETSU_SANDBOX_WRITE"),
                 repo.side_dir().into_os_string(),
             )]),
+            soft_nofile: None,
         }
     }
 
     fn spawn_process(&mut self) {
-        let mut cmd = Command::new(bin_path("kugetsu"));
+        let mut cmd = match self.soft_nofile {
+            None => Command::new(bin_path("kugetsu")),
+            Some(soft) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -S -n {soft} && exec \"$0\" \"$@\""))
+                    .arg(bin_path("kugetsu"));
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)

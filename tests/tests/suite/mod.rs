@@ -9,6 +9,7 @@ mod daemon;
 mod errors;
 mod fake_server;
 mod file_races;
+mod fleet;
 mod hermes;
 mod journal_damage;
 mod providers;
