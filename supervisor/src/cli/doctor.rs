@@ -181,9 +181,6 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
             &format!("cannot become a subreaper ({e}): orphaned tool processes may escape"),
         ),
     }
-<<<<<<< HEAD
-    sandbox_lines(&mut report, &config);
-=======
     match crate::daemon::limits::current() {
         Ok(limit) => {
             // The daemon raises its soft limit to the hard one at start.
@@ -212,17 +209,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
             &format!("cannot read the limit: {e}"),
         ),
     }
-    let cgroup = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    report.line(
-        if cgroup { Verdict::Ok } else { Verdict::Warn },
-        "cgroups",
-        if cgroup {
-            "cgroup v2 present"
-        } else {
-            "no cgroup v2: containment relies on process groups"
-        },
-    );
->>>>>>> main
+    sandbox_lines(&mut report, &config);
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
         .map(|dir| crate::daemon::socket::socket_path(None, &dir, &env));

@@ -509,14 +509,12 @@ async fn outside_tmp_the_tools_get_a_private_tmp_and_a_read_only_git_link() {
     let server = FakeLlm::openai();
     script(
         &server,
-        &[
-            format!(
-                "echo private > /tmp/{host_marker} && ls /tmp && echo TMPDIR=$TMPDIR; \
+        &[format!(
+            "echo private > /tmp/{host_marker} && ls /tmp && echo TMPDIR=$TMPDIR; \
                  echo 'gitdir: /' > .git; rm -f .git; cat .git; cat {} 2>&1; \
                  echo work > work.txt && git add work.txt && git commit -qm inside && echo committed",
-                key.display()
-            ),
-        ],
+            key.display()
+        )],
     );
     let out = repo.run().llm(&server).prompt("Use /tmp.").output().await;
     out.assert_code(0).assert_status("completed");
@@ -534,7 +532,10 @@ async fn outside_tmp_the_tools_get_a_private_tmp_and_a_read_only_git_link() {
     );
     assert!(text.contains(&host_marker), "{text}");
     assert!(text.contains("gitdir: "), "{text}");
-    assert!(!text.contains("gitdir: /\n"), "the .git link was rewritten: {text}");
+    assert!(
+        !text.contains("gitdir: /\n"),
+        "the .git link was rewritten: {text}"
+    );
     assert!(!text.contains(SSH_SECRET), "{text}");
     assert!(text.contains("committed"), "{text}");
     let log = repo.git(&["log", "--format=%s", &format!("kugetsu/{}", out.task_id())]);
