@@ -254,6 +254,12 @@ impl TaskDir {
         self.path.join("tmp")
     }
 
+    /// `tool-output/`: the worker's full bash outputs (the model is told their paths, so its
+    /// tools may read this directory, and nothing else of the task's).
+    pub fn tool_output(&self) -> PathBuf {
+        self.path.join("tool-output")
+    }
+
     /// `commit-index`: the scratch git index the supervisor builds a commit in (a file of
     /// ours, outside everything the shadow can write).
     pub fn scratch_index(&self) -> PathBuf {

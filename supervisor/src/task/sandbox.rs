@@ -66,6 +66,8 @@ pub struct Inputs<'a> {
     pub worktree: &'a Path,
     /// The task's private temp dir (made here).
     pub tmp_dir: &'a Path,
+    /// The task's full tool outputs, readable (the model is told their paths).
+    pub tool_output: &'a Path,
     /// The repository's shared git dir, for a worktree task.
     pub git_common: Option<&'a Path>,
     /// The worktree's admin dir `<common>/worktrees/<id>`, for a worktree task.
@@ -117,6 +119,7 @@ pub fn policy(inputs: &Inputs<'_>) -> SandboxPolicy {
     }
     write.extend(inputs.extra_write.iter().map(|p| canonical(p)));
     let mut read: Vec<PathBuf> = allow.read;
+    read.push(inputs.tool_output.to_path_buf());
     read.extend(inputs.extra_read.iter().map(|p| canonical(p)));
 
     // Anything the shadow needs that lives under /tmp would vanish behind a private /tmp.
@@ -283,6 +286,7 @@ impl ShadowSandbox {
             config_file: config.path.as_deref(),
             worktree: &record.workdir,
             tmp_dir: &tmp,
+            tool_output: &prepared.dir.tool_output(),
             git_common: worktree.as_ref().map(|w| w.common()),
             git_admin: worktree.as_ref().map(|w| w.admin()),
             extra_read: &config.sandbox_paths.read,
@@ -361,6 +365,7 @@ mod tests {
                 config_file: None,
                 worktree: &r.join("state/worktrees/t1"),
                 tmp_dir: &r.join("state/tasks/t1/tmp"),
+                tool_output: &r.join("state/tasks/t1/tool-output"),
                 git_common: Some(&r.join("repo/.git")),
                 git_admin: Some(&r.join("repo/.git/worktrees/t1")),
                 extra_read: &[],
@@ -418,8 +423,14 @@ mod tests {
             r.join("home/.aws"),
             r.join("home/src/private"),
         ];
-        for read in &policy.read {
-            let read = Path::new(read);
+        let tool_output = r.join("state/tasks/t1/tool-output");
+        assert!(has(&policy.read, &tool_output));
+        for read in policy
+            .read
+            .iter()
+            .map(Path::new)
+            .filter(|p| *p != tool_output)
+        {
             for deny in &denied {
                 assert!(
                     !read.starts_with(deny) && !deny.starts_with(read),

@@ -287,7 +287,6 @@ async fn secrets_stay_unreadable_from_environments_proc_home_and_other_tasks() {
     }
     // The URL stays usable without its password.
     assert!(text.contains("postgres://app@db.invalid/app"), "{text}");
-    // Files on disk that a tool wrote don't hold them either.
     let started = out.events.first("started");
     let sandbox = &started["sandbox"];
     assert_eq!(sandbox["mode"], "workspace", "{started}");
