@@ -121,6 +121,17 @@ impl ShadowCgroup {
         Ok(ShadowCgroup { dir })
     }
 
+    /// The cgroup task `id` has (or would have) on this host, without making it.
+    pub fn of(support: &CgroupSupport, id: &str) -> Option<Self> {
+        let parent = match support {
+            CgroupSupport::V1Pids { dir } | CgroupSupport::V2 { dir } => dir.join(SHADOWS_DIR),
+            CgroupSupport::Unavailable(_) => return None,
+        };
+        Some(ShadowCgroup {
+            dir: parent.join(id),
+        })
+    }
+
     /// The file a process writes `0` to in order to join.
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")

@@ -121,8 +121,9 @@ pub async fn drive(
         finished.changed_files =
             git::changed_files(&record.workdir, record.base_commit.as_deref()).await;
     }
-    // The shadow's private temp dir goes with the task (nothing in it is the work).
+    // The shadow's private temp dir and cgroup go with the task (nothing in them is the work).
     let _ = std::fs::remove_dir_all(prepared.dir.tmp());
+    crate::task::sandbox::remove_cgroup(&record.id).await;
     finished.branch.clone_from(&record.branch);
     finished.worktree = Some(record.workdir.display().to_string());
     watch(&log.publish(Event::Finished(finished.clone())));

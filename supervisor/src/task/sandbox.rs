@@ -309,6 +309,21 @@ impl ShadowSandbox {
     }
 }
 
+/// Removes task `id`'s cgroup once its last process is gone (reaping can trail the end of an
+/// attempt by a few milliseconds); gives up quietly after a second.
+pub async fn remove_cgroup(id: &str) {
+    let Some(cgroup) = ShadowCgroup::of(&kugetsu_os::probe::host().cgroups, id) else {
+        return;
+    };
+    for _ in 0..50 {
+        match cgroup.remove() {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// Prefixes of the variables a worker's providers read (keys, base URLs, organisation ids).
 const PROVIDER_PREFIXES: [&str; 4] = ["OPENAI_", "ANTHROPIC_", "OPENROUTER_", "OLLAMA_"];
 
