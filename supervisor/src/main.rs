@@ -17,6 +17,14 @@ fn main() -> ExitCode {
         // user may read its memory or /proc/PID/environ (Landlock stops a sandboxed root).
         let _ = nix::sys::prctl::set_dumpable(false);
     }
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Demo(_) | Command::Serve(_) | Command::Doctor(_)
+    ) {
+        // Probed now, before anything reaps children with waitpid(-1): the probe forks and
+        // waits for its own children.
+        let _ = kugetsu_os::probe::host();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
