@@ -542,3 +542,39 @@ async fn outside_tmp_the_tools_get_a_private_tmp_and_a_read_only_git_link() {
     // The temp dir goes with the task.
     assert!(!repo.task_dir(out.task_id()).join("tmp").exists());
 }
+
+#[tokio::test]
+async fn a_no_worktree_task_edits_the_checkout_but_not_its_git_dir() {
+    let repo = TestRepo::new();
+    let before = UserRepo::of(&repo);
+    let markers = repo.root().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let server = FakeLlm::openai();
+    script(
+        &server,
+        &[format!(
+            "echo edited > edited.txt && echo wrote; \
+             printf '#!/bin/sh\\ntouch {m}/hook\\n' > .git/hooks/post-checkout; \
+             git config core.fsmonitor 'touch {m}/fsmonitor'; git commit -qam x; \
+             rm -rf .git; git status --short | head -3",
+            m = markers.display()
+        )],
+    );
+    let out = repo
+        .run()
+        .arg("--no-worktree")
+        .llm(&server)
+        .prompt("Edit in place.")
+        .output()
+        .await;
+    out.assert_code(0).assert_status("completed");
+    let text = outputs(&out.events);
+    assert!(text.contains("wrote"), "{text}");
+    assert_eq!(repo.read("edited.txt").as_deref(), Some("edited\n"));
+    assert_eq!(
+        UserRepo::of(&repo),
+        before,
+        "the checkout's git dir changed"
+    );
+    assert_no_marker(&markers);
+}
