@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::sandbox::SandboxPolicy;
 
 /// Version of the worker channel. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -51,6 +52,40 @@ pub struct TaskSpec {
     /// worker; `0` means the same.
     #[serde(default)]
     pub mem_limit_bytes: Option<u64>,
+    /// The sandbox the shadow's tool processes run in. Absent (an older supervisor) means
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Box<SandboxPolicy>>,
+    /// Provider variables (API keys, base URLs) for the worker's own model requests: they come
+    /// over the channel so the worker's environment, readable through `/proc`, holds none.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Provider variables (API keys, base URLs) handed to the worker over the channel, so they
+/// are never in its environment where a tool could read them through `/proc`.
+///
+/// `Debug` prints the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub std::collections::BTreeMap<String, String>);
+
+impl Secrets {
+    /// The value of `name`, if the supervisor sent one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Whether no variable was sent.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// What a worker is doing, reported in heartbeats.

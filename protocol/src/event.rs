@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::SandboxReport;
+
 /// Version of the public event format, the `v` field of every envelope.
 pub const EVENT_FORMAT_VERSION: u32 = 1;
 
@@ -99,6 +101,10 @@ pub enum Event {
         worktree: Option<String>,
         branch: Option<String>,
         model: String,
+        /// Which protections of the sandbox hold for this attempt, and which do not (and why).
+        /// Absent in logs written before the field existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<SandboxReport>,
     },
     /// Emitted by the worker before it asks the model for turn `turn` (1-based).
     TurnStart { turn: u32 },

@@ -10,16 +10,20 @@
 //! - [`codec`]: the JSON-lines codec with a maximum line length and per-line errors.
 //! - [`demo`]: the built-in demo's files and prompt (shared with the scripted model).
 //! - [`model`]: `PROVIDER/MODEL` strings and what each provider needs from the environment.
+//! - [`sandbox`]: the policy a shadow's tool processes run under, and the report of what
+//!   protections hold.
 
 pub mod channel;
 pub mod codec;
 pub mod demo;
 pub mod event;
 pub mod model;
+pub mod sandbox;
 
 pub use channel::{
-    HELLO_TIMEOUT, PROTOCOL_VERSION, Phase, SupervisorMessage, TaskSpec, WorkerMessage,
+    HELLO_TIMEOUT, PROTOCOL_VERSION, Phase, Secrets, SupervisorMessage, TaskSpec, WorkerMessage,
 };
 pub use codec::{DecodeError, LineReader, MAX_LINE_BYTES, decode, encode, error_chain};
 pub use event::{Event, EventEnvelope, FinishStatus, Finished, Priority, Usage};
 pub use model::{ModelError, ModelRef, ProviderKind};
+pub use sandbox::{Missing, NetworkMode, Protection, SandboxMode, SandboxPolicy, SandboxReport};

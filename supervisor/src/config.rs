@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kugetsu_protocol::{NetworkMode, SandboxMode};
 use serde::Deserialize;
 
 use crate::exit::CliError;
@@ -35,7 +36,30 @@ pub struct Config {
     pub context_window: Option<u64>,
     /// How long finished tasks' records and clean worktrees are kept (`None`: forever).
     pub task_retention: Option<std::time::Duration>,
+    /// `sandbox`: whether shadows' tools are confined (DESIGN §8).
+    pub sandbox: SandboxMode,
+    /// `network`: whether shadows' tools reach the network.
+    pub network: NetworkMode,
+    /// `pids_limit`: most processes one shadow may have (where cgroups allow).
+    pub pids_limit: u64,
+    /// `sandbox_read`, `sandbox_write`, `sandbox_deny` (boxed: rarely set, and a config is
+    /// carried by every prepared task).
+    pub sandbox_paths: Box<SandboxPaths>,
 }
+
+/// Paths the config adds to the sandbox's policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxPaths {
+    /// `sandbox_read`: more paths tools may read.
+    pub read: Vec<PathBuf>,
+    /// `sandbox_write`: more paths tools may write.
+    pub write: Vec<PathBuf>,
+    /// `sandbox_deny`: more paths tools may not read.
+    pub deny: Vec<PathBuf>,
+}
+
+/// Default `pids_limit`.
+pub const DEFAULT_PIDS_LIMIT: u64 = 512;
 
 /// Default retention of finished tasks: 30 days.
 pub const DEFAULT_TASK_RETENTION: std::time::Duration =
@@ -54,6 +78,20 @@ struct FileConfig {
     max_turns: Option<u32>,
     context_window: Option<u64>,
     task_retention: Option<String>,
+    sandbox: Option<String>,
+    network: Option<NetworkValue>,
+    pids_limit: Option<u64>,
+    sandbox_read: Option<Vec<PathBuf>>,
+    sandbox_write: Option<Vec<PathBuf>>,
+    sandbox_deny: Option<Vec<PathBuf>>,
+}
+
+/// `network` written as `"on"`/`"off"` or a boolean.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NetworkValue {
+    Bool(bool),
+    Text(String),
 }
 
 /// A size written as a number of bytes or a string such as "512MiB".
@@ -92,8 +130,30 @@ impl Config {
                 parse_size(&t).map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
             ),
         };
+        let sandbox = match &file.sandbox {
+            None => SandboxMode::default(),
+            Some(text) => text
+                .parse()
+                .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?,
+        };
+        let network = match &file.network {
+            None => NetworkMode::default(),
+            Some(NetworkValue::Bool(true)) => NetworkMode::On,
+            Some(NetworkValue::Bool(false)) => NetworkMode::Off,
+            Some(NetworkValue::Text(text)) => text
+                .parse()
+                .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?,
+        };
         let mut config = Config {
             path,
+            sandbox,
+            network,
+            pids_limit: file.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+            sandbox_paths: Box::new(SandboxPaths {
+                read: file.sandbox_read.unwrap_or_default(),
+                write: file.sandbox_write.unwrap_or_default(),
+                deny: file.sandbox_deny.unwrap_or_default(),
+            }),
             model: file.model,
             compaction_model: file.compaction_model,
             max_shadows: file.max_shadows.unwrap_or(DEFAULT_MAX_SHADOWS),
@@ -144,6 +204,30 @@ impl Config {
         }
         if let Some(v) = get("KUGETSU_CONTEXT_WINDOW") {
             self.context_window = Some(number("KUGETSU_CONTEXT_WINDOW", &v)?);
+        }
+        if let Some(v) = get("KUGETSU_SANDBOX") {
+            self.sandbox = v
+                .parse()
+                .map_err(|e| CliError::Usage(format!("KUGETSU_SANDBOX: {e}")))?;
+        }
+        if let Some(v) = get("KUGETSU_NETWORK") {
+            self.network = v
+                .parse()
+                .map_err(|e| CliError::Usage(format!("KUGETSU_NETWORK: {e}")))?;
+        }
+        if let Some(v) = get("KUGETSU_PIDS_LIMIT") {
+            self.pids_limit = number("KUGETSU_PIDS_LIMIT", &v)?;
+        }
+        // Lists of paths: colon-separated, like PATH.
+        let paths = |v: &str| std::env::split_paths(v).collect::<Vec<_>>();
+        if let Some(v) = get("KUGETSU_SANDBOX_READ") {
+            self.sandbox_paths.read = paths(&v);
+        }
+        if let Some(v) = get("KUGETSU_SANDBOX_WRITE") {
+            self.sandbox_paths.write = paths(&v);
+        }
+        if let Some(v) = get("KUGETSU_SANDBOX_DENY") {
+            self.sandbox_paths.deny = paths(&v);
         }
         if let Some(v) = get("KUGETSU_TASK_RETENTION") {
             self.task_retention = parse_retention(&v)

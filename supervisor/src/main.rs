@@ -9,6 +9,14 @@ use kugetsu_supervisor::daemon;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Demo(_) | Command::Serve(_)
+    ) {
+        // This process holds the provider keys while shadows run: no process of the same
+        // user may read its memory or /proc/PID/environ (Landlock stops a sandboxed root).
+        let _ = nix::sys::prctl::set_dumpable(false);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

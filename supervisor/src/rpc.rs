@@ -311,6 +311,12 @@ pub struct SubmitParams {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub mem_limit: Option<u64>,
+    /// `workspace` or `off`; the daemon's `sandbox` setting when absent.
+    #[serde(default)]
+    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
+    /// `on` or `off`; the daemon's `network` setting when absent.
+    #[serde(default)]
+    pub network: Option<kugetsu_protocol::NetworkMode>,
     #[serde(default)]
     pub priority: Priority,
 }

@@ -181,7 +181,14 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
         .model
         .parse()
         .map_err(|e: kugetsu_protocol::ModelError| e.to_string())?;
-    let env = |name: &str| std::env::var(name).ok();
+    // Keys come over the channel; the environment is the fallback of a supervisor that
+    // sends none (and of tests that drive the worker directly).
+    let env = |name: &str| {
+        task.secrets
+            .get(name)
+            .map(str::to_owned)
+            .or_else(|| std::env::var(name).ok())
+    };
     let provider = Arc::new(Provider::from_model(&model, &env).map_err(|e| error_chain(&e))?);
     let summarizer = match task.compaction_model.as_deref().filter(|m| !m.is_empty()) {
         None => provider.clone(),
@@ -207,6 +214,7 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
             // A limit of zero would kill every command: it means no limit, as absent does.
             mem_limit: task.mem_limit_bytes.filter(|&limit| limit > 0),
             guard: std::env::current_exe().ok(),
+            sandbox: task.sandbox.as_deref().cloned().map(Arc::new),
         },
         specs: tools::specs(),
         system: system_prompt(&root),
@@ -603,6 +611,7 @@ mod tests {
             output_dir: dir.path().join("tool-output"),
             mem_limit: Some(64 * MIB),
             guard: None,
+            sandbox: None,
         };
         let mut session = Session::start(&dir.path().join("journal.jsonl"), "eat memory").unwrap();
         let call = bash_call(

@@ -6,6 +6,9 @@
 //! shell. The guard
 //! - leads the call's process group (the shell and its jobs join it),
 //! - asks for SIGTERM when its parent dies, and is a child subreaper,
+//! - enters the shadow's sandbox when the worker passed a policy in
+//!   [`crate::sandbox::POLICY_VAR`] (see [`crate::sandbox`]); a sandbox that should apply and
+//!   does not stops the call with exit code 126 before PROGRAM runs,
 //! - runs PROGRAM and waits for it, reaping adopted orphans as they exit,
 //! - on its parent's death, SIGKILLs every descendant and the whole group, then exits,
 //! - otherwise exits the way PROGRAM did (same code, or the same signal), so the worker sees
@@ -56,7 +59,33 @@ pub fn run(args: &[OsString]) -> ExitCode {
         return ExitCode::from(137);
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    let child = match Command::new(program).args(&args[2..]).spawn() {
+    let sandbox = match std::env::var_os(crate::sandbox::POLICY_VAR) {
+        Some(policy) => match crate::sandbox::enter(&policy) {
+            Ok(entered) => entered,
+            Err(e) => {
+                eprintln!("kugetsu-worker: the sandbox could not be set up, nothing was run: {e}");
+                return ExitCode::from(126);
+            }
+        },
+        None => None,
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&args[2..])
+        .env_remove(crate::sandbox::POLICY_VAR);
+    if let Some(mut sandbox) = sandbox {
+        use std::os::unix::process::CommandExt as _;
+        #[expect(
+            unsafe_code,
+            reason = "the sandbox's last steps must run in the tool's process before exec"
+        )]
+        // SAFETY: the guard is single-threaded, so the forked child may allocate; the closure
+        // only mounts /proc and makes the Landlock syscalls, touching nothing shared.
+        unsafe {
+            command.pre_exec(move || sandbox.in_child());
+        }
+    }
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!(

@@ -14,6 +14,7 @@
 //! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
 //! - [`session`]: the conversation plus its journal; rebuilds itself on resume.
+//! - [`sandbox`]: the sandbox a shadow's tool processes run in, applied by the tool guard.
 
 #![deny(clippy::print_stdout)]
 
@@ -24,5 +25,6 @@ pub mod guard;
 pub mod ipc;
 pub mod journal;
 pub mod llm;
+pub mod sandbox;
 pub mod session;
 pub mod tools;

@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// Where to listen.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Confine the shadow's tools (`workspace`, the default) or not (`off`; logged loudly).
+    #[arg(long, value_name = "workspace|off")]
+    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
+    /// Whether the shadow's tools may use the network (the model traffic is not affected).
+    #[arg(long, value_name = "on|off")]
+    pub network: Option<kugetsu_protocol::NetworkMode>,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -225,6 +231,12 @@ pub struct TaskOptions {
     /// Memory limit of the shadow, e.g. 512MiB.
     #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
     pub mem_limit: Option<u64>,
+    /// Confine the shadow's tools (`workspace`, the default) or not (`off`; logged loudly).
+    #[arg(long, value_name = "workspace|off")]
+    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
+    /// Whether the shadow's tools may use the network (the model traffic is not affected).
+    #[arg(long, value_name = "on|off")]
+    pub network: Option<kugetsu_protocol::NetworkMode>,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -253,6 +265,8 @@ impl TaskOptions {
             max_turns: self.max_turns,
             timeout: self.timeout,
             mem_limit: self.mem_limit,
+            sandbox: self.sandbox,
+            network: self.network,
             priority,
             origin,
         }

@@ -58,6 +58,8 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
         max_turns: Some(10),
         timeout: Some(std::time::Duration::from_secs(120)),
         mem_limit: None,
+        sandbox: None,
+        network: None,
         priority: kugetsu_protocol::Priority::Normal,
         origin: Origin::Run,
     };
@@ -77,7 +79,12 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
             eprintln!();
             eprintln!("the diff the shadow made on branch {branch}:");
             eprintln!();
-            match git::diff(&prepared.record.workdir, base).await {
+            let diff =
+                match git::Worktree::open(&prepared.record.repo, &prepared.record.workdir).await {
+                    Ok(worktree) => worktree.diff(base, branch).await,
+                    Err(e) => Err(e),
+                };
+            match diff {
                 Ok(diff) if diff.trim().is_empty() => eprintln!("(no changes)"),
                 Ok(diff) => crate::cli::run::print_text(&diff),
                 Err(e) => eprintln!("cannot show the diff: {e}"),

@@ -209,16 +209,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
             &format!("cannot read the limit: {e}"),
         ),
     }
-    let cgroup = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    report.line(
-        if cgroup { Verdict::Ok } else { Verdict::Warn },
-        "cgroups",
-        if cgroup {
-            "cgroup v2 present"
-        } else {
-            "no cgroup v2: containment relies on process groups"
-        },
-    );
+    sandbox_lines(&mut report, &config);
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
         .map(|dir| crate::daemon::socket::socket_path(None, &dir, &env));
@@ -243,6 +234,86 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What this host offers the sandbox, and which protections a task gets here by default.
+fn sandbox_lines(report: &mut Report, config: &Config) {
+    use kugetsu_os::cgroup::CgroupSupport;
+    use kugetsu_protocol::{NetworkMode, SandboxMode, SandboxPolicy};
+    let host = kugetsu_os::probe::host();
+    match &host.landlock {
+        Ok(abi) => report.line(Verdict::Ok, "landlock", &format!("ABI {abi}")),
+        Err(e) => report.line(Verdict::Warn, "landlock", e),
+    }
+    match &host.namespaces {
+        Ok(route) => report.line(
+            Verdict::Ok,
+            "namespaces",
+            &format!("mount, pid and network ({route:?})"),
+        ),
+        Err(e) => report.line(Verdict::Warn, "namespaces", e),
+    }
+    let cgroup = match &host.cgroups {
+        CgroupSupport::V2 { dir } => {
+            report.line(
+                Verdict::Ok,
+                "cgroups",
+                &format!("v2, delegated: {}", dir.display()),
+            );
+            Ok(())
+        }
+        CgroupSupport::V1Pids { dir } => {
+            report.line(
+                Verdict::Ok,
+                "cgroups",
+                &format!("v1 pids: {}", dir.display()),
+            );
+            Ok(())
+        }
+        CgroupSupport::Unavailable(reason) => {
+            report.line(
+                Verdict::Warn,
+                "cgroups",
+                &format!("{reason}: no pids_limit"),
+            );
+            Err(reason.clone())
+        }
+    };
+    // What a task on a repository outside /tmp gets, with network off to show that line too.
+    let policy = SandboxPolicy {
+        mode: config.sandbox,
+        network: NetworkMode::Off,
+        private_tmp: true,
+        ..SandboxPolicy::default()
+    };
+    let task = crate::task::sandbox::report(&policy, host, &cgroup);
+    if config.sandbox == SandboxMode::Off {
+        report.line(
+            Verdict::Warn,
+            "sandbox",
+            "sandbox = \"off\": shadows' tools are not confined",
+        );
+    }
+    for protection in &task.in_force {
+        report.line(Verdict::Ok, "  in force", protection.as_str());
+    }
+    for missing in &task.missing {
+        report.line(
+            Verdict::Warn,
+            "  missing",
+            &format!("{}: {}", missing.protection.as_str(), missing.reason),
+        );
+    }
+    report.line(
+        Verdict::Ok,
+        "  settings",
+        &format!(
+            "sandbox {}, network {}, pids_limit {}",
+            config.sandbox.as_str(),
+            config.network.as_str(),
+            config.pids_limit
+        ),
+    );
 }
 
 fn probe_write(dir: &Path) -> bool {

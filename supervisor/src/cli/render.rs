@@ -58,6 +58,7 @@ impl Renderer {
                 worktree,
                 branch,
                 model,
+                sandbox,
             } => {
                 let head = self.paint("1", &format!("kugetsu ▸ task {}", envelope.task));
                 let mut detail = format!("{model} · worker pid {pid}");
@@ -68,6 +69,23 @@ impl Renderer {
                 if let Some(worktree) = worktree {
                     let branch = branch.as_deref().unwrap_or("-");
                     let text = self.paint("2", &format!("  worktree {worktree} (branch {branch})"));
+                    self.line(&text);
+                }
+                if let Some(sandbox) = sandbox {
+                    let missing: Vec<String> = sandbox
+                        .missing
+                        .iter()
+                        .map(|m| m.protection.as_str().to_owned())
+                        .collect();
+                    let mut text = format!(
+                        "  sandbox {} · network {}",
+                        sandbox.mode.as_str(),
+                        sandbox.network.as_str()
+                    );
+                    if !missing.is_empty() {
+                        text.push_str(&format!(" · missing: {}", missing.join(", ")));
+                    }
+                    let text = self.paint("2", &text);
                     self.line(&text);
                 }
             }

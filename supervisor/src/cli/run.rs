@@ -29,7 +29,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     };
     let (prepared, resume) = match (&args.task.resume, &args.prompt) {
         (Some(id), None) => match reopen(id, &state, &config, &env).await? {
-            Reopened::Resumable(prepared, resume) => (prepared, resume),
+            Reopened::Resumable(prepared, resume) => (*prepared, resume),
             Reopened::Finished(envelope) => {
                 let Event::Finished(finished) = &envelope.event else {
                     return Err(CliError::Failed("corrupt event log".to_owned()));

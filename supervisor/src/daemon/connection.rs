@@ -22,7 +22,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::daemon::actor::{Command, Replay};
-use crate::daemon::socket::{Half, halves, peer_is_owner};
+use crate::daemon::socket::{Half, halves, peer_is_owner, peer_pid};
 use crate::daemon::subscribers::{self, Feed, Line};
 use crate::rpc::{
     self, Call, EventList, Method, RpcError, SubmitParams, Submitted, SubscribeParams, Subscribed,
@@ -51,6 +51,10 @@ pub async fn serve_connection(
 ) {
     if !peer_is_owner(&stream) {
         eprintln!("kugetsu: refused a connection from another user");
+        return;
+    }
+    if let Some(reason) = crate::daemon::peer::shadow_reason(peer_pid(&stream)) {
+        eprintln!("kugetsu: refused a connection from a shadow's process: {reason}");
         return;
     }
     let (recv, send) = halves(stream);
@@ -208,6 +212,8 @@ async fn submit(
         max_turns: params.max_turns,
         timeout: params.timeout_ms.map(std::time::Duration::from_millis),
         mem_limit: params.mem_limit,
+        sandbox: params.sandbox,
+        network: params.network,
         priority: params.priority,
         origin: Origin::Daemon,
     };

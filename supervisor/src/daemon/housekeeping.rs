@@ -44,7 +44,13 @@ pub async fn clean(state: &StateDir, purge: bool, older_than_ms: Option<u64>) ->
         }
         let mut worktree_gone = !record.worktree || !record.workdir.exists();
         if !worktree_gone {
-            match git::uncommitted(&record.workdir).await {
+            let branch = record
+                .branch
+                .clone()
+                .unwrap_or_else(|| format!("kugetsu/{}", record.id));
+            match git::uncommitted(&record.repo, &record.workdir, &branch, &dir.scratch_index())
+                .await
+            {
                 Ok(changes) if changes.is_empty() => {
                     match git::remove_worktree(&record.repo, &record.workdir).await {
                         Ok(()) => {

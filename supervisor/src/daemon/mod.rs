@@ -6,6 +6,7 @@
 //! - [`subscribers`]: event fan-out with a bounded backlog per subscriber.
 //! - [`connection`]: one client connection (JSON-RPC over the socket).
 //! - [`socket`]: where the socket is, binding it 0600, peer checks.
+//! - [`peer`]: whether a peer is a shadow's process (refused).
 //! - [`queue`]: the bounded priority queue.
 //! - [`limits`]: the file-descriptor limit a fleet needs.
 //! - [`housekeeping`]: `clean` and the retention policy, on finished tasks' directories.
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod connection;
 pub mod housekeeping;
 pub mod limits;
+pub mod peer;
 pub mod queue;
 pub mod reload;
 pub mod sdnotify;

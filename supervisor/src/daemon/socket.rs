@@ -2,7 +2,8 @@
 //!
 //! Path: `--socket`, else `$KUGETSU_SOCKET`, else `$XDG_RUNTIME_DIR/kugetsu/kugetsu.sock`, else
 //! `<state_dir>/kugetsu.sock`. The socket is created with mode 0600 (set before `bind`, so no
-//! umask race), and every connection's peer uid is checked with `SO_PEERCRED`.
+//! umask race), and every connection's peer is checked with `SO_PEERCRED`: its uid must be
+//! ours, and it must not be a shadow's process (see [`crate::daemon::peer`]).
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,15 @@ pub fn peer_is_owner(stream: &Stream) -> bool {
         .ok()
         .and_then(|creds| creds.euid())
         .is_some_and(|uid| uid == me)
+}
+
+/// The pid of the peer of `stream`, as the kernel saw it when it connected.
+pub fn peer_pid(stream: &Stream) -> Option<u32> {
+    stream
+        .peer_creds()
+        .ok()
+        .and_then(|creds| creds.pid())
+        .and_then(|pid| u32::try_from(pid).ok())
 }
 
 /// One direction of a connection. Both halves share the stream (`&Stream` reads and writes),

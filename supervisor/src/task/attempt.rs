@@ -12,7 +12,9 @@ use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
-use kugetsu_protocol::{Event, EventEnvelope, FinishStatus, Finished, TaskSpec, WorkerMessage};
+use kugetsu_protocol::{
+    Event, EventEnvelope, FinishStatus, Finished, SandboxMode, TaskSpec, WorkerMessage,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -20,6 +22,7 @@ use crate::task::drive::{Resume, ShadowControl};
 use crate::task::events::{Progress, Publisher};
 use crate::task::memory::{Sampler, ShadowMem};
 use crate::task::prepare::{Prepared, instant_at};
+use crate::task::sandbox::{ShadowSandbox, provider_secrets};
 use crate::task::shadow::{FromWorker, Shadow, describe_exit};
 
 /// How long a cancelled worker gets to report `finished` before it is killed.
@@ -331,6 +334,16 @@ pub async fn run(
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
 ) -> Outcome {
     let record = &prepared.record;
+    let env = |key: &str| std::env::var(key).ok();
+    // Kept to the end of the attempt: dropping it removes the shadow's cgroup.
+    let sandbox = ShadowSandbox::prepare(prepared, &env).await;
+    if record.sandbox == SandboxMode::Off {
+        eprintln!(
+            "kugetsu: warning: task {} runs with --sandbox off: its tools can read and write \
+             everything this user can, including secrets and other tasks",
+            record.id
+        );
+    }
     let spec = TaskSpec {
         id: record.id.clone(),
         prompt: record.prompt.clone(),
@@ -341,6 +354,8 @@ pub async fn run(
         context_window: prepared.config.context_window,
         compaction_model: prepared.config.compaction_model.clone(),
         mem_limit_bytes: Some(record.mem_limit),
+        sandbox: Some(Box::new(sandbox.policy.clone())),
+        secrets: provider_secrets(std::env::vars()),
     };
     if resume.from_journal {
         crate::task::shadow::kill_task_leftovers(&record.id);
@@ -351,6 +366,7 @@ pub async fn run(
         &prepared.dir.worker_log(),
         spec,
         resume.from_journal,
+        sandbox.cgroup.as_ref().map(|c| c.procs_file()).as_deref(),
     )
     .await;
     let (mut shadow, mut from_worker) = match spawned {
@@ -376,6 +392,7 @@ pub async fn run(
             worktree: Some(record.workdir.display().to_string()),
             branch: record.branch.clone(),
             model: record.model.clone(),
+            sandbox: Some(sandbox.report.clone()),
         }],
     );
     let mut measured = sampler.watch(shadow.pid);

@@ -95,14 +95,34 @@ pub async fn drive(
             .take(72)
             .collect();
         let message = format!("kugetsu {}: {first_line}", record.id);
-        if let Err(e) = git::commit_all(&record.workdir, &message).await {
-            warn(&format!(
+        let branch = record
+            .branch
+            .clone()
+            .unwrap_or_else(|| format!("kugetsu/{}", record.id));
+        match git::Worktree::open(&record.repo, &record.workdir).await {
+            Ok(worktree) => {
+                if let Err(e) = worktree
+                    .commit_all(&branch, &prepared.dir.scratch_index(), &message)
+                    .await
+                {
+                    warn(&format!(
+                        "cannot commit the shadow's work on its branch: {e}"
+                    ));
+                }
+                if let Some(base) = record.base_commit.as_deref() {
+                    finished.changed_files = worktree.changed_files(base, &branch).await;
+                }
+            }
+            Err(e) => warn(&format!(
                 "cannot commit the shadow's work on its branch: {e}"
-            ));
+            )),
         }
+    } else {
+        finished.changed_files =
+            git::changed_files(&record.workdir, record.base_commit.as_deref()).await;
     }
-    finished.changed_files =
-        git::changed_files(&record.workdir, record.base_commit.as_deref()).await;
+    // The shadow's private temp dir goes with the task (nothing in it is the work).
+    let _ = std::fs::remove_dir_all(prepared.dir.tmp());
     finished.branch.clone_from(&record.branch);
     finished.worktree = Some(record.workdir.display().to_string());
     watch(&log.publish(Event::Finished(finished.clone())));

@@ -352,6 +352,7 @@ mod tests {
                     worktree: None,
                     branch: None,
                     model: "m".to_owned(),
+                    sandbox: None,
                 },
             ),
             envelope(2, Event::TurnStart { turn: 1 }),

@@ -1,38 +1,211 @@
-//! Git: repository checks, worktrees on their own branch, and what a task changed.
+//! Git, run so that nothing a shadow wrote can make it run code or read the wrong repository.
+//!
+//! A shadow controls its worktree's files, including the `.git` link, `.gitattributes` and
+//! (without the sandbox) the repository's config and hooks. So every git call here:
+//! - addresses the repository through our own records: `GIT_DIR` = the worktree's admin dir
+//!   `<common>/worktrees/<id>` (checked against the worktree when it is made), `GIT_COMMON_DIR`
+//!   and `GIT_WORK_TREE` explicitly; the worktree's `.git` file and the admin dir's
+//!   `commondir` file are never read;
+//! - reads no configuration but the user's own repository config (`GIT_CONFIG_NOSYSTEM`,
+//!   `GIT_CONFIG_GLOBAL=/dev/null`, `HOME` and `XDG_CONFIG_HOME` pointing nowhere) and
+//!   overrides what could run code: `core.hooksPath=/dev/null`, `core.fsmonitor=false`,
+//!   `core.untrackedCache=false`, `core.attributesFile=/dev/null`, no external diff or textconv;
+//! - runs with a scrubbed environment (no provider key, nothing secret), stdin closed, in its
+//!   own process group, killed after [`GIT_TIMEOUT`].
+//!
+//! Filter drivers (`filter.<x>.clean` named by a `.gitattributes` the shadow wrote) cannot be
+//! switched off by name, so committing a shadow's work never runs `git add`: [`Worktree::commit_all`]
+//! hashes the worktree's files as they are (`hash-object --no-filters`) into a scratch index
+//! seeded from the branch tip, writes the tree, makes the commit with `commit-tree` and moves
+//! only `refs/heads/kugetsu/<id>`, with `update-ref --no-deref` and the old value, so neither a
+//! symbolic ref nor a concurrent change can redirect it. Files behind a symbolic link inside
+//! the worktree are not followed.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use crate::exit::CliError;
 
-/// Runs `git -C dir args...` and returns its trimmed stdout, or its stderr as the error.
-async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run git: {}", crate::exit::describe_io(&e)))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .trim_end()
-            .to_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("git failed")
-            .trim()
-            .to_owned())
+/// The longest any one git call may take before its process group is killed.
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Configuration that could make git run a program, overridden on every call.
+const INERT: [&str; 12] = [
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "core.attributesFile=/dev/null",
+    "core.pager=cat",
+    "core.sshCommand=false",
+    "credential.helper=",
+    "diff.external=",
+    "color.ui=never",
+    "commit.gpgSign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+];
+
+/// Variables passed to git from our environment; everything else is dropped.
+const KEPT_VARS: [&str; 5] = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
+
+/// Where a git call looks for the repository.
+#[derive(Debug, Clone, Copy)]
+enum Repo<'a> {
+    /// `git -C dir`: the user's own checkout (trusted: the shadow cannot write it).
+    Checkout(&'a Path),
+    /// A shadow's worktree, by our records.
+    Worktree(&'a Worktree),
+}
+
+/// One git invocation.
+struct Git<'a> {
+    repo: Repo<'a>,
+    args: Vec<OsString>,
+    env: Vec<(&'static str, OsString)>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl<'a> Git<'a> {
+    fn new(repo: Repo<'a>) -> Self {
+        Git {
+            repo,
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: None,
+        }
     }
+
+    fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    fn arg_ref(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
+        self.env.push((key, value.into()));
+        self
+    }
+
+    fn stdin(mut self, input: Vec<u8>) -> Self {
+        self.stdin = Some(input);
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("git");
+        command.env_clear();
+        for name in KEPT_VARS {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command
+            .env("HOME", "/dev/null")
+            .env("XDG_CONFIG_HOME", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_ATTR_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .env("GIT_OPTIONAL_LOCKS", "0");
+        for setting in INERT {
+            command.arg("-c").arg(setting);
+        }
+        match self.repo {
+            Repo::Checkout(dir) => {
+                command.arg("-C").arg(dir);
+            }
+            Repo::Worktree(worktree) => {
+                command
+                    .env("GIT_DIR", &worktree.admin)
+                    .env("GIT_COMMON_DIR", &worktree.common)
+                    .env("GIT_WORK_TREE", &worktree.path)
+                    .current_dir(&worktree.path);
+            }
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+            .args(&self.args)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        command
+    }
+
+    /// Runs git and returns its stdout, or the first line of its stderr as the error.
+    async fn run(self) -> Result<String, String> {
+        self.run_bytes()
+            .await
+            .map(|out| String::from_utf8_lossy(&out).trim_end().to_owned())
+    }
+
+    async fn run_bytes(self) -> Result<Vec<u8>, String> {
+        let mut child = self
+            .command()
+            .spawn()
+            .map_err(|e| format!("cannot run git: {}", crate::exit::describe_io(&e)))?;
+        let group = child
+            .id()
+            .and_then(kugetsu_os::process::ProcessGroup::of_leader);
+        if let (Some(input), Some(mut pipe)) = (self.stdin, child.stdin.take()) {
+            // Written concurrently with reading: a large input must not deadlock on a full pipe.
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&input).await;
+            });
+        }
+        let output = match tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output()).await {
+            Ok(output) => output.map_err(|e| format!("cannot run git: {e}"))?,
+            Err(_) => {
+                if let Some(group) = group {
+                    group.signal(nix::sys::signal::Signal::SIGKILL);
+                }
+                return Err(format!(
+                    "git took longer than {}s and was killed",
+                    GIT_TIMEOUT.as_secs()
+                ));
+            }
+        };
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            Err(stderr
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("git failed")
+                .trim()
+                .to_owned())
+        }
+    }
+}
+
+/// Runs `git -C dir args...` in the user's checkout and returns its trimmed stdout.
+async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    Git::new(Repo::Checkout(dir)).args(args).run().await
 }
 
 /// The top level of the repository containing `dir`.
@@ -88,6 +261,18 @@ pub async fn current_branch(dir: &Path) -> Option<String> {
         .ok()
 }
 
+/// The repository's shared git dir (`.git` of the main checkout), canonical.
+pub async fn common_dir(repo: &Path) -> Result<PathBuf, String> {
+    let dir = git(
+        repo,
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    )
+    .await?;
+    PathBuf::from(dir)
+        .canonicalize()
+        .map_err(|e| format!("the repository's git dir: {e}"))
+}
+
 /// Serializes worktree changes per repository: git's `worktree add`/`remove` are not safe to
 /// run concurrently on one repository (they read each other's half-written admin files).
 fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
@@ -121,7 +306,7 @@ pub async fn add_worktree(
     loop {
         attempt += 1;
         let error = match git(repo, &args).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => break,
             Err(error) => error,
         };
         let untouched = !path.exists() && !branch_exists(repo, branch).await;
@@ -130,8 +315,13 @@ pub async fn add_worktree(
                 "git worktree add failed: {error}"
             )));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
     }
+    // Our records must name the admin dir git made: check it now, while the shadow has not run.
+    Worktree::open(repo, path)
+        .await
+        .map(drop)
+        .map_err(CliError::Failed)
 }
 
 async fn branch_exists(repo: &Path, branch: &str) -> bool {
@@ -141,42 +331,362 @@ async fn branch_exists(repo: &Path, branch: &str) -> bool {
         .is_ok()
 }
 
-/// Commits everything the shadow left in its worktree onto its branch, so the work survives
-/// the worktree's removal. Returns whether there was anything to commit.
-pub async fn commit_all(worktree: &Path, message: &str) -> Result<bool, String> {
-    git(worktree, &["add", "--all"]).await?;
-    if git(worktree, &["diff", "--cached", "--quiet"])
-        .await
-        .is_ok()
-    {
-        return Ok(false);
-    }
-    git(
-        worktree,
-        &[
-            "-c",
-            "user.name=kugetsu",
-            "-c",
-            "user.email=kugetsu@localhost",
-            "-c",
-            "commit.gpgsign=false",
-            "commit",
-            "--quiet",
-            "--no-verify",
-            "-m",
-            message,
-        ],
-    )
-    .await?;
-    Ok(true)
+/// A shadow's worktree as our records name it.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    /// The worktree (`<state_dir>/worktrees/<id>`).
+    path: PathBuf,
+    /// The repository's shared git dir.
+    common: PathBuf,
+    /// `<common>/worktrees/<id>`: the worktree's own git dir (HEAD, index).
+    admin: PathBuf,
 }
 
-/// Paths that differ between `base` and the working tree of `dir` (committed, staged,
-/// unstaged and untracked), sorted and without duplicates.
+impl Worktree {
+    /// The worktree at `path` of the repository `repo`. Checks that git's admin dir for it is
+    /// `<common>/worktrees/<name of path>` and points back at `path`: true when `worktree add`
+    /// made it, and never decided by the worktree's `.git` file.
+    pub async fn open(repo: &Path, path: &Path) -> Result<Self, String> {
+        let common = common_dir(repo).await?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} has no name", path.display()))?;
+        let admin = common.join("worktrees").join(name);
+        let gitdir = std::fs::read_to_string(admin.join("gitdir"))
+            .map_err(|e| format!("{}: {e}", admin.join("gitdir").display()))?;
+        let expected = path.join(".git");
+        let recorded = PathBuf::from(gitdir.trim_end());
+        let same = recorded == expected
+            || recorded.canonicalize().ok() == expected.canonicalize().ok()
+                && recorded.parent().and_then(|p| p.canonicalize().ok())
+                    == path.canonicalize().ok();
+        if !same {
+            return Err(format!(
+                "{} does not belong to the worktree {}",
+                admin.display(),
+                path.display()
+            ));
+        }
+        Ok(Worktree {
+            path: path.to_path_buf(),
+            common,
+            admin,
+        })
+    }
+
+    /// The repository's shared git dir.
+    pub fn common(&self) -> &Path {
+        &self.common
+    }
+
+    /// `<common>/worktrees/<id>`.
+    pub fn admin(&self) -> &Path {
+        &self.admin
+    }
+
+    fn git(&self) -> Git<'_> {
+        Git::new(Repo::Worktree(self))
+    }
+
+    /// The commit `refs/heads/<branch>` points at.
+    async fn tip(&self, branch: &str) -> Result<String, String> {
+        self.git()
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg_ref(&format!("refs/heads/{branch}^{{commit}}"))
+            .run()
+            .await
+    }
+
+    /// Commits every file of the worktree, as it is on disk, onto `branch` (and only there).
+    /// `scratch` is an index file of ours (outside the worktree) to build the commit in.
+    /// Returns whether there was anything to commit.
+    pub async fn commit_all(
+        &self,
+        branch: &str,
+        scratch: &Path,
+        message: &str,
+    ) -> Result<bool, String> {
+        let Snapshot {
+            tip,
+            tip_tree,
+            tree,
+        } = self.snapshot(branch, scratch).await?;
+        if tree == tip_tree {
+            return Ok(false);
+        }
+        let commit = self
+            .git()
+            .env("GIT_AUTHOR_NAME", "kugetsu")
+            .env("GIT_AUTHOR_EMAIL", "kugetsu@localhost")
+            .env("GIT_COMMITTER_NAME", "kugetsu")
+            .env("GIT_COMMITTER_EMAIL", "kugetsu@localhost")
+            .args(["commit-tree"])
+            .arg_ref(&tree)
+            .args(["-p"])
+            .arg_ref(&tip)
+            .args(["-m", message])
+            .run()
+            .await?;
+        self.git()
+            .args([
+                "update-ref",
+                "--no-deref",
+                "-m",
+                "kugetsu: the shadow's work",
+            ])
+            .arg_ref(&format!("refs/heads/{branch}"))
+            .arg_ref(&commit)
+            .arg_ref(&tip)
+            .run()
+            .await?;
+        // The worktree's own index follows its branch (no refresh, so no filter runs).
+        let _ = self.git().args(["read-tree"]).arg_ref(&tree).run().await;
+        Ok(true)
+    }
+
+    /// The paths whose content on disk differs from the tip of `branch` (what a commit would
+    /// record), found the same filter-free way as [`Worktree::commit_all`].
+    pub async fn uncommitted(&self, branch: &str, scratch: &Path) -> Result<Vec<String>, String> {
+        let Snapshot { tip_tree, tree, .. } = self.snapshot(branch, scratch).await?;
+        if tree == tip_tree {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .git()
+            .args(["diff-tree", "-r", "--name-only", "--no-renames", "-z"])
+            .arg_ref(&tip_tree)
+            .arg_ref(&tree)
+            .run_bytes()
+            .await?;
+        Ok(split_z(&out))
+    }
+
+    /// Hashes the worktree into a tree, leaving `scratch` removed.
+    async fn snapshot(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
+        let _ = std::fs::remove_file(scratch);
+        let result = self.snapshot_with(branch, scratch).await;
+        let _ = std::fs::remove_file(scratch);
+        let mut lock = scratch.as_os_str().to_owned();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+        result
+    }
+
+    async fn snapshot_with(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
+        let tip = self.tip(branch).await?;
+        let index = || self.git().env("GIT_INDEX_FILE", scratch);
+        index().args(["read-tree"]).arg_ref(&tip).run().await?;
+        let tracked = index()
+            .args(["ls-files", "-z", "--cached"])
+            .run_bytes()
+            .await?;
+        let untracked = index()
+            .args(["ls-files", "-z", "--others", "--exclude-standard"])
+            .run_bytes()
+            .await?;
+        let mut paths: Vec<&[u8]> = tracked
+            .split(|b| *b == 0)
+            .chain(untracked.split(|b| *b == 0))
+            .filter(|p| !p.is_empty())
+            .collect();
+        paths.sort_unstable();
+        paths.dedup();
+
+        let mut regular: Vec<(&[u8], &'static str)> = Vec::new();
+        let mut entries: Vec<u8> = Vec::new();
+        for path in paths {
+            match self.entry_kind(&bytes_path(path)) {
+                Entry::Regular { executable } => {
+                    regular.push((path, if executable { "100755" } else { "100644" }));
+                }
+                Entry::Symlink(target) => {
+                    let id = self
+                        .git()
+                        .args(["hash-object", "-w", "--no-filters", "--stdin"])
+                        .stdin(target)
+                        .run()
+                        .await?;
+                    push_entry(&mut entries, "120000", &id, path);
+                }
+                Entry::Gone => push_entry(&mut entries, "0", ZERO_ID, path),
+                Entry::Skip => {}
+            }
+        }
+        if !regular.is_empty() {
+            let mut list = Vec::new();
+            for (path, _) in &regular {
+                list.extend_from_slice(
+                    self.path
+                        .join(bytes_path(path))
+                        .into_os_string()
+                        .as_encoded_bytes(),
+                );
+                list.push(b'\n');
+            }
+            let ids = self
+                .git()
+                .args(["hash-object", "-w", "--no-filters", "--stdin-paths"])
+                .stdin(list)
+                .run()
+                .await?;
+            let ids: Vec<&str> = ids.lines().collect();
+            if ids.len() != regular.len() {
+                return Err("git hash-object returned fewer ids than files".to_owned());
+            }
+            for ((path, mode), id) in regular.iter().zip(ids) {
+                push_entry(&mut entries, mode, id, path);
+            }
+        }
+        index()
+            .args(["update-index", "-z", "--index-info"])
+            .stdin(entries)
+            .run()
+            .await?;
+        let tree = index().args(["write-tree"]).run().await?;
+        let tip_tree = self
+            .git()
+            .args(["rev-parse"])
+            .arg_ref(&format!("{tip}^{{tree}}"))
+            .run()
+            .await?;
+        Ok(Snapshot {
+            tip,
+            tip_tree,
+            tree,
+        })
+    }
+
+    /// What a path listed by git is on disk, never following a symbolic link.
+    fn entry_kind(&self, rel: &Path) -> Entry {
+        // A parent that is a link (or not a directory) means the path is gone from the tree.
+        let mut dir = self.path.clone();
+        let components: Vec<_> = rel.components().collect();
+        if components
+            .iter()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Entry::Skip;
+        }
+        for component in &components[..components.len().saturating_sub(1)] {
+            dir.push(component);
+            match dir.symlink_metadata() {
+                Ok(meta) if meta.is_dir() => {}
+                _ => return Entry::Gone,
+            }
+        }
+        let full = self.path.join(rel);
+        match full.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => match std::fs::read_link(&full) {
+                Ok(target) => Entry::Symlink(target.into_os_string().into_encoded_bytes()),
+                Err(_) => Entry::Gone,
+            },
+            Ok(meta) if meta.is_file() => Entry::Regular {
+                executable: meta.permissions().mode() & 0o111 != 0,
+            },
+            // A directory where git listed a file is a submodule or a nested repository.
+            Ok(meta) if meta.is_dir() => Entry::Skip,
+            Ok(_) | Err(_) => Entry::Gone,
+        }
+    }
+
+    /// Paths that differ between `base` and the tip of `branch`, sorted.
+    pub async fn changed_files(&self, base: &str, branch: &str) -> Vec<String> {
+        let out = self
+            .git()
+            .args([
+                "diff-tree",
+                "-r",
+                "--name-only",
+                "--no-renames",
+                "--no-ext-diff",
+                "--no-textconv",
+                "-z",
+            ])
+            .arg_ref(base)
+            .arg_ref(&format!("refs/heads/{branch}"))
+            .run_bytes()
+            .await
+            .unwrap_or_default();
+        split_z(&out)
+    }
+
+    /// The patch from `base` to the tip of `branch`, with a stat, for a person.
+    pub async fn diff(&self, base: &str, branch: &str) -> Result<String, String> {
+        self.git()
+            .args([
+                "diff",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--stat",
+                "--patch",
+            ])
+            .arg_ref(base)
+            .arg_ref(&format!("refs/heads/{branch}"))
+            .run()
+            .await
+    }
+}
+
+/// The worktree hashed into a tree, and the branch it would go on.
+struct Snapshot {
+    tip: String,
+    tip_tree: String,
+    tree: String,
+}
+
+fn split_z(bytes: &[u8]) -> Vec<String> {
+    let mut files: Vec<String> = bytes
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// What [`Worktree::entry_kind`] found.
+enum Entry {
+    Regular { executable: bool },
+    Symlink(Vec<u8>),
+    Gone,
+    Skip,
+}
+
+const ZERO_ID: &str = "0000000000000000000000000000000000000000";
+
+/// One `--index-info` record: `MODE SP ID TAB PATH NUL`.
+fn push_entry(out: &mut Vec<u8>, mode: &str, id: &str, path: &[u8]) {
+    out.extend_from_slice(mode.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(id.as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(path);
+    out.push(0);
+}
+
+fn bytes_path(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+/// Paths that differ between `base` and the working tree of the user's checkout `dir`
+/// (a `--no-worktree` task), sorted and without duplicates.
 pub async fn changed_files(dir: &Path, base: Option<&str>) -> Vec<String> {
     let mut files = Vec::new();
     if let Some(base) = base
-        && let Ok(out) = git(dir, &["diff", "--name-only", "--no-renames", base]).await
+        && let Ok(out) = git(
+            dir,
+            &[
+                "diff",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--name-only",
+                "--no-renames",
+                base,
+            ],
+        )
+        .await
     {
         files.extend(out.lines().map(str::to_owned));
     }
@@ -189,32 +699,35 @@ pub async fn changed_files(dir: &Path, base: Option<&str>) -> Vec<String> {
     files
 }
 
-/// The paths in the worktree `dir` that hold changes not committed (staged, unstaged or
-/// untracked and not ignored).
-pub async fn uncommitted(dir: &Path) -> Result<Vec<String>, String> {
-    let out = git(dir, &["status", "--porcelain", "--untracked-files=all"]).await?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.get(3..))
-        .map(str::to_owned)
-        .collect())
-}
-
-/// `git diff` of `dir` against `base`, for showing a person what a shadow did.
-pub async fn diff(dir: &Path, base: &str) -> Result<String, String> {
-    git(
-        dir,
-        &["-c", "color.ui=never", "diff", "--stat", "--patch", base],
-    )
-    .await
-}
-
-/// `git worktree remove --force <path>` (the branch stays).
+/// Removes a shadow's worktree by our records: its directory and its admin dir (the branch
+/// stays). Never asks git to interpret the worktree's `.git` file.
 pub async fn remove_worktree(repo: &Path, path: &Path) -> Result<(), String> {
     let lock = worktree_lock(repo);
     let _held = lock.lock().await;
-    let path_text = path.to_string_lossy();
-    git(repo, &["worktree", "remove", "--force", &path_text])
+    let admin = match Worktree::open(repo, path).await {
+        Ok(worktree) => Some(worktree.admin),
+        Err(_) => None,
+    };
+    if path.exists() {
+        std::fs::remove_dir_all(path)
+            .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    }
+    if let Some(admin) = admin {
+        std::fs::remove_dir_all(&admin)
+            .map_err(|e| format!("cannot remove {}: {e}", admin.display()))?;
+    }
+    Ok(())
+}
+
+/// [`Worktree::uncommitted`] of the worktree `path` of `repo`.
+pub async fn uncommitted(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    scratch: &Path,
+) -> Result<Vec<String>, String> {
+    Worktree::open(repo, path)
+        .await?
+        .uncommitted(branch, scratch)
         .await
-        .map(drop)
 }

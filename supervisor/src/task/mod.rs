@@ -10,6 +10,7 @@
 //! - [`events`]: event envelopes, the group-committed `events.jsonl`, the one fold of events.
 //! - [`git`]: repository checks, worktrees, committing the shadow's work.
 //! - [`shadow`]: spawning one worker process, the handshake, the channel.
+//! - [`sandbox`]: the policy a shadow's tools run under, its cgroup, and what holds on this host.
 //! - [`memory`]: the sysinfo sampler behind memory limits and pool admission.
 
 pub mod attempt;
@@ -20,4 +21,5 @@ pub mod memory;
 pub mod prepare;
 pub mod record;
 pub mod request;
+pub mod sandbox;
 pub mod shadow;

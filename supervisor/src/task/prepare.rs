@@ -78,6 +78,8 @@ pub async fn prepare(
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         deadline_unix_ms: None,
         mem_limit: request.mem_limit.unwrap_or(config.mem_limit),
+        sandbox: request.sandbox.unwrap_or(config.sandbox),
+        network: request.network.unwrap_or(config.network),
         created_unix_ms: unix_ms(SystemTime::now()),
         priority: request.priority,
         origin: request.origin,
@@ -146,7 +148,7 @@ pub async fn materialize(prepared: &mut Prepared) -> Result<(), String> {
 #[derive(Debug)]
 pub enum Reopened {
     /// The task can continue from its journal.
-    Resumable(Prepared, Resume),
+    Resumable(Box<Prepared>, Resume),
     /// The task already ended; this is its `finished` event.
     Finished(EventEnvelope),
 }
@@ -186,11 +188,11 @@ pub async fn reopen(
     resolve_model(Some(&record.model), config, env)?;
     let resume = Resume::after(&Progress::of(&events));
     Ok(Reopened::Resumable(
-        Prepared {
+        Box::new(Prepared {
             record,
             dir,
             config: config.clone(),
-        },
+        }),
         resume,
     ))
 }

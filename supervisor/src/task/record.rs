@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kugetsu_protocol::Priority;
+use kugetsu_protocol::{NetworkMode, Priority, SandboxMode};
 use serde::{Deserialize, Serialize};
 
 /// Lowercase Crockford base32: digits and letters without i, l, o, u.
@@ -77,6 +77,12 @@ pub struct TaskRecord {
     /// Set at the first start when the task has a timeout; kept across restarts.
     pub deadline_unix_ms: Option<u64>,
     pub mem_limit: u64,
+    /// `--sandbox` as resolved at submission (absent in older records: the default).
+    #[serde(default)]
+    pub sandbox: SandboxMode,
+    /// `--network` as resolved at submission.
+    #[serde(default)]
+    pub network: NetworkMode,
     pub created_unix_ms: u64,
     #[serde(default)]
     pub priority: Priority,
@@ -243,6 +249,17 @@ impl TaskDir {
         self.path.join("worker.log")
     }
 
+    /// `tmp/`: the shadow's private temp dir (its tools' `TMPDIR`), removed with the task.
+    pub fn tmp(&self) -> PathBuf {
+        self.path.join("tmp")
+    }
+
+    /// `commit-index`: the scratch git index the supervisor builds a commit in (a file of
+    /// ours, outside everything the shadow can write).
+    pub fn scratch_index(&self) -> PathBuf {
+        self.path.join("commit-index")
+    }
+
     /// Whether the task has a record at all.
     pub fn exists(&self) -> bool {
         self.record_file().is_file()
@@ -365,6 +382,8 @@ mod tests {
             timeout_ms: None,
             deadline_unix_ms: None,
             mem_limit: 1 << 20,
+            sandbox: SandboxMode::Workspace,
+            network: NetworkMode::On,
             created_unix_ms: 1,
             priority: Priority::Normal,
             origin: Origin::Daemon,

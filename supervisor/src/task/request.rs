@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kugetsu_protocol::Priority;
+use kugetsu_protocol::{NetworkMode, Priority, SandboxMode};
 
 use crate::task::record::Origin;
 
@@ -26,6 +26,10 @@ pub struct TaskRequest {
     pub timeout: Option<Duration>,
     /// Memory limit of the shadow, in bytes.
     pub mem_limit: Option<u64>,
+    /// `--sandbox`: confine the shadow's tools or not.
+    pub sandbox: Option<SandboxMode>,
+    /// `--network`: whether the shadow's tools reach the network.
+    pub network: Option<NetworkMode>,
     pub priority: Priority,
     /// Who owns the task.
     pub origin: Origin,

@@ -125,6 +125,7 @@ impl Shadow {
         log: &Path,
         task: TaskSpec,
         resume: bool,
+        cgroup_procs: Option<&Path>,
     ) -> Result<(Shadow, mpsc::UnboundedReceiver<FromWorker>), SpawnError> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -141,8 +142,21 @@ impl Shadow {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true);
+        // Nothing secret in the worker's environment, which its tools could read through
+        // /proc: provider keys travel in the task spec instead.
+        command
+            .env_clear()
+            .envs(kugetsu_os::env::scrubbed(std::env::vars_os()));
         for key in SUPERVISOR_ONLY_ENV {
             command.env_remove(key);
+        }
+        if let Some(procs) = cgroup_procs {
+            kugetsu_os::cgroup::join_in_pre_exec(&mut command, procs).map_err(|source| {
+                SpawnError::Spawn {
+                    program: program.display().to_string(),
+                    source,
+                }
+            })?;
         }
         // Inherited by every process the shadow starts, so leftovers can be found later.
         command.env(SHADOW_ENV, &task.id);

@@ -177,7 +177,10 @@ impl Daemon {
             state_dir: repo.state_dir(),
             config: String::new(),
             socket: None,
-            env: BTreeMap::new(),
+            env: BTreeMap::from([(
+                OsString::from("KUGETSU_SANDBOX_WRITE"),
+                repo.side_dir().into_os_string(),
+            )]),
             soft_nofile: None,
         }
     }

@@ -50,7 +50,7 @@ impl TestRepo {
             .expect("create a temporary directory");
         let root = tmp.path().canonicalize().expect("canonicalize the tempdir");
         let this = Self { tmp, root };
-        for dir in [this.repo(), this.state_dir(), this.home()] {
+        for dir in [this.repo(), this.state_dir(), this.home(), this.side_dir()] {
             std::fs::create_dir_all(&dir).expect("create a test directory");
         }
         std::fs::write(
@@ -75,6 +75,13 @@ impl TestRepo {
     /// The main checkout.
     pub fn repo(&self) -> PathBuf {
         self.root.join("repo")
+    }
+
+    /// `<tmp>/side`: where scripted tool commands may leave side effects for a test to check.
+    /// The only place outside the worktree a sandboxed shadow may write (through
+    /// `KUGETSU_SANDBOX_WRITE`, set for every run and daemon of this repository).
+    pub fn side_dir(&self) -> PathBuf {
+        self.root.join("side")
     }
 
     /// The state directory given to kugetsu.
@@ -160,7 +167,9 @@ impl TestRepo {
 
     /// `kugetsu` with this repository's environment, cwd at [`TestRepo::root`], no arguments.
     pub fn kugetsu(&self) -> Kugetsu {
-        Kugetsu::new(self.root(), &self.home()).state_dir_hint(self.state_dir())
+        Kugetsu::new(self.root(), &self.home())
+            .env("KUGETSU_SANDBOX_WRITE", self.side_dir())
+            .state_dir_hint(self.state_dir())
     }
 
     /// `kugetsu run --json -C <repo> --state-dir <state>`; add options and a prompt.

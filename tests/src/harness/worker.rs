@@ -396,5 +396,7 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         context_window: None,
         compaction_model: None,
         mem_limit_bytes: None,
+        sandbox: None,
+        secrets: Default::default(),
     }
 }

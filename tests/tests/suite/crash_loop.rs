@@ -35,7 +35,7 @@ fn step_of(call: &str) -> usize {
 async fn crash_loop_50_kills() {
     let mut rng = Rng::for_test("crash_loop_50_kills");
     let repo = TestRepo::new();
-    let side = repo.root().join("steps.log");
+    let side = repo.side_dir().join("steps.log");
     let mut script = Script::new();
     for n in 1..=STEPS {
         let sleep = ["0.02", "0.1", "0.3"][rng.index(0..3)];

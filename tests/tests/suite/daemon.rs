@@ -360,8 +360,7 @@ async fn daemon_killed_with_sigkill_resumes_running_tasks_and_keeps_the_queue_or
         .config("max_shadows = 2\n")
         .start()
         .await;
-    let side = repo.root().join("side");
-    std::fs::create_dir_all(&side).unwrap();
+    let side = repo.side_dir();
     let side_file = |name: &str| side.join(name).display().to_string();
     // Each task appends a line per step to its own side file; the running ones then sleep
     // (the sleep's marker is computed by the shell, so only the sleep process carries it).
@@ -1203,8 +1202,9 @@ async fn daemon_speaks_sd_notify_and_keeps_it_from_its_shadows() {
             gate.wait_command()
         ),
     );
+    // Without the sandbox, so the tool can read its parent's environment at all.
     let id = daemon
-        .submit(&["-m", &model], "Show the environment.")
+        .submit(&["-m", &model, "--sandbox", "off"], "Show the environment.")
         .await;
     let mut pings = 0;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -99,7 +99,7 @@ async fn damage_and_resume(test: &str, damage: Damage) {
     let mut rng = Rng::for_test(test);
     let (marker, spelled) = damage.marker();
     let repo = TestRepo::new();
-    let side = repo.root().join("steps.log");
+    let side = repo.side_dir().join("steps.log");
     let flag = repo.root().join("released");
     let mut script = Script::new();
     for n in 1..=STEPS {

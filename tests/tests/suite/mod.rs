@@ -15,6 +15,7 @@ mod journal_damage;
 mod providers;
 mod recovery;
 mod resume;
+mod sandbox;
 mod scripted;
 mod steering;
 mod streaming;

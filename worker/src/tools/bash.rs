@@ -9,6 +9,9 @@
 //! - stdout and stderr share one pipe, so the model sees them interleaved as a terminal would.
 //! - The worker's environment minus secrets ([`super::env`]), plus the call tag ([`super::reap`]).
 //! - Its own process group, with PDEATHSIG ([`kugetsu_os::process::contain`]).
+//! - The shadow's sandbox ([`crate::sandbox`]), entered by the tool guard before the shell
+//!   starts; `TMPDIR` (and `TMP`, `TEMP`) point at the task's private temp dir. A policy
+//!   without a guard to apply it is refused rather than run unconfined.
 //!
 //! How it ends: the command exits (then whatever it left running, `&` jobs or `setsid`
 //! daemons, is killed), or the timeout (default 120 s) passes (SIGTERM to the group, 2 s of
@@ -42,7 +45,9 @@ use super::memory::{Baseline, MemoryWatch, Usage, human_size};
 use super::outcome::{MemoryExceeded, ToolError, ToolOutput};
 use super::reap::{CallProcesses, CallTag, TAG_VAR};
 use crate::conversation::ToolSpec;
+use crate::sandbox::POLICY_VAR;
 use kugetsu_os::process::ProcessGroup;
+use kugetsu_protocol::SandboxMode;
 
 /// Seconds a command may run when the model gives no `timeout_s`.
 const DEFAULT_TIMEOUT_S: f64 = 120.0;
@@ -129,6 +134,25 @@ where
         ("PWD".into(), ctx.root.clone().into_os_string()),
         (TAG_VAR.into(), tag.value().into()),
     ]);
+    if let Some(policy) = ctx.sandbox.as_deref()
+        && policy.mode == SandboxMode::Workspace
+    {
+        if ctx.guard.is_none() {
+            return Err(ToolError::Failed(
+                "the sandbox needs the tool guard (the worker binary), which was not found"
+                    .to_owned(),
+            ));
+        }
+        if let Some(tmp) = &policy.tmp_dir {
+            env.retain(|(k, _)| !["TMPDIR", "TMP", "TEMP"].iter().any(|name| k == name));
+            for name in ["TMPDIR", "TMP", "TEMP"] {
+                env.push((name.into(), tmp.into()));
+            }
+        }
+        let json = serde_json::to_string(policy)
+            .map_err(|e| ToolError::Failed(format!("cannot encode the sandbox: {e}")))?;
+        env.push((POLICY_VAR.into(), json.into()));
+    }
     let log = Log::create(&ctx.output_dir, call_id);
     // Listed before the shell exists, so nothing in it can be the call's.
     let baseline = ctx.mem_limit.map(|limit| (limit, Baseline::take()));

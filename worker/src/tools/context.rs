@@ -1,6 +1,9 @@
 //! Where a shadow's tools run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use kugetsu_protocol::SandboxPolicy;
 
 /// Where tools run: the worktree they are confined to, where bash keeps full outputs, and the
 /// memory a bash command may use.
@@ -17,4 +20,7 @@ pub struct ToolContext {
     /// [`crate::guard`]) so nothing it starts outlives a killed worker. `None` runs the shell
     /// directly (tests, where the current executable is not the worker).
     pub guard: Option<PathBuf>,
+    /// The sandbox every tool process runs in, applied by the tool guard (so a policy needs a
+    /// `guard`). `None` runs tools unconfined (tests; a supervisor that sent no policy).
+    pub sandbox: Option<Arc<SandboxPolicy>>,
 }

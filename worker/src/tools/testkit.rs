@@ -46,6 +46,7 @@ impl Fixture {
             output_dir: self.output_dir.clone(),
             mem_limit: None,
             guard: None,
+            sandbox: None,
         }
     }
 

@@ -1,0 +1,322 @@
+//! One task's sandbox: the policy its tool processes run under, built once from the config,
+//! the state dir, the daemon's socket and the task's record, and the report of what holds.
+//!
+//! The policy (`kugetsu_protocol::SandboxPolicy`) travels to the worker in the task spec and is
+//! applied by its tool guard (see the worker's `sandbox` module). What it says:
+//! - write: the worktree, the task's temp dir (`<task_dir>/tmp`, made here, removed with the
+//!   task), and the parts of the shared git dir a `git commit` in the worktree needs:
+//!   `objects/`, `worktrees/<id>/`, `refs/heads/kugetsu/`, `logs/refs/heads/kugetsu/`
+//!   (not `config`, `hooks/`, `HEAD` or other refs); plus config `sandbox_write`;
+//! - read: everything except the state dir, the socket's dir, kugetsu's config dir, the
+//!   user's secrets ([`HOME_SECRETS`]) and config `sandbox_deny`, as the sibling allow-list of
+//!   [`kugetsu_os::allowlist`]; plus config `sandbox_read`;
+//! - the worktree's `.git` link read-only (mount namespace), `/tmp` = the temp dir (unless the
+//!   worktree or the repository lives under `/tmp`, see `SandboxPolicy::private_tmp`).
+//!
+//! [`ShadowSandbox::prepare`] also makes the task's cgroup (`pids_limit`) and decides, from
+//! the host probe ([`kugetsu_os::probe::host`]), what the `started` event reports.
+
+use std::path::{Path, PathBuf};
+
+use kugetsu_os::cgroup::{CgroupSupport, ShadowCgroup};
+use kugetsu_os::probe::Host;
+use kugetsu_protocol::{
+    Missing, NetworkMode, Protection, SandboxMode, SandboxPolicy, SandboxReport,
+};
+
+use crate::task::prepare::Prepared;
+
+/// Secrets under `$HOME` that no tool may read.
+pub const HOME_SECRETS: [&str; 8] = [
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".config/gh",
+    ".netrc",
+    ".git-credentials",
+    ".docker/config.json",
+    ".config/kugetsu",
+];
+
+/// Device files a tool may open for writing.
+const DEVICES: [&str; 8] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+];
+
+/// What the policy is built from.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub mode: SandboxMode,
+    pub network: NetworkMode,
+    pub state_dir: &'a Path,
+    /// The daemon's socket (for `kugetsu run`, where a daemon would listen).
+    pub socket: &'a Path,
+    /// The user's home, whose secrets are denied.
+    pub home: Option<&'a Path>,
+    /// kugetsu's config file, whose directory is denied.
+    pub config_file: Option<&'a Path>,
+    pub worktree: &'a Path,
+    /// The task's private temp dir (made here).
+    pub tmp_dir: &'a Path,
+    /// The repository's shared git dir, for a worktree task.
+    pub git_common: Option<&'a Path>,
+    /// The worktree's admin dir `<common>/worktrees/<id>`, for a worktree task.
+    pub git_admin: Option<&'a Path>,
+    pub extra_read: &'a [PathBuf],
+    pub extra_write: &'a [PathBuf],
+    pub extra_deny: &'a [PathBuf],
+}
+
+/// Builds the policy (and makes the temp dir and the kugetsu ref directories it names).
+pub fn policy(inputs: &Inputs<'_>) -> SandboxPolicy {
+    if inputs.mode == SandboxMode::Off {
+        return SandboxPolicy::off();
+    }
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let tmp = inputs.tmp_dir.to_path_buf();
+    let _ = std::fs::create_dir_all(&tmp);
+    let mut deny: Vec<PathBuf> = vec![canonical(inputs.state_dir)];
+    // The socket's directory when it is kugetsu's own; the socket alone in a shared one
+    // (`/tmp`, `$XDG_RUNTIME_DIR`).
+    match inputs.socket.parent() {
+        Some(dir) if dir.file_name().is_some_and(|n| n == "kugetsu") => deny.push(canonical(dir)),
+        _ => deny.push(canonical(inputs.socket)),
+    }
+    if let Some(home) = inputs.home {
+        deny.extend(HOME_SECRETS.iter().map(|s| home.join(s)));
+    }
+    if let Some(dir) = inputs.config_file.and_then(Path::parent) {
+        deny.push(canonical(dir));
+    }
+    deny.extend(inputs.extra_deny.iter().map(|p| canonical(p)));
+    deny.retain(|d| d != Path::new("/"));
+    let worktree = canonical(inputs.worktree);
+    let allow = kugetsu_os::allowlist::everything_but(Path::new("/"), &deny);
+
+    let mut write = vec![worktree.clone(), canonical(&tmp)];
+    if let Some(common) = inputs.git_common {
+        for sub in ["refs/heads/kugetsu", "logs/refs/heads/kugetsu"] {
+            let _ = std::fs::create_dir_all(common.join(sub));
+        }
+        write.extend(
+            ["objects", "refs/heads/kugetsu", "logs/refs/heads/kugetsu"]
+                .iter()
+                .map(|sub| common.join(sub)),
+        );
+    }
+    if let Some(admin) = inputs.git_admin {
+        write.push(admin.to_path_buf());
+    }
+    write.extend(inputs.extra_write.iter().map(|p| canonical(p)));
+    let mut read: Vec<PathBuf> = allow.read;
+    read.extend(inputs.extra_read.iter().map(|p| canonical(p)));
+
+    // Anything the shadow needs that lives under /tmp would vanish behind a private /tmp.
+    let under_tmp = |p: &Path| canonical(p).starts_with("/tmp");
+    let private_tmp = !under_tmp(&worktree)
+        && !inputs.git_common.is_some_and(under_tmp)
+        && !inputs
+            .extra_read
+            .iter()
+            .chain(inputs.extra_write)
+            .any(|p| under_tmp(p));
+
+    let text = |paths: Vec<PathBuf>| -> Vec<String> {
+        paths.into_iter().map(|p| p.display().to_string()).collect()
+    };
+    SandboxPolicy {
+        mode: SandboxMode::Workspace,
+        network: inputs.network,
+        read: text(read),
+        list: text(allow.list),
+        write: text(write),
+        devices: DEVICES.iter().map(|d| (*d).to_owned()).collect(),
+        read_only: inputs
+            .git_common
+            .map(|_| vec![worktree.join(".git").display().to_string()])
+            .unwrap_or_default(),
+        tmp_dir: Some(canonical(&tmp).display().to_string()),
+        private_tmp,
+    }
+}
+
+/// What holds for a task with `policy` on `host`, `cgroup` being how its cgroup went.
+pub fn report(policy: &SandboxPolicy, host: &Host, cgroup: &Result<(), String>) -> SandboxReport {
+    let mut report = SandboxReport {
+        mode: policy.mode,
+        network: policy.network,
+        in_force: vec![
+            Protection::SecretScrubbing,
+            Protection::InertGit,
+            Protection::SocketPeerCheck,
+        ],
+        missing: Vec::new(),
+    };
+    let mut check = |protection: Protection, holds: Result<(), String>| match holds {
+        Ok(()) => report.in_force.push(protection),
+        Err(reason) => report.missing.push(Missing { protection, reason }),
+    };
+    check(Protection::PidsLimit, cgroup.clone());
+    let off = policy.mode == SandboxMode::Off;
+    let need = |ok: bool, reason: &str| -> Result<(), String> {
+        if off {
+            Err("--sandbox off".to_owned())
+        } else if ok {
+            Ok(())
+        } else {
+            Err(reason.to_owned())
+        }
+    };
+    let landlock = host.landlock.as_ref().err().cloned().unwrap_or_default();
+    check(
+        Protection::Filesystem,
+        need(host.landlock.is_ok(), &landlock),
+    );
+    let ptrace = if host.landlock.is_ok() {
+        "this kernel's Landlock lets a domain read /proc/PID/environ of processes outside it \
+         (tried at startup)"
+            .to_owned()
+    } else {
+        landlock
+    };
+    check(
+        Protection::Ptrace,
+        need(host.landlock.is_ok() && host.landlock_ptrace, &ptrace),
+    );
+    let scopes = format!("Landlock ABI 6 needed for scoping ({})", abi_text(host));
+    check(Protection::Signals, need(host.landlock_scopes(), &scopes));
+    check(
+        Protection::AbstractSockets,
+        need(host.landlock_scopes(), &scopes),
+    );
+    let ns = host.namespaces.as_ref().err().cloned().unwrap_or_default();
+    check(
+        Protection::MountNamespace,
+        need(host.namespaces.is_ok(), &ns),
+    );
+    check(Protection::PidNamespace, need(host.namespaces.is_ok(), &ns));
+    let tmp = if host.namespaces.is_err() {
+        ns.clone()
+    } else {
+        "the worktree or the repository lives under /tmp".to_owned()
+    };
+    check(
+        Protection::PrivateTmp,
+        need(host.namespaces.is_ok() && policy.private_tmp, &tmp),
+    );
+    if policy.network == NetworkMode::Off {
+        let reason = format!(
+            "no network namespace ({ns}) and no Landlock TCP rules ({})",
+            abi_text(host)
+        );
+        check(
+            Protection::NetworkOff,
+            need(host.namespaces.is_ok() || host.landlock_tcp(), &reason),
+        );
+    }
+    report
+}
+
+fn abi_text(host: &Host) -> String {
+    match &host.landlock {
+        Ok(abi) => format!("this kernel has ABI {abi}"),
+        Err(e) => e.clone(),
+    }
+}
+
+/// Everything one attempt of a task needs from the sandbox.
+#[derive(Debug)]
+pub struct ShadowSandbox {
+    pub policy: SandboxPolicy,
+    pub report: SandboxReport,
+    /// The shadow's cgroup, when the host has one for it; removed on drop (which fails,
+    /// harmlessly, while a process is still in it).
+    pub cgroup: Option<ShadowCgroup>,
+}
+
+impl Drop for ShadowSandbox {
+    fn drop(&mut self) {
+        if let Some(cgroup) = &self.cgroup {
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+impl ShadowSandbox {
+    /// Builds the policy and report of `prepared`'s next attempt and makes its cgroup.
+    pub async fn prepare(
+        prepared: &Prepared,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> ShadowSandbox {
+        let record = &prepared.record;
+        let config = &prepared.config;
+        let host = kugetsu_os::probe::host();
+        let task_dir = prepared.dir.path();
+        let state_dir = task_dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(task_dir)
+            .to_path_buf();
+        let socket = crate::daemon::socket::socket_path(None, &state_dir, &|k| env(k));
+        let worktree = if record.worktree {
+            crate::task::git::Worktree::open(&record.repo, &record.workdir)
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let home = env("HOME").map(PathBuf::from);
+        let tmp = prepared.dir.tmp();
+        let inputs = Inputs {
+            mode: record.sandbox,
+            network: record.network,
+            state_dir: &state_dir,
+            socket: &socket,
+            home: home.as_deref(),
+            config_file: config.path.as_deref(),
+            worktree: &record.workdir,
+            tmp_dir: &tmp,
+            git_common: worktree.as_ref().map(|w| w.common()),
+            git_admin: worktree.as_ref().map(|w| w.admin()),
+            extra_read: &config.sandbox_paths.read,
+            extra_write: &config.sandbox_paths.write,
+            extra_deny: &config.sandbox_paths.deny,
+        };
+        let policy = policy(&inputs);
+        let cgroup = ShadowCgroup::create(&host.cgroups, &record.id, config.pids_limit);
+        let cgroup_state = match (&cgroup, &host.cgroups) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), CgroupSupport::Unavailable(reason)) => Err(reason.clone()),
+            (Err(e), _) => Err(format!("cannot make the shadow's cgroup: {e}")),
+        };
+        let report = report(&policy, host, &cgroup_state);
+        ShadowSandbox {
+            policy,
+            report,
+            cgroup: cgroup.ok(),
+        }
+    }
+}
+
+/// Prefixes of the variables a worker's providers read (keys, base URLs, organisation ids).
+const PROVIDER_PREFIXES: [&str; 4] = ["OPENAI_", "ANTHROPIC_", "OPENROUTER_", "OLLAMA_"];
+
+/// The provider variables of `vars`, for the task spec's `secrets`: they reach the worker
+/// over its channel, never through its environment.
+pub fn provider_secrets<I>(vars: I) -> kugetsu_protocol::Secrets
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    kugetsu_protocol::Secrets(
+        vars.into_iter()
+            .filter(|(name, _)| PROVIDER_PREFIXES.iter().any(|p| name.starts_with(p)))
+            .collect(),
+    )
+}
