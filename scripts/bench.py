@@ -303,8 +303,12 @@ def report(ctx, s, r):
             "task whose model never answers, memory of the process tree once the first request "
             "arrived and a settle pause. Launch: process start to the request head arriving. Scripted "
             "task: the model asks for two shell commands (`cat notes.txt`, `echo done > result.txt`) "
-            "then answers; CPU and peak RSS from wait4(2) over the process tree, and the task counts "
-            "only if result.txt was written. `kugetsu worker` is one shadow as the daemon runs it; "
+            "then answers; CPU is user+sys from wait4(2) over the process tree; peak RSS "
+            + ("is the largest single process's, from GNU time's %M (wait4 from the bench itself would "
+               "count the bench's memory at fork as the child's peak)"
+               if r["peers"]["kugetsu worker"]["peak_how"].startswith("GNU") else
+               "is the tree's summed RSS sampled every 2 ms (no /usr/bin/time here)")
+            + "; the task counts only if result.txt was written. `kugetsu worker` is one shadow as the daemon runs it; "
             "`kugetsu run` adds the supervisor process. Ratios are peer / kugetsu worker.\n",
             table,
             f"Versions: {versions or 'none installed'} (npm, pinned in `scripts/bench_peers.py`, "

@@ -24,6 +24,7 @@ import bench_proc as proc
 PI_PACKAGE = "@mariozechner/pi-coding-agent@0.73.1"
 CODEX_PACKAGE = "@openai/codex@0.171.0"
 IDLE_PROMPT = "wait for the model"
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 TASK_PROMPT = "Read notes.txt, then write done to result.txt."
 
 
@@ -40,7 +41,7 @@ class Agent:
         """(argv, env, cwd, stdin bytes or None)."""
         raise NotImplementedError
 
-    def launch(self, server, tag, prompt):
+    def launch(self, server, tag, prompt, timed=False):
         d = os.path.join(self.ctx.work, "peers", self.name.replace(" ", "-"), f"{tag}-{time.monotonic_ns()}")
         home, repo = os.path.join(d, "home"), os.path.join(d, "repo")
         os.makedirs(home)
@@ -52,6 +53,12 @@ class Agent:
         subprocess.run(["git", "init", "-q", repo], check=True)
         argv, env, cwd, stdin = self.command(server, home, repo, prompt)
         log = open(os.path.join(d, "out.log"), "wb")
+        rusage_file = None
+        if timed and GNU_TIME:
+            # wait4(2) from this process would report our own RSS as the child's peak (maxrss
+            # keeps the pre-exec memory of the forked bench); GNU time forks from a tiny process.
+            rusage_file = os.path.join(d, "rusage")
+            argv = [GNU_TIME, "-o", rusage_file, "-f", "%M"] + argv
         t0 = time.monotonic()
         p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -60,6 +67,7 @@ class Agent:
             p.stdin.write(stdin)
             p.stdin.flush()
         p.bench_t0, p.bench_dir, p.bench_repo, p.bench_log = t0, d, repo, log
+        p.bench_rusage = rusage_file
         return p
 
 
@@ -251,8 +259,9 @@ def measure_task(agent, runs, timeout):
     for i in range(runs):
         server = FakeLLM("script")
         try:
-            p = agent.launch(server, f"task{i}", TASK_PROMPT)
+            p = agent.launch(server, f"task{i}", TASK_PROMPT, timed=True)
             deadline = time.monotonic() + timeout
+            sampled = 0  # peak of the tree's summed RSS, where GNU time is missing
             while True:
                 pid, status, usage = os.wait4(p.pid, os.WNOHANG)
                 if pid:
@@ -260,7 +269,9 @@ def measure_task(agent, runs, timeout):
                 if time.monotonic() > deadline:
                     kill_tree(p)
                     raise RuntimeError(f"{agent.name}: the scripted task took over {timeout} s: {log_tail(p)}")
-                time.sleep(0.005)
+                if not p.bench_rusage:
+                    sampled = max(sampled, proc.tree_mem(p.pid)[0])
+                time.sleep(0.002)
             p.returncode = os.waitstatus_to_exitcode(status)
             tail = log_tail(p)
             p.bench_log.close()
@@ -270,11 +281,17 @@ def measure_task(agent, runs, timeout):
                 raise RuntimeError(f"{agent.name}: scripted task failed (exit {p.returncode}, "
                                    f"result.txt {'ok' if ok else 'missing'}, {len(server.requests)} "
                                    f"model requests, server: {server.errors}): {tail}")
+            # CPU from wait4 (microseconds; GNU time's own share is negligible), peak from time.
             cpus.append(usage.ru_utime + usage.ru_stime)
-            peaks.append(usage.ru_maxrss * 1024)
+            if p.bench_rusage:
+                with open(p.bench_rusage) as f:
+                    peaks.append(int(f.read().split()[-1]) * 1024)
+            else:
+                peaks.append(sampled)
         finally:
             server.close()
-    return {"cpu": statistics.median(cpus), "peak_rss": max(peaks), "requests": 3}
+    return {"cpu": statistics.median(cpus), "peak_rss": max(peaks),
+            "peak_how": "GNU time %M" if GNU_TIME else "sampled tree RSS"}
 
 
 def run_peers(ctx, copies, launch_runs, task_runs, settle):
