@@ -328,6 +328,8 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
     ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "peers"],
+                    help="run one daemon or peers part and print its raw figures as JSON")
     args = ap.parse_args()
     smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
     s = SMOKE if smoke else FULL
@@ -341,6 +343,22 @@ def main():
         print(f"bench: {name} done in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
         return v
 
+    only = {
+        "daemon-many": lambda: bench_daemon.bench_daemon_many(ctx, s["daemon_many"], s["many_window"], s["ps_runs"],
+                                                              s["many_settle"]),
+        "spread": lambda: [bench_daemon.bench_spawn_spread(ctx, n) for n in s["spreads"]],
+        "events": lambda: bench_daemon.bench_events(ctx, s["stream_shadows"], s["stream_warmup"], s["stream_window"]),
+        "stalled": lambda: bench_daemon.bench_stalled_subscribers(ctx, s["subscribers"], s["stalled_bytes"],
+                                                                  s["stalled_time"], s["stalled_rss_cap"]),
+        "peers": lambda: bench_peers.run_peers(ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"],
+                                               s["peer_settle"]),
+    }
+    if args.only:
+        try:
+            print(json.dumps(part(args.only, only[args.only]), indent=1, default=str))
+        finally:
+            shutil.rmtree(ctx.work, ignore_errors=True)
+        return
     try:
         r = {}
         server = FakeLLM("stall")
