@@ -383,6 +383,10 @@ def main():
         problems = []
         if r["many"]["running"] < r["many"]["shadows"]:
             problems.append(f"only {r['many']['running']} of {r['many']['shadows']} daemon shadows reached running")
+        if not r["events"]["finished"]:
+            problems.append("the streaming shadows did not finish after their streams ended")
+        if r["stalled"]["capped"]:
+            problems.append(f"stalled-subscriber run stopped early: {r['stalled']['capped']}")
         if r["events"]["bad"]:
             problems.append(f"seq gaps in {r['events']['bad']} events.jsonl: {r['events']['first_problem']}")
         if args.out or not smoke:

@@ -5,10 +5,12 @@ rather than through one `kugetsu submit` process each, which at 1000 tasks would
 CLI's start-up instead of the daemon. Each scenario runs its own daemon, state directory and
 fake LLM, so one scenario's leftovers cannot skew the next.
 """
-import json, os, resource, signal, socket, statistics, subprocess, threading, time
+import json, os, re, signal, socket, statistics, subprocess, threading, time
 
 from bench_llm import DELTA_TEXT, FakeLLM
 import bench_proc as proc
+
+SEQ = re.compile(rb'"seq":(\d+)')
 
 
 class Rpc:
@@ -103,10 +105,11 @@ class Daemon:
         with open(os.path.join(self.dir, "daemon.log"), "rb") as f:
             return f.read()[-n:].decode(errors="replace").strip()
 
-    def submit_many(self, n, prompt, no_worktree=True, model="openai/bench-model"):
+    def submit_many(self, n, prompt, no_worktree=True, model="openai/bench-model", max_turns=None):
         """Submits n tasks at once (pipelined on one connection); returns their ids."""
+        extra = {"max_turns": max_turns} if max_turns else {}
         rids = [self.rpc.send("submit", {"prompt": f"{prompt} {i}", "repo": self.ctx.repo,
-                                         "no_worktree": no_worktree, "model": model})
+                                         "no_worktree": no_worktree, "model": model, **extra})
                 for i in range(n)]
         return [self.rpc.wait(r, timeout=120)["task"] for r in rids]
 
@@ -281,11 +284,11 @@ def check_seqs(state):
             for n, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):
                     break  # a line being written when the daemon stopped
-                try:
-                    seq = json.loads(line)["seq"]
-                except (ValueError, KeyError):
-                    problem = f"{tid}: line {n} is not an event"
+                m = SEQ.search(line)
+                if not m:
+                    problem = f"{tid}: line {n} has no seq"
                     break
+                seq = int(m.group(1))
                 if seq != expect:
                     problem = f"{tid}: seq {seq} where {expect} was due"
                     break
@@ -298,11 +301,19 @@ def check_seqs(state):
 
 def bench_events(ctx, shadows, warmup, window):
     """`shadows` shadows streaming text as fast as they can read it: events/s written."""
-    server = FakeLLM("stream", stream_bytes=64 << 20, stream_seconds=warmup + window + 1.0)
+    # Turns of 64 KiB ending in a tool call keep every shadow streaming through the window
+    # with realistic turn sizes (one huge turn is the hostile-streams budget's business). The
+    # server holds the first requests until every shadow runs, so all start streaming together
+    # (submissions slow down once events flow) and the disk sees only the window's events.
+    server = FakeLLM("stream", turn_bytes=64 << 10, stream_seconds=3600, continue_turns=True, hold=True)
     d = Daemon(ctx, f"events{shadows}", server, shadows)
     try:
-        d.submit_many(shadows, "stream")
-        server.wait_arrivals(shadows, timeout=60 + shadows)
+        d.submit_many(shadows, "stream", max_turns=100000)
+        if not wait_until(lambda: sum(t["status"] == "running" for t in d.tasks()) >= shadows, 60 + shadows, 0.5):
+            raise RuntimeError(f"not all {shadows} streaming shadows reached running")
+        server.wait_arrivals(shadows, timeout=60)
+        server.deadline = time.monotonic() + warmup + window + 0.5
+        server.release()
         time.sleep(warmup)
         counter = EventCounter(d.state)
         counter.poll()
@@ -329,7 +340,7 @@ def bench_events(ctx, shadows, warmup, window):
 
 def bench_stalled_subscribers(ctx, subscribers, stream_bytes, time_cap, rss_cap):
     """Subscribers that never read, one shadow streaming `stream_bytes`: daemon peak RSS."""
-    server = FakeLLM("stream", stream_bytes=stream_bytes, stream_seconds=time_cap)
+    server = FakeLLM("stream", turn_bytes=stream_bytes, stream_seconds=time_cap)
     d = Daemon(ctx, "stalled", server, 1)
     stalled = []
     out = {"capped": None}

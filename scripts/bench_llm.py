@@ -5,9 +5,13 @@ records when each request's head arrived (the moment a client "asked the model")
 behaves according to its mode:
 
 - "stall": never answers; the client sits where an idle shadow sits, waiting on the model.
-- "stream": answers a chat completions request with text deltas as fast as the client reads
-  them, until `stream_bytes` of text or `stream_seconds` have gone by, then `finish_reason`
-  and `data: [DONE]`.
+- "stream": answers a chat completions request with text deltas (one per SSE event) as fast
+  as the client reads them. A turn ends after `turn_bytes` of text: with a `bash` tool call
+  (`true`) while `continue_turns` is set and the deadline is ahead, so the shadow asks again,
+  else with `finish_reason: stop`. Once `deadline` (monotonic; movable) has passed, or
+  `max_deltas` have been sent in all, every turn ends at once with `stop`: the stream is
+  endless-ish but cannot run away with the disk. With `hold`, requests wait unanswered until
+  `release()`, so many clients can start streaming at the same moment.
 - "script": a short scripted task, the same for every agent: two shell tool calls, then a
   final answer. The step is read from the request (how many tool results it carries), so the
   server keeps no per-conversation state. Speaks chat completions (`/chat/completions`) and
@@ -42,12 +46,18 @@ class Conn:
 
 
 class FakeLLM:
-    def __init__(self, mode="stall", stream_bytes=1 << 20, stream_seconds=30.0, batch=16):
+    def __init__(self, mode="stall", turn_bytes=64 << 10, stream_seconds=30.0, continue_turns=False,
+                 max_deltas=4_000_000, batch=16, hold=False):
         assert mode in ("stall", "stream", "script")
         self.mode = mode
-        self.stream_bytes = stream_bytes
-        self.stream_seconds = stream_seconds
+        self.turn_bytes = turn_bytes
+        self.deadline = time.monotonic() + stream_seconds
+        self.continue_turns = continue_turns
+        self.max_deltas = max_deltas
         self.batch = batch  # text deltas per write
+        self.hold = hold
+        self.held = []  # stream requests waiting for release(), touched by the loop only
+        self.release_asked = False
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -80,6 +90,10 @@ class FakeLLM:
                 self.cond.wait(left)
             return self.arrivals[n - 1]
 
+    def release(self):
+        """Starts every held stream (at the loop's next turn, within 0.2 s)."""
+        self.release_asked = True
+
     def open_connections(self):
         return len(self.conns)
 
@@ -92,6 +106,12 @@ class FakeLLM:
     def _loop(self):
         self.sel.register(self.sock, selectors.EVENT_READ, None)
         while not self.stopped:
+            if self.release_asked and self.hold:
+                self.hold = False
+                for conn in self.held:
+                    if conn.sock.fileno() >= 0:
+                        self._start_stream(conn)
+                self.held = []
             for key, events in self.sel.select(timeout=0.2):
                 if key.data is None:
                     self._accept()
@@ -191,10 +211,10 @@ class FakeLLM:
         if self.mode == "stall":
             return
         if self.mode == "stream":
-            conn.stream = {"t0": time.monotonic(), "sent": 0, "done": False}
-            conn.out += (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"cache-control: no-cache\r\nconnection: close\r\n\r\n")
-            self._want_write(conn, True)
+            if self.hold:
+                self.held.append(conn)
+            else:
+                self._start_stream(conn)
             return
         if path.endswith("/responses"):
             events = self._script_responses(parsed or {})
@@ -206,6 +226,12 @@ class FakeLLM:
         conn.out += (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      b"cache-control: no-cache\r\nconnection: close\r\n\r\n" + events)
         conn.close_after = True
+        self._want_write(conn, True)
+
+    def _start_stream(self, conn):
+        conn.stream = {"t0": time.monotonic(), "sent": 0, "done": False}
+        conn.out += (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"cache-control: no-cache\r\nconnection: close\r\n\r\n")
         self._want_write(conn, True)
 
     def _respond_json(self, conn, status, obj):
@@ -233,10 +259,17 @@ class FakeLLM:
             out.append(sse_chat({"choices": [{"index": 0, "delta": {"content": DELTA_TEXT}}]}))
             st["sent"] += len(DELTA_TEXT)
         self.deltas_sent += self.batch
-        if st["sent"] >= self.stream_bytes or time.monotonic() - st["t0"] >= self.stream_seconds:
+        over = time.monotonic() >= self.deadline or self.deltas_sent >= self.max_deltas
+        if st["sent"] >= self.turn_bytes or over:
             st["done"] = True
             self.streams_finished += 1
-            out.append(sse_chat({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+            if self.continue_turns and not over:
+                call = {"index": 0, "id": f"call_{self.streams_finished}", "type": "function",
+                        "function": {"name": "bash", "arguments": json.dumps({"command": "true"})}}
+                out.append(sse_chat({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}))
+                out.append(sse_chat({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
+            else:
+                out.append(sse_chat({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
             out.append(sse_chat({"choices": [], "usage": {"prompt_tokens": 10,
                                                           "completion_tokens": st["sent"] // 4,
                                                           "total_tokens": 10 + st["sent"] // 4}}))
