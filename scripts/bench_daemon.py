@@ -94,11 +94,14 @@ class Daemon:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      preexec_fn=ctx.child_limits)
         deadline = time.monotonic() + 15
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start: {self.log_tail()}")
-            time.sleep(0.02)
-        self.rpc = Rpc(self.socket)
+        while True:  # the socket file appears a moment before the daemon listens on it
+            try:
+                self.rpc = Rpc(self.socket)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not start: {self.log_tail()}")
+                time.sleep(0.02)
 
     def log_tail(self, n=600):
         self.log.flush()
