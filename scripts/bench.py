@@ -275,7 +275,8 @@ def report(ctx, s, r):
     rows += [
         (f"events/s ingested, {ev['shadows']} shadows streaming text", "—", f"{ev['events_per_s']:,.0f}/s",
          f"new lines in tasks/*/events.jsonl over {s['stream_window']:.0f} s while the fake LLM streams one "
-         f"delta per SSE event as fast as workers read ({ev['deltas_per_s']:,.0f} deltas/s sent); daemon "
+         f"delta per SSE event as fast as workers read ({ev['deltas_per_s']:,.0f} deltas/s sent, so the "
+         f"daemon wrote {100 * ev['events_per_s'] / max(1, ev['deltas_per_s']):.0f}% of them as they came); daemon "
          f"{ev['daemon_cpu']:.0f}% CPU; load generator on the same 2 cores"),
         ("events.jsonl seq without gaps", "none", f"{ev['bad']} of {ev['tasks']} tasks with a gap",
          f"every line of every task's log after the streams ended ({ev['completed']} completed)"
@@ -291,7 +292,8 @@ def report(ctx, s, r):
            "workers sit where an idle shadow sits: waiting on the model; the events rows use the same "
            "server streaming text, the peers' task a scripted two-tool-call conversation.\n",
            f"Machine: {uname.sysname} {uname.release} {uname.machine}, {os.cpu_count()} cores; "
-           f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+           f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {r['load']} (1, 5, 15 min) at the start "
+           "(other work shares the cores: treat timings and CPU shares as upper bounds)"
            + (" (**smoke run: tiny scale, figures meaningless**)" if ctx.smoke else "") + ".\n",
            "| what | budget | measured | how |\n|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -360,7 +362,7 @@ def main():
             shutil.rmtree(ctx.work, ignore_errors=True)
         return
     try:
-        r = {}
+        r = {"load": " / ".join(open("/proc/loadavg").read().split()[:3])}
         server = FakeLLM("stall")
         r["launch_med"], r["launch_min"] = part("launch", bench_launch, ctx, server, s["launch_runs"])
         r["rss1"], r["pss1"], r["pss_extra"], r["rss_med"] = part("idle", bench_idle, ctx, server, s["idle_copies"])

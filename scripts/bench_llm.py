@@ -114,7 +114,12 @@ class FakeLLM:
                 self.held = []
             for key, events in self.sel.select(timeout=0.2):
                 if key.data is None:
-                    self._accept()
+                    try:
+                        self._accept()
+                    except OSError as e:  # e.g. out of file descriptors: say so, keep serving
+                        if len(self.errors) < 100:
+                            self.errors.append(f"accept: {e}")
+                        time.sleep(0.01)
                     continue
                 conn = key.data
                 try:
@@ -123,6 +128,10 @@ class FakeLLM:
                     if conn.sock.fileno() >= 0 and events & selectors.EVENT_WRITE:
                         self._write(conn)
                 except OSError:
+                    self._drop(conn)
+                except Exception as e:  # a request this server cannot parse must not stop it
+                    if len(self.errors) < 100:
+                        self.errors.append(f"{type(e).__name__}: {e}")
                     self._drop(conn)
         for conn in list(self.conns.values()):
             self._drop(conn)

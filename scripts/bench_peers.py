@@ -24,7 +24,18 @@ import bench_proc as proc
 PI_PACKAGE = "@mariozechner/pi-coding-agent@0.73.1"
 CODEX_PACKAGE = "@openai/codex@0.171.0"
 IDLE_PROMPT = "wait for the model"
-GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def gnu_time():
+    """The GNU time program (not the shell keyword), if installed: it reports a child's peak RSS."""
+    path = shutil.which("time")
+    if not path:
+        return None
+    r = subprocess.run([path, "--version"], capture_output=True, text=True)
+    return path if "GNU" in r.stdout + r.stderr else None
+
+
+GNU_TIME = gnu_time()
 TASK_PROMPT = "Read notes.txt, then write done to result.txt."
 
 
@@ -195,11 +206,15 @@ def install(ctx):
         if not shutil.which("npm"):
             return {"pi": "npm is not installed", "codex": "npm is not installed"}
         os.makedirs(peers_dir(ctx), exist_ok=True)
-        r = subprocess.run(["nice", "-n", "10", "npm", "install", "--no-audit", "--no-fund",
-                            "--prefix", peers_dir(ctx)] + wanted,
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
+        try:
+            r = subprocess.run(["nice", "-n", "10", "npm", "install", "--no-audit", "--no-fund",
+                                "--prefix", peers_dir(ctx)] + wanted,
+                               capture_output=True, text=True, timeout=600)
+            failed = r.returncode != 0
             msg = " ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        except subprocess.TimeoutExpired:
+            failed, msg = True, "npm did not finish within 600 s"
+        if failed:
             for pkg in wanted:
                 errors["pi" if "pi-coding" in pkg else "codex"] = f"`npm install {pkg}` failed: {msg}"
     pi, codex, versions = installed(ctx)
