@@ -10,7 +10,7 @@ Parts: single workers (below), the daemon under many shadows (bench_daemon.py), 
 agents side by side (bench_peers.py). `--smoke` runs every part at tiny scale, offline, and
 prints the table instead of writing BENCHMARKS.md; any error fails the run.
 """
-import argparse, json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, threading, time, traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llm import FakeLLM  # noqa: E402
@@ -231,61 +231,110 @@ def peers_block(peers, s):
     return "\n".join(lines) + "\n", notes
 
 
+class Failed:
+    """What a part that raised leaves in a full run: its rows say so instead of ending the run."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def groups(s, r):
+    """(result keys, [(what, budget)], rows builder) for each part of the table, in order."""
+    n, m = s["daemon_many"], r.get("many")
+
+    def single():
+        return [
+            ("idle worker (waiting on the model), RSS", "≤ 4 MB", mib(r["idle"][0]),
+             f"median RSS over {s['idle_copies']}: {mib(r['idle'][3])}; PSS of one {mib(r['idle'][1])}"),
+            ("extra PSS per added idle shadow", "≤ 1.5 MB", mib(r["idle"][2]),
+             f"(PSS of {s['idle_copies']} − PSS of 1) / {s['idle_copies'] - 1}")]
+
+    def many():
+        return [
+            (f"{n} concurrent idle shadows (daemon): running", "all running", f"{m['running']} of {n}",
+             f"`kugetsu serve`, max_shadows {n}, {n} `submit` (no_worktree) pipelined on the socket in "
+             f"{m['submit_s']:.1f} s; {m['requests']} model requests arrived"
+             + (f", the last {m['all_requests_s']:.1f} s after the first submit" if m["all_requests_s"] else "")
+             + f"; fd limit {m['fd_limit']}; statuses {dict(sorted(m['statuses'].items()))}"
+             + (f"; daemon log: `{m['daemon_log'][-200:]}`" if m.get("daemon_log") else "")),
+            (f"{n} idle shadows: workers' total PSS", "< 1 GiB", mib(m["workers_pss"]),
+             f"sum of smaps_rollup Pss over the running workers' pids (daemon itself: {mib(m['daemon_rss'])} RSS)"),
+            (f"{n} idle shadows: daemon CPU", "< 1%", f"{m['cpu_median']:.2f}%",
+             f"median of {s['many_window']:.0f} one-second user+sys samples ({m['cpu_total']:.2f}% over the "
+             "whole window)"),
+            (f"{n} idle shadows: `kugetsu ps`", "< 2 s", f"{m['ps_median'] * 1000:.0f} ms",
+             f"median wall time of {s['ps_runs']} runs")]
+
+    def spread(k):
+        sp = r[f"spread{k}"]
+        return [(f"spawn spread, {k} submitted at once", "—", f"{sp['started_spread'] * 1000:.0f} ms",
+                 f"first to last `started` event seen by a subscriber; first to last model request "
+                 f"{sp['request_spread'] * 1000:.0f} ms; first submit to last request "
+                 f"{sp['submit_to_last_request'] * 1000:.0f} ms")]
+
+    def events():
+        ev = r["events"]
+        return [
+            (f"events/s ingested, {ev['shadows']} shadows streaming text", "—", f"{ev['events_per_s']:,.0f}/s",
+             f"new lines in tasks/*/events.jsonl over {s['stream_window']:.0f} s while the fake LLM streams one "
+             f"delta per SSE event as fast as workers read ({ev['deltas_per_s']:,.0f} deltas/s sent, so the "
+             f"daemon wrote {100 * ev['events_per_s'] / max(1, ev['deltas_per_s']):.0f}% of them as they came); "
+             f"daemon {ev['daemon_cpu']:.0f}% CPU; load generator on the same 2 cores"),
+            ("events.jsonl seq without gaps", "none", f"{ev['bad']} of {ev['tasks']} tasks with a gap",
+             f"every line of every task's log after the streams ended ({ev['completed']} completed)"
+             + (f"; first: {ev['first_problem']}" if ev["first_problem"] else ""))]
+
+    def stalled():
+        st = r["stalled"]
+        return [(f"daemon RSS with {st['subscribers']} stalled subscribers", "< 64 MiB", mib(st["peak_rss"]),
+                 f"peak (VmHWM); {st['subscribers']} clients `subscribe` and never read, one shadow streams "
+                 f"{st['streamed'] / (1 << 20):.1f} MiB of text in {st['seconds']:.1f} s; RSS before "
+                 f"{mib(st['base_rss'])}"
+                 + (f"; **stopped early: {st['capped']}**" if st["capped"] else f"; task {st['status']}"))]
+
+    j = r.get("journal")
+    return [
+        (["idle"], [("idle worker (waiting on the model), RSS", "≤ 4 MB"),
+                    ("extra PSS per added idle shadow", "≤ 1.5 MB")], single),
+        (["ctx_rss"], [("worker with a 100k-token context, RSS", "≤ 16 MB")], lambda: [
+            ("worker with a 100k-token context, RSS", "≤ 16 MB", mib(r["ctx_rss"]),
+             "400 kB prompt, waiting on the model")]),
+        (["launch"], [("launch to first LLM request", "≤ 10 ms")], lambda: [
+            ("launch to first LLM request", "≤ 10 ms", f"{r['launch'][0]:.2f} ms",
+             f"median of {s['launch_runs']} spawns (min {r['launch'][1]:.2f} ms), incl. handshake")]),
+        (["many_pss"], [(f"{s['many']} concurrent shadows, total PSS", "< 1 GiB")], lambda: [
+            (f"{s['many']} concurrent shadows, total PSS", "< 1 GiB", mib(r["many_pss"]), f"{s['many']} idle workers")]),
+        (["cpu"], [(f"daemon CPU with {s['cpu_shadows']} idle shadows", "< 1%")], lambda: [
+            (f"daemon CPU with {s['cpu_shadows']} idle shadows", "< 1%", f"{r['cpu']['total']:.2f}%",
+             f"`kugetsu serve` user+sys CPU over {s['cpu_window']:.0f} s, {s['cpu_shadows']} shadows waiting on "
+             f"the model (median of the seconds {r['cpu']['median']:.2f}%)")]),
+        (["restart"], [("kill -9 of a worker to resumed LLM request", "≤ 100 ms")], lambda: [
+            ("kill -9 of a worker to resumed LLM request", "≤ 100 ms", f"{r['restart'][0]:.2f} ms",
+             f"median of {s['kills']} kills under `kugetsu run` (max {r['restart'][1]:.2f} ms)")]),
+        (["journal"], [("journal append + fdatasync", "≤ 5 ms")], lambda: [
+            ("journal append + fdatasync", "≤ 5 ms", f"{j['median_us'] / 1000:.3f} ms",
+             f"median of {j['count']}; p99 {j['p99_us'] / 1000:.3f} ms, max {j['max_us'] / 1000:.3f} ms")]),
+        (["many"], [(f"{n} concurrent idle shadows (daemon): running", "all running"),
+                    (f"{n} idle shadows: workers' total PSS", "< 1 GiB"), (f"{n} idle shadows: daemon CPU", "< 1%"),
+                    (f"{n} idle shadows: `kugetsu ps`", "< 2 s")], many),
+    ] + [([f"spread{k}"], [(f"spawn spread, {k} submitted at once", "—")], lambda k=k: spread(k))
+         for k in s["spreads"]] + [
+        (["events"], [(f"events/s ingested, {s['stream_shadows']} shadows streaming text", "—"),
+                      ("events.jsonl seq without gaps", "none")], events),
+        (["stalled"], [(f"daemon RSS with {s['subscribers']} stalled subscribers", "< 64 MiB")], stalled),
+    ]
+
+
 def report(ctx, s, r):
     uname = os.uname()
-    j = r["journal"]
-    m = r["many"]
-    ev = r["events"]
-    st = r["stalled"]
-    rows = [
-        ("idle worker (waiting on the model), RSS", "≤ 4 MB", mib(r["rss1"]),
-         f"median RSS over {s['idle_copies']}: {mib(r['rss_med'])}; PSS of one {mib(r['pss1'])}"),
-        ("extra PSS per added idle shadow", "≤ 1.5 MB", mib(r["pss_extra"]),
-         f"(PSS of {s['idle_copies']} − PSS of 1) / {s['idle_copies'] - 1}"),
-        ("worker with a 100k-token context, RSS", "≤ 16 MB", mib(r["ctx_rss"]), "400 kB prompt, waiting on the model"),
-        ("launch to first LLM request", "≤ 10 ms", f"{r['launch_med']:.2f} ms",
-         f"median of {s['launch_runs']} spawns (min {r['launch_min']:.2f} ms), incl. handshake"),
-        (f"{s['many']} concurrent shadows, total PSS", "< 1 GiB", mib(r["many_pss"]), f"{s['many']} idle workers"),
-        (f"daemon CPU with {s['cpu_shadows']} idle shadows", "< 1%", f"{r['cpu']['total']:.2f}%",
-         f"`kugetsu serve` user+sys CPU over {s['cpu_window']:.0f} s, {s['cpu_shadows']} shadows waiting on "
-         f"the model (median of the seconds {r['cpu']['median']:.2f}%)"),
-        ("kill -9 of a worker to resumed LLM request", "≤ 100 ms", f"{r['restart_med']:.2f} ms",
-         f"median of {s['kills']} kills under `kugetsu run` (max {r['restart_max']:.2f} ms)"),
-        ("journal append + fdatasync", "≤ 5 ms", f"{j['median_us'] / 1000:.3f} ms",
-         f"median of {j['count']}; p99 {j['p99_us'] / 1000:.3f} ms, max {j['max_us'] / 1000:.3f} ms"),
-        (f"{m['shadows']} concurrent idle shadows (daemon): running", "all running",
-         f"{m['running']} of {m['shadows']}",
-         f"`kugetsu serve`, max_shadows {m['shadows']}, {m['shadows']} `submit` (no_worktree) pipelined on the "
-         f"socket in {m['submit_s']:.1f} s; {m['requests']} model requests arrived"
-         + (f", the last {m['all_requests_s']:.1f} s after the first submit" if m["all_requests_s"] else "")
-         + f"; fd limit {m['fd_limit']}; statuses {dict(sorted(m['statuses'].items()))}"
-         + (f"; daemon log: `{m['daemon_log'][-200:]}`" if m.get("daemon_log") else "")),
-        (f"{m['shadows']} idle shadows: workers' total PSS", "< 1 GiB", mib(m["workers_pss"]),
-         f"sum of smaps_rollup Pss over the running workers' pids (daemon itself: {mib(m['daemon_rss'])} RSS)"),
-        (f"{m['shadows']} idle shadows: daemon CPU", "< 1%", f"{m['cpu_median']:.2f}%",
-         f"median of {s['many_window']:.0f} one-second user+sys samples ({m['cpu_total']:.2f}% over the whole window)"),
-        (f"{m['shadows']} idle shadows: `kugetsu ps`", "< 2 s", f"{m['ps_median'] * 1000:.0f} ms",
-         f"median wall time of {s['ps_runs']} runs"),
-    ]
-    for n, sp in r["spreads"]:
-        rows.append((f"spawn spread, {n} submitted at once", "—", f"{sp['started_spread'] * 1000:.0f} ms",
-                     f"first to last `started` event seen by a subscriber; first to last model request "
-                     f"{sp['request_spread'] * 1000:.0f} ms; first submit to last request "
-                     f"{sp['submit_to_last_request'] * 1000:.0f} ms"))
-    rows += [
-        (f"events/s ingested, {ev['shadows']} shadows streaming text", "—", f"{ev['events_per_s']:,.0f}/s",
-         f"new lines in tasks/*/events.jsonl over {s['stream_window']:.0f} s while the fake LLM streams one "
-         f"delta per SSE event as fast as workers read ({ev['deltas_per_s']:,.0f} deltas/s sent, so the "
-         f"daemon wrote {100 * ev['events_per_s'] / max(1, ev['deltas_per_s']):.0f}% of them as they came); daemon "
-         f"{ev['daemon_cpu']:.0f}% CPU; load generator on the same 2 cores"),
-        ("events.jsonl seq without gaps", "none", f"{ev['bad']} of {ev['tasks']} tasks with a gap",
-         f"every line of every task's log after the streams ended ({ev['completed']} completed)"
-         + (f"; first: {ev['first_problem']}" if ev["first_problem"] else "")),
-        (f"daemon RSS with {st['subscribers']} stalled subscribers", "< 64 MiB", mib(st["peak_rss"]),
-         f"peak (VmHWM); {st['subscribers']} clients `subscribe` and never read, one shadow streams "
-         f"{st['streamed'] / (1 << 20):.1f} MiB of text in {st['seconds']:.1f} s; RSS before {mib(st['base_rss'])}"
-         + (f"; **stopped early: {st['capped']}**" if st["capped"] else f"; task {st['status']}")),
-    ]
+    rows = []
+    for keys, labels, build in groups(s, r):
+        failed = [r[k] for k in keys if isinstance(r.get(k), Failed)]
+        if failed:
+            why = failed[0].error.replace("|", "/").replace("\n", " ")[:300]
+            rows += [(what, budget, "**error**", why) for what, budget in labels]
+        else:
+            rows += build()
     out = ["# Benchmarks\n",
            "Written by `scripts/bench` (release build) from one run; medians unless stated. The \"LLM\" "
            "is a local server (`scripts/bench_llm.py`) that accepts each request and never answers, so "
@@ -297,6 +346,9 @@ def report(ctx, s, r):
            + (" (**smoke run: tiny scale, figures meaningless**)" if ctx.smoke else "") + ".\n",
            "| what | budget | measured | how |\n|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    if isinstance(r["peers"], Failed):
+        out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
+        return "\n".join(out) + "\n"
     table, notes = peers_block(r["peers"], s)
     versions = ", ".join(f"{c} {r['peers'][c]['version']}" for c in ("pi", "codex")
                          if r["peers"].get(c, {}).get("version"))
@@ -309,7 +361,7 @@ def report(ctx, s, r):
             + ("is the largest single process's, from GNU time's %M (wait4 from the bench itself would "
                "count the bench's memory at fork as the child's peak)"
                if r["peers"]["kugetsu worker"]["peak_how"].startswith("GNU") else
-               "is the tree's summed RSS sampled every 2 ms (no /usr/bin/time here)")
+               "is the tree's summed RSS sampled every 2 ms (no GNU time here)")
             + "; the task counts only if result.txt was written. `kugetsu worker` is one shadow as the daemon runs it; "
             "`kugetsu run` adds the supervisor process. Ratios are peer / kugetsu worker.\n",
             table,
@@ -338,59 +390,70 @@ def main():
     ctx = Ctx(smoke)
     t_start = time.monotonic()
 
+    failures = []
+
     def part(name, fn, *a):
+        """Runs one measurement; in a full run a failure is reported in its rows, not fatal."""
         t = time.monotonic()
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        v = fn(*a)
+        try:
+            v = fn(*a)
+        except Exception as e:
+            if smoke or args.only:
+                raise
+            traceback.print_exc()
+            failures.append(f"{name}: {e}")
+            return Failed(f"{type(e).__name__}: {e}")
         print(f"bench: {name} done in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
         return v
 
-    only = {
-        "daemon-many": lambda: bench_daemon.bench_daemon_many(ctx, s["daemon_many"], s["many_window"], s["ps_runs"],
-                                                              s["many_settle"]),
-        "spread": lambda: [bench_daemon.bench_spawn_spread(ctx, n) for n in s["spreads"]],
-        "events": lambda: bench_daemon.bench_events(ctx, s["stream_shadows"], s["stream_warmup"], s["stream_window"]),
-        "stalled": lambda: bench_daemon.bench_stalled_subscribers(ctx, s["subscribers"], s["stalled_bytes"],
-                                                                  s["stalled_time"], s["stalled_rss_cap"]),
-        "peers": lambda: bench_peers.run_peers(ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"],
-                                               s["peer_settle"]),
-    }
+    # (--only name, result key, measurement) of the daemon and peers parts, in run order.
+    only_parts = [
+        ("daemon-many", "many", lambda: bench_daemon.bench_daemon_many(
+            ctx, s["daemon_many"], s["many_window"], s["ps_runs"], s["many_settle"])),
+        ("spread", "spread", lambda: [bench_daemon.bench_spawn_spread(ctx, n) for n in s["spreads"]]),
+        ("events", "events", lambda: bench_daemon.bench_events(
+            ctx, s["stream_shadows"], s["stream_warmup"], s["stream_window"])),
+        ("stalled", "stalled", lambda: bench_daemon.bench_stalled_subscribers(
+            ctx, s["subscribers"], s["stalled_bytes"], s["stalled_time"], s["stalled_rss_cap"])),
+        ("peers", "peers", lambda: bench_peers.run_peers(
+            ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
+    ]
     if args.only:
+        fn = next(f for name, _, f in only_parts if name == args.only)
         try:
-            print(json.dumps(part(args.only, only[args.only]), indent=1, default=str))
+            print(json.dumps(part(args.only, fn), indent=1, default=str))
         finally:
             shutil.rmtree(ctx.work, ignore_errors=True)
         return
     try:
         r = {"load": " / ".join(open("/proc/loadavg").read().split()[:3])}
         server = FakeLLM("stall")
-        r["launch_med"], r["launch_min"] = part("launch", bench_launch, ctx, server, s["launch_runs"])
-        r["rss1"], r["pss1"], r["pss_extra"], r["rss_med"] = part("idle", bench_idle, ctx, server, s["idle_copies"])
+        r["launch"] = part("launch", bench_launch, ctx, server, s["launch_runs"])
+        r["idle"] = part("idle", bench_idle, ctx, server, s["idle_copies"])
         r["ctx_rss"] = part("100k context", bench_big_context, ctx, server)
         r["many_pss"] = part(f"{s['many']} workers", bench_many, ctx, server, s["many"])
-        r["restart_med"], r["restart_max"] = part("kill -9 restarts", bench_restart, ctx, server, s["kills"])
+        r["restart"] = part("kill -9 restarts", bench_restart, ctx, server, s["kills"])
         server.close()
         r["cpu"] = part("daemon CPU", bench_daemon.bench_daemon_idle_cpu, ctx, s["cpu_shadows"], s["cpu_window"])
         r["journal"] = part("journal", bench_journal, ctx, s["journal"])
-        r["many"] = part(f"daemon with {s['daemon_many']} idle shadows", bench_daemon.bench_daemon_many, ctx,
-                         s["daemon_many"], s["many_window"], s["ps_runs"], s["many_settle"])
-        r["spreads"] = [(n, part(f"spawn spread {n}", bench_daemon.bench_spawn_spread, ctx, n)) for n in s["spreads"]]
-        r["events"] = part("events/s", bench_daemon.bench_events, ctx, s["stream_shadows"], s["stream_warmup"],
-                           s["stream_window"])
-        r["stalled"] = part("stalled subscribers", bench_daemon.bench_stalled_subscribers, ctx, s["subscribers"],
-                            s["stalled_bytes"], s["stalled_time"], s["stalled_rss_cap"])
-        r["peers"] = part("peers", bench_peers.run_peers, ctx, s["peer_copies"], s["peer_launch_runs"],
-                          s["peer_task_runs"], s["peer_settle"])
+        for name, key, fn in only_parts:
+            if key == "spread":
+                for k in s["spreads"]:
+                    r[f"spread{k}"] = part(f"spawn spread {k}", bench_daemon.bench_spawn_spread, ctx, k)
+            else:
+                r[key] = part(name, fn)
         text = report(ctx, s, r)
-        problems = []
-        if r["many"]["running"] < r["many"]["shadows"]:
-            problems.append(f"only {r['many']['running']} of {r['many']['shadows']} daemon shadows reached running")
-        if not r["events"]["finished"]:
+        problems = [f"failed: {f}" for f in failures]
+        many, events, stalled = r["many"], r["events"], r["stalled"]
+        if not isinstance(many, Failed) and many["running"] < many["shadows"]:
+            problems.append(f"only {many['running']} of {many['shadows']} daemon shadows reached running")
+        if not isinstance(events, Failed) and not events["finished"]:
             problems.append("the streaming shadows did not finish after their streams ended")
-        if r["stalled"]["capped"]:
-            problems.append(f"stalled-subscriber run stopped early: {r['stalled']['capped']}")
-        if r["events"]["bad"]:
-            problems.append(f"seq gaps in {r['events']['bad']} events.jsonl: {r['events']['first_problem']}")
+        if not isinstance(events, Failed) and events["bad"]:
+            problems.append(f"seq gaps in {events['bad']} events.jsonl: {events['first_problem']}")
+        if not isinstance(stalled, Failed) and stalled["capped"]:
+            problems.append(f"stalled-subscriber run stopped early: {stalled['capped']}")
         if args.out or not smoke:
             path = args.out or os.path.join(ROOT, "BENCHMARKS.md")
             with open(path, "w") as f:
@@ -401,9 +464,9 @@ def main():
         for p in problems:
             print(f"bench: {'FAIL' if smoke else 'note'}: {p}", file=sys.stderr)
         for name in ("pi", "codex"):
-            if "error" in r["peers"].get(name, {}):
+            if not isinstance(r["peers"], Failed) and "error" in r["peers"].get(name, {}):
                 print(f"bench: note: {name} not measured: {r['peers'][name]['error']}", file=sys.stderr)
-        if smoke and problems:
+        if failures or (smoke and problems):
             sys.exit(1)
     finally:
         shutil.rmtree(ctx.work, ignore_errors=True)

@@ -116,14 +116,14 @@ class Daemon:
                 for i in range(n)]
         return [self.rpc.wait(r, timeout=120)["task"] for r in rids]
 
-    def tasks(self):
-        return self.rpc.call("list", timeout=60)["tasks"]
+    def tasks(self, timeout=60):
+        return self.rpc.call("list", timeout=timeout)["tasks"]
 
     def stop(self):
         """SIGTERM, then SIGKILL after a grace period; also kills workers the daemon left."""
         pids = []
         try:
-            pids = [t["pid"] for t in self.tasks() if t.get("pid")]
+            pids = [t["pid"] for t in self.tasks(timeout=10) if t.get("pid")]
         except Exception:
             pass
         try:
