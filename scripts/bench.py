@@ -2,78 +2,75 @@
 """kugetsu benchmarks: measures the budgets of DESIGN §7 on this machine and writes BENCHMARKS.md.
 
 Run through scripts/bench (which builds release binaries first). Everything talks to a local
-"LLM" server that accepts requests and never answers, so workers sit exactly where an idle
-shadow sits: waiting on the model. Numbers are medians of one run; the machine is noisy.
+fake LLM (scripts/bench_llm.py): mostly one that accepts requests and never answers, so workers
+sit exactly where an idle shadow sits, waiting on the model. Numbers are medians of one run;
+the machine is noisy.
+
+Parts: single workers (below), the daemon under many shadows (bench_daemon.py), and the peer
+agents side by side (bench_peers.py). `--smoke` runs every part at tiny scale, offline, and
+prints the table instead of writing BENCHMARKS.md; any error fails the run.
 """
-import json, os, selectors, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, threading, time, traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_llm import FakeLLM  # noqa: E402
+import bench_daemon, bench_peers, bench_proc as proc  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
-KUGETSU = os.path.join(REL, "kugetsu")
-WORKER = os.path.join(REL, "kugetsu-worker")
-JOURNAL_BENCH = os.path.join(REL, "examples", "journal_bench")
-WORK = tempfile.mkdtemp(prefix="kugetsu-bench-", dir=os.path.join(ROOT, "target"))
+
+# How big each measurement is, in full and in smoke runs.
+FULL = dict(launch_runs=30, idle_copies=20, many=200, kills=15, cpu_shadows=100, cpu_window=10.0,
+            journal=1000, daemon_many=1000, many_window=10.0, ps_runs=5, many_settle=300,
+            spreads=(20, 200), stream_shadows=200, stream_warmup=2.0, stream_window=10.0,
+            subscribers=3, stalled_bytes=3 << 20, stalled_time=120.0, stalled_rss_cap=4 << 30,
+            peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0)
+SMOKE = dict(launch_runs=3, idle_copies=3, many=5, kills=2, cpu_shadows=3, cpu_window=1.0,
+             journal=50, daemon_many=5, many_window=1.0, ps_runs=1, many_settle=20,
+             spreads=(3, 5), stream_shadows=5, stream_warmup=0.5, stream_window=1.0,
+             subscribers=3, stalled_bytes=256 << 10, stalled_time=15.0, stalled_rss_cap=1 << 30,
+             peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3)
 
 
-class StallServer:
-    """Accepts HTTP connections, records when each request's headers arrived, never answers."""
+class Ctx:
+    """What every measurement shares: paths, the scratch directory, the test repository."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        self.arrivals = []  # monotonic times of complete request heads
-        self.cond = threading.Condition()
-        self.conns = []
-        threading.Thread(target=self._loop, daemon=True).start()
+    def __init__(self, smoke):
+        self.smoke = smoke
+        self.root = ROOT
+        self.kugetsu = os.path.join(REL, "kugetsu")
+        self.worker = os.path.join(REL, "kugetsu-worker")
+        self.journal_bench = os.path.join(REL, "examples", "journal_bench")
+        for path in (self.kugetsu, self.worker, self.journal_bench):
+            if not os.access(path, os.X_OK):
+                raise SystemExit(f"bench: {path} is missing; run scripts/bench, which builds it")
+        self.work = tempfile.mkdtemp(prefix="kugetsu-bench-", dir=os.path.join(ROOT, "target"))
+        self.repo = os.path.join(self.work, "repo")
+        make_repo(self.repo)
+        # The fake servers hold one socket per shadow: let this process have what the hard limit
+        # allows, but give the product the limit it would have had (reported with the figures).
+        self.fd_soft, self.fd_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_hard, self.fd_hard))
 
-    def _loop(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ, None)
-        bufs = {}
-        while True:
-            for key, _ in sel.select():
-                if key.data is None:
-                    conn, _ = self.sock.accept()
-                    conn.setblocking(False)
-                    bufs[conn] = b""
-                    self.conns.append(conn)
-                    sel.register(conn, selectors.EVENT_READ, "c")
-                else:
-                    conn = key.fileobj
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        sel.unregister(conn)
-                        conn.close()
-                        bufs.pop(conn, None)
-                        continue
-                    before = bufs[conn]
-                    bufs[conn] = before + data if len(before) < 8192 else before
-                    if b"\r\n\r\n" in bufs[conn] and b"\r\n\r\n" not in before:
-                        with self.cond:
-                            self.arrivals.append(time.monotonic())
-                            self.cond.notify_all()
+    def child_limits(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_soft, self.fd_hard))
 
-    def wait_arrivals(self, n, timeout=30):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.arrivals) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"only {len(self.arrivals)} of {n} requests arrived")
-                self.cond.wait(left)
-            return self.arrivals[n - 1]
+    def env_for(self, server):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OPENAI_", "ANTHROPIC_", "OPENROUTER_", "KUGETSU_", "CODEX_", "PI_"))}
+        if server is not None:
+            env.update(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="bench-key")
+        return env
 
 
-def env_for(server):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "KUGETSU_"))}
-    env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{server.port}/v1", OPENAI_API_KEY="bench-key")
-    return env
+def make_repo(repo):
+    os.makedirs(repo)
+    subprocess.run(["git", "init", "-q", repo], check=True)
+    with open(os.path.join(repo, "a.txt"), "w") as f:
+        f.write("a\n")
+    subprocess.run(["git", "-C", repo, "add", "."], check=True)
+    subprocess.run(["git", "-C", repo, "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "a"],
+                   check=True)
 
 
 def start_line(task_dir, prompt="say hello"):
@@ -82,28 +79,15 @@ def start_line(task_dir, prompt="say hello"):
     return (json.dumps({"type": "start", "task": spec, "resume": False}) + "\n").encode()
 
 
-def spawn_worker(server, i, prompt="say hello"):
-    d = os.path.join(WORK, f"w{i}-{time.monotonic_ns()}")
+def spawn_worker(ctx, server, i, prompt="say hello"):
+    d = os.path.join(ctx.work, f"w{i}-{time.monotonic_ns()}")
     os.makedirs(d)
     t0 = time.monotonic()
-    p = subprocess.Popen([WORKER], cwd=d, env=env_for(server), stdin=subprocess.PIPE,
+    p = subprocess.Popen([ctx.worker], cwd=d, env=ctx.env_for(server), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=open(os.path.join(d, "worker.log"), "wb"))
     p.stdin.write(start_line(d, prompt))
     p.stdin.flush()
     return p, t0
-
-
-def mem(pid):
-    rss = pss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    return rss, pss
 
 
 def stop(procs):
@@ -117,11 +101,13 @@ def mib(n):
     return f"{n / (1 << 20):.2f} MiB"
 
 
-def bench_launch(server, runs=30):
+# -- single workers -----------------------------------------------------------------------
+
+def bench_launch(ctx, server, runs):
     times = []
     for i in range(runs):
         n = len(server.arrivals) + 1
-        p, t0 = spawn_worker(server, f"launch{i}")
+        p, t0 = spawn_worker(ctx, server, f"launch{i}")
         t = server.wait_arrivals(n)
         times.append((t - t0) * 1000)
         stop([p])
@@ -133,53 +119,47 @@ def settle(procs, server, n_before):
     time.sleep(0.3)
 
 
-def bench_idle(server):
+def bench_idle(ctx, server, copies):
     n = len(server.arrivals)
-    one, _ = spawn_worker(server, "idle1")
+    one, _ = spawn_worker(ctx, server, "idle1")
     settle([one], server, n)
-    rss1, pss1 = mem(one.pid)
+    rss1, pss1 = proc.mem(one.pid)
     n = len(server.arrivals)
-    more = [spawn_worker(server, f"idle{i}")[0] for i in range(19)]
+    more = [spawn_worker(ctx, server, f"idle{i}")[0] for i in range(copies - 1)]
     settle(more, server, n)
-    total20 = sum(mem(p.pid)[1] for p in [one] + more)
-    rss20 = statistics.median(mem(p.pid)[0] for p in [one] + more)
+    total = sum(proc.mem(p.pid)[1] for p in [one] + more)
+    rss_med = statistics.median(proc.mem(p.pid)[0] for p in [one] + more)
     stop([one] + more)
-    return rss1, pss1, (total20 - pss1) / 19, rss20
+    return rss1, pss1, (total - pss1) / (copies - 1), rss_med
 
 
-def bench_big_context(server):
+def bench_big_context(ctx, server):
     n = len(server.arrivals)
     # ~100k tokens: 400 kB of prompt text.
     prompt = ("Refactor the parser module so that every error carries a span. " * 6300)[:400_000]
-    p, _ = spawn_worker(server, "ctx", prompt)
+    p, _ = spawn_worker(ctx, server, "ctx", prompt)
     settle([p], server, n)
-    rss, _ = mem(p.pid)
+    rss, _ = proc.mem(p.pid)
     stop([p])
     return rss
 
 
-def bench_many(server, count=200):
+def bench_many(ctx, server, count):
     n = len(server.arrivals)
-    procs = [spawn_worker(server, f"many{i}")[0] for i in range(count)]
+    procs = [spawn_worker(ctx, server, f"many{i}")[0] for i in range(count)]
     settle(procs, server, n)
-    total = sum(mem(p.pid)[1] for p in procs)
+    total = sum(proc.mem(p.pid)[1] for p in procs)
     stop(procs)
     return total
 
 
-def bench_restart(server, kills=15):
-    repo = os.path.join(WORK, "repo")
-    os.makedirs(repo)
-    subprocess.run(["git", "init", "-q", repo], check=True)
-    with open(os.path.join(repo, "a.txt"), "w") as f:
-        f.write("a\n")
-    subprocess.run(["git", "-C", repo, "add", "."], check=True)
-    subprocess.run(["git", "-C", repo, "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "a"], check=True)
-    env = env_for(server)
+def bench_restart(ctx, server, kills):
+    env = ctx.env_for(server)
     env["KUGETSU_MAX_RESTARTS"] = str(kills + 5)
     n = len(server.arrivals)
-    run = subprocess.Popen([KUGETSU, "run", "--json", "-C", repo, "--state-dir", os.path.join(WORK, "state"),
-                            "-m", "openai/bench-model", "wait for the model"], env=env,
+    run = subprocess.Popen([ctx.kugetsu, "run", "--json", "-C", ctx.repo, "--state-dir",
+                            os.path.join(ctx.work, "state"), "-m", "openai/bench-model",
+                            "wait for the model"], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     pids = []
 
@@ -191,101 +171,306 @@ def bench_restart(server, kills=15):
 
     threading.Thread(target=read_events, daemon=True).start()
     gaps = []
-    server.wait_arrivals(n + 1)
-    for k in range(kills):
-        while len(pids) < k + 1:
-            time.sleep(0.001)
-        time.sleep(0.05)
-        t0 = time.monotonic()
-        os.kill(pids[k], signal.SIGKILL)
-        t = server.wait_arrivals(n + k + 2)
-        gaps.append((t - t0) * 1000)
-    run.send_signal(signal.SIGTERM)
     try:
-        run.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        run.kill()
+        server.wait_arrivals(n + 1)
+        for k in range(kills):
+            deadline = time.monotonic() + 30
+            while len(pids) < k + 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no started event for attempt {k + 1}")
+                time.sleep(0.001)
+            time.sleep(0.05)
+            t0 = time.monotonic()
+            os.kill(pids[k], signal.SIGKILL)
+            t = server.wait_arrivals(n + k + 2)
+            gaps.append((t - t0) * 1000)
+    finally:
+        run.send_signal(signal.SIGTERM)
+        try:
+            run.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            run.kill()
     return statistics.median(gaps), max(gaps)
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def bench_daemon_idle(server, shadows=100, window=10.0):
-    state = os.path.join(WORK, "dstate")
-    repo = os.path.join(WORK, "repo")
-    env = env_for(server)
-    env.update(KUGETSU_STATE_DIR=state, KUGETSU_SOCKET=os.path.join(WORK, "k.sock"),
-               KUGETSU_MAX_SHADOWS=str(shadows), KUGETSU_MEM_LIMIT="64MiB")
-    daemon = subprocess.Popen([KUGETSU, "serve"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(env["KUGETSU_SOCKET"]):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the daemon did not start")
-        time.sleep(0.05)
-    n = len(server.arrivals)
-    for i in range(shadows):
-        subprocess.run([KUGETSU, "submit", "-C", repo, "-m", "openai/bench-model", f"idle {i}"],
-                       env=env, check=True, stdout=subprocess.DEVNULL)
-    server.wait_arrivals(n + shadows, timeout=120)
-    time.sleep(2)
-    before = cpu_seconds(daemon.pid)
-    time.sleep(window)
-    used = cpu_seconds(daemon.pid) - before
-    daemon.send_signal(signal.SIGTERM)
-    try:
-        daemon.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-    return 100.0 * used / window
-
-
-def bench_journal():
-    out = subprocess.run([JOURNAL_BENCH, os.path.join(WORK, "journal"), "1000"], check=True,
+def bench_journal(ctx, count):
+    out = subprocess.run([ctx.journal_bench, os.path.join(ctx.work, "journal"), str(count)], check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out)
 
 
-def main():
-    server = StallServer()
-    launch_med, launch_min = bench_launch(server)
-    rss1, pss1, pss_extra, rss20 = bench_idle(server)
-    ctx_rss = bench_big_context(server)
-    many = bench_many(server)
-    restart_med, restart_max = bench_restart(server)
-    daemon_cpu = bench_daemon_idle(server)
-    journal = bench_journal()
-    uname = os.uname()
-    rows = [
-        ("idle worker (waiting on the model), RSS", "≤ 4 MB", mib(rss1), f"median RSS over 20: {mib(rss20)}; PSS of one {mib(pss1)}"),
-        ("extra PSS per added idle shadow", "≤ 1.5 MB", mib(pss_extra), "(PSS of 20 − PSS of 1) / 19"),
-        ("worker with a 100k-token context, RSS", "≤ 16 MB", mib(ctx_rss), "400 kB prompt, waiting on the model"),
-        ("launch to first LLM request", "≤ 10 ms", f"{launch_med:.2f} ms", f"median of 30 spawns (min {launch_min:.2f} ms), incl. handshake"),
-        ("200 concurrent shadows, total PSS", "< 1 GiB", mib(many), "200 idle workers"),
-        ("daemon CPU with 100 idle shadows", "< 1%", f"{daemon_cpu:.2f}%", "`kugetsu serve` user+sys CPU over 10 s, 100 shadows waiting on the model"),
-        ("kill -9 of a worker to resumed LLM request", "≤ 100 ms", f"{restart_med:.2f} ms", f"median of 15 kills under `kugetsu run` (max {restart_max:.2f} ms)"),
-        ("journal append + fdatasync", "≤ 5 ms", f"{journal['median_us'] / 1000:.3f} ms", f"median of {journal['count']}; p99 {journal['p99_us'] / 1000:.3f} ms, max {journal['max_us'] / 1000:.3f} ms"),
+# -- the report ---------------------------------------------------------------------------
+
+def ratio(peer, base):
+    return f"{peer / base:.0f}×" if base and peer / base >= 10 else (f"{peer / base:.1f}×" if base else "—")
+
+
+def peers_block(peers, s):
+    cols = ["kugetsu worker", "kugetsu run", "pi", "codex"]
+    ok = [c for c in cols if c in peers and "error" not in peers[c]]
+    metrics = [
+        ("idle RSS (one copy, process tree)", "rss1", mib),
+        ("idle PSS (one copy)", "pss1", mib),
+        (f"extra PSS per added copy (N={s['peer_copies']})", "extra_pss", mib),
+        ("launch to first model request", "launch", lambda v: f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"),
+        ("peak RSS, scripted task", "peak_rss", mib),
+        ("CPU per scripted task (user+sys)", "cpu", lambda v: f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"),
     ]
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-        f.write("# Benchmarks\n\n")
-        f.write("Written by `scripts/bench` (release build) from one run; medians unless stated. "
-                "The \"LLM\" is a local server that accepts each request and never answers, so "
-                "workers sit where an idle shadow sits: waiting on the model.\n\n")
-        f.write(f"Machine: {uname.sysname} {uname.release} {uname.machine}, {os.cpu_count()} cores; "
-                f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n")
-        f.write("| what | budget | measured | how |\n|---|---|---|---|\n")
-        for r in rows:
-            f.write(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |\n")
-    print(open(os.path.join(ROOT, "BENCHMARKS.md")).read())
+    base = peers["kugetsu worker"]
+    peer_cols = [c for c in ("pi", "codex") if c in ok]
+    lines = ["| what | " + " | ".join(ok) + "".join(f" | {c} / worker" for c in peer_cols) + " |",
+             "|---" * (1 + len(ok) + len(peer_cols)) + "|"]
+    for label, key, fmt in metrics:
+        row = [label] + [fmt(peers[c][key]) for c in ok] + [ratio(peers[c][key], base[key]) for c in peer_cols]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = []
+    for c in ("pi", "codex"):
+        r = peers.get(c, {"error": "not measured"})
+        if "error" in r:
+            notes.append(f"- **{c}: not measured.** {r['error']}")
+    return "\n".join(lines) + "\n", notes
+
+
+class Failed:
+    """What a part that raised leaves in a full run: its rows say so instead of ending the run."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def groups(s, r):
+    """(result keys, [(what, budget)], rows builder) for each part of the table, in order."""
+    n, m = s["daemon_many"], r.get("many")
+
+    def single():
+        return [
+            ("idle worker (waiting on the model), RSS", "≤ 4 MB", mib(r["idle"][0]),
+             f"median RSS over {s['idle_copies']}: {mib(r['idle'][3])}; PSS of one {mib(r['idle'][1])}"),
+            ("extra PSS per added idle shadow", "≤ 1.5 MB", mib(r["idle"][2]),
+             f"(PSS of {s['idle_copies']} − PSS of 1) / {s['idle_copies'] - 1}")]
+
+    def many():
+        return [
+            (f"{n} concurrent idle shadows (daemon): running", "all running", f"{m['running']} of {n}",
+             f"`kugetsu serve`, max_shadows {n}, {n} `submit` (no_worktree) pipelined on the socket in "
+             f"{m['submit_s']:.1f} s; {m['requests']} model requests arrived"
+             + (f", the last {m['all_requests_s']:.1f} s after the first submit" if m["all_requests_s"] else "")
+             + f"; fd limit {m['fd_limit']}; statuses {dict(sorted(m['statuses'].items()))}"
+             + (f"; daemon log: `{m['daemon_log'][-200:]}`" if m.get("daemon_log") else "")),
+            (f"{n} idle shadows: workers' total PSS", "< 1 GiB", mib(m["workers_pss"]),
+             f"sum of smaps_rollup Pss over the running workers' pids (daemon itself: {mib(m['daemon_rss'])} RSS)"),
+            (f"{n} idle shadows: daemon CPU", "< 1%", f"{m['cpu_median']:.2f}%",
+             f"median of {s['many_window']:.0f} one-second user+sys samples ({m['cpu_total']:.2f}% over the "
+             "whole window)"),
+            (f"{n} idle shadows: `kugetsu ps`", "< 2 s", f"{m['ps_median'] * 1000:.0f} ms",
+             f"median wall time of {s['ps_runs']} runs")]
+
+    def spread(k):
+        sp = r[f"spread{k}"]
+        return [(f"spawn spread, {k} submitted at once", "—", f"{sp['started_spread'] * 1000:.0f} ms",
+                 f"first to last `started` event seen by a subscriber; first to last model request "
+                 f"{sp['request_spread'] * 1000:.0f} ms; first submit to last request "
+                 f"{sp['submit_to_last_request'] * 1000:.0f} ms")]
+
+    def events():
+        ev = r["events"]
+        return [
+            (f"events/s ingested, {ev['shadows']} shadows streaming text", "—", f"{ev['events_per_s']:,.0f}/s",
+             f"new lines in tasks/*/events.jsonl over {s['stream_window']:.0f} s while the fake LLM streams one "
+             f"delta per SSE event as fast as workers read ({ev['deltas_per_s']:,.0f} deltas/s sent, so the "
+             f"daemon wrote {100 * ev['events_per_s'] / max(1, ev['deltas_per_s']):.0f}% of them as they came); "
+             f"daemon {ev['daemon_cpu']:.0f}% CPU; load generator on the same 2 cores"),
+            ("events.jsonl seq without gaps", "none", f"{ev['bad']} of {ev['tasks']} tasks with a gap",
+             f"every line of every task's log after the streams ended ({ev['completed']} completed)"
+             + (f"; first: {ev['first_problem']}" if ev["first_problem"] else ""))]
+
+    def stalled():
+        st = r["stalled"]
+        return [(f"daemon RSS with {st['subscribers']} stalled subscribers", "< 64 MiB", mib(st["peak_rss"]),
+                 f"peak (VmHWM); {st['subscribers']} clients `subscribe` and never read, one shadow streams "
+                 f"{st['streamed'] / (1 << 20):.1f} MiB of text in {st['seconds']:.1f} s; RSS before "
+                 f"{mib(st['base_rss'])}"
+                 + (f"; **stopped early: {st['capped']}**" if st["capped"] else f"; task {st['status']}"))]
+
+    j = r.get("journal")
+    return [
+        (["idle"], [("idle worker (waiting on the model), RSS", "≤ 4 MB"),
+                    ("extra PSS per added idle shadow", "≤ 1.5 MB")], single),
+        (["ctx_rss"], [("worker with a 100k-token context, RSS", "≤ 16 MB")], lambda: [
+            ("worker with a 100k-token context, RSS", "≤ 16 MB", mib(r["ctx_rss"]),
+             "400 kB prompt, waiting on the model")]),
+        (["launch"], [("launch to first LLM request", "≤ 10 ms")], lambda: [
+            ("launch to first LLM request", "≤ 10 ms", f"{r['launch'][0]:.2f} ms",
+             f"median of {s['launch_runs']} spawns (min {r['launch'][1]:.2f} ms), incl. handshake")]),
+        (["many_pss"], [(f"{s['many']} concurrent shadows, total PSS", "< 1 GiB")], lambda: [
+            (f"{s['many']} concurrent shadows, total PSS", "< 1 GiB", mib(r["many_pss"]), f"{s['many']} idle workers")]),
+        (["cpu"], [(f"daemon CPU with {s['cpu_shadows']} idle shadows", "< 1%")], lambda: [
+            (f"daemon CPU with {s['cpu_shadows']} idle shadows", "< 1%", f"{r['cpu']['total']:.2f}%",
+             f"`kugetsu serve` user+sys CPU over {s['cpu_window']:.0f} s, {s['cpu_shadows']} shadows waiting on "
+             f"the model (median of the seconds {r['cpu']['median']:.2f}%)")]),
+        (["restart"], [("kill -9 of a worker to resumed LLM request", "≤ 100 ms")], lambda: [
+            ("kill -9 of a worker to resumed LLM request", "≤ 100 ms", f"{r['restart'][0]:.2f} ms",
+             f"median of {s['kills']} kills under `kugetsu run` (max {r['restart'][1]:.2f} ms)")]),
+        (["journal"], [("journal append + fdatasync", "≤ 5 ms")], lambda: [
+            ("journal append + fdatasync", "≤ 5 ms", f"{j['median_us'] / 1000:.3f} ms",
+             f"median of {j['count']}; p99 {j['p99_us'] / 1000:.3f} ms, max {j['max_us'] / 1000:.3f} ms")]),
+        (["many"], [(f"{n} concurrent idle shadows (daemon): running", "all running"),
+                    (f"{n} idle shadows: workers' total PSS", "< 1 GiB"), (f"{n} idle shadows: daemon CPU", "< 1%"),
+                    (f"{n} idle shadows: `kugetsu ps`", "< 2 s")], many),
+    ] + [([f"spread{k}"], [(f"spawn spread, {k} submitted at once", "—")], lambda k=k: spread(k))
+         for k in s["spreads"]] + [
+        (["events"], [(f"events/s ingested, {s['stream_shadows']} shadows streaming text", "—"),
+                      ("events.jsonl seq without gaps", "none")], events),
+        (["stalled"], [(f"daemon RSS with {s['subscribers']} stalled subscribers", "< 64 MiB")], stalled),
+    ]
+
+
+def report(ctx, s, r):
+    uname = os.uname()
+    rows = []
+    for keys, labels, build in groups(s, r):
+        failed = [r[k] for k in keys if isinstance(r.get(k), Failed)]
+        if failed:
+            why = failed[0].error.replace("|", "/").replace("\n", " ")[:300]
+            rows += [(what, budget, "**error**", why) for what, budget in labels]
+        else:
+            rows += build()
+    out = ["# Benchmarks\n",
+           "Written by `scripts/bench` (release build) from one run; medians unless stated. The \"LLM\" "
+           "is a local server (`scripts/bench_llm.py`) that accepts each request and never answers, so "
+           "workers sit where an idle shadow sits: waiting on the model; the events rows use the same "
+           "server streaming text, the peers' task a scripted two-tool-call conversation.\n",
+           f"Machine: {uname.sysname} {uname.release} {uname.machine}, {os.cpu_count()} cores; "
+           f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {r['load']} (1, 5, 15 min) at the start "
+           "(other work shares the cores: treat timings and CPU shares as upper bounds)"
+           + (" (**smoke run: tiny scale, figures meaningless**)" if ctx.smoke else "") + ".\n",
+           "| what | budget | measured | how |\n|---|---|---|---|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    if isinstance(r["peers"], Failed):
+        out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
+        return "\n".join(out) + "\n"
+    table, notes = peers_block(r["peers"], s)
+    versions = ", ".join(f"{c} {r['peers'][c]['version']}" for c in ("pi", "codex")
+                         if r["peers"].get(c, {}).get("version"))
+    out += ["\n## Peers\n",
+            "The same machine and run, each agent against the same local fake LLM. Idle: launched on a "
+            "task whose model never answers, memory of the process tree once the first request "
+            "arrived and a settle pause. Launch: process start to the request head arriving. Scripted "
+            "task: the model asks for two shell commands (`cat notes.txt`, `echo done > result.txt`) "
+            "then answers; CPU is user+sys from wait4(2) over the process tree; peak RSS "
+            + ("is the largest single process's, from GNU time's %M (wait4 from the bench itself would "
+               "count the bench's memory at fork as the child's peak)"
+               if r["peers"]["kugetsu worker"]["peak_how"].startswith("GNU") else
+               "is the tree's summed RSS sampled every 2 ms (no GNU time here)")
+            + "; the task counts only if result.txt was written. `kugetsu worker` is one shadow as the daemon runs it; "
+            "`kugetsu run` adds the supervisor process. Ratios are peer / kugetsu worker.\n",
+            table,
+            f"Versions: {versions or 'none installed'} (npm, pinned in `scripts/bench_peers.py`, "
+            "installed under `target/bench-peers`). pi: a custom provider in "
+            "`$PI_CODING_AGENT_DIR/models.json` (`api: openai-completions`, the fake server's base URL), "
+            "`pi --offline --no-session -p`. codex: the native binary from the npm package, "
+            "`model_providers.bench` in `$CODEX_HOME/config.toml` with `base_url` and "
+            "`wire_api = \"responses\"` (this version refuses `wire_api = \"chat\"`), "
+            "`codex exec --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox`."]
+    if notes:
+        out += [""] + notes
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
+    ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "peers"],
+                    help="run one daemon or peers part and print its raw figures as JSON")
+    args = ap.parse_args()
+    smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
+    s = SMOKE if smoke else FULL
+    ctx = Ctx(smoke)
+    t_start = time.monotonic()
+
+    failures = []
+
+    def part(name, fn, *a):
+        """Runs one measurement; in a full run a failure is reported in its rows, not fatal."""
+        t = time.monotonic()
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        try:
+            v = fn(*a)
+        except Exception as e:
+            if smoke or args.only:
+                raise
+            traceback.print_exc()
+            failures.append(f"{name}: {e}")
+            return Failed(f"{type(e).__name__}: {e}")
+        print(f"bench: {name} done in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+        return v
+
+    # (--only name, result key, measurement) of the daemon and peers parts, in run order.
+    only_parts = [
+        ("daemon-many", "many", lambda: bench_daemon.bench_daemon_many(
+            ctx, s["daemon_many"], s["many_window"], s["ps_runs"], s["many_settle"])),
+        ("spread", "spread", lambda: [bench_daemon.bench_spawn_spread(ctx, n) for n in s["spreads"]]),
+        ("events", "events", lambda: bench_daemon.bench_events(
+            ctx, s["stream_shadows"], s["stream_warmup"], s["stream_window"])),
+        ("stalled", "stalled", lambda: bench_daemon.bench_stalled_subscribers(
+            ctx, s["subscribers"], s["stalled_bytes"], s["stalled_time"], s["stalled_rss_cap"])),
+        ("peers", "peers", lambda: bench_peers.run_peers(
+            ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
+    ]
+    if args.only:
+        fn = next(f for name, _, f in only_parts if name == args.only)
+        try:
+            print(json.dumps(part(args.only, fn), indent=1, default=str))
+        finally:
+            shutil.rmtree(ctx.work, ignore_errors=True)
+        return
+    try:
+        r = {"load": " / ".join(open("/proc/loadavg").read().split()[:3])}
+        server = FakeLLM("stall")
+        r["launch"] = part("launch", bench_launch, ctx, server, s["launch_runs"])
+        r["idle"] = part("idle", bench_idle, ctx, server, s["idle_copies"])
+        r["ctx_rss"] = part("100k context", bench_big_context, ctx, server)
+        r["many_pss"] = part(f"{s['many']} workers", bench_many, ctx, server, s["many"])
+        r["restart"] = part("kill -9 restarts", bench_restart, ctx, server, s["kills"])
+        server.close()
+        r["cpu"] = part("daemon CPU", bench_daemon.bench_daemon_idle_cpu, ctx, s["cpu_shadows"], s["cpu_window"])
+        r["journal"] = part("journal", bench_journal, ctx, s["journal"])
+        for name, key, fn in only_parts:
+            if key == "spread":
+                for k in s["spreads"]:
+                    r[f"spread{k}"] = part(f"spawn spread {k}", bench_daemon.bench_spawn_spread, ctx, k)
+            else:
+                r[key] = part(name, fn)
+        text = report(ctx, s, r)
+        problems = [f"failed: {f}" for f in failures]
+        many, events, stalled = r["many"], r["events"], r["stalled"]
+        if not isinstance(many, Failed) and many["running"] < many["shadows"]:
+            problems.append(f"only {many['running']} of {many['shadows']} daemon shadows reached running")
+        if not isinstance(events, Failed) and not events["finished"]:
+            problems.append("the streaming shadows did not finish after their streams ended")
+        if not isinstance(events, Failed) and events["bad"]:
+            problems.append(f"seq gaps in {events['bad']} events.jsonl: {events['first_problem']}")
+        if not isinstance(stalled, Failed) and stalled["capped"]:
+            problems.append(f"stalled-subscriber run stopped early: {stalled['capped']}")
+        if args.out or not smoke:
+            path = args.out or os.path.join(ROOT, "BENCHMARKS.md")
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"bench: wrote {path}", file=sys.stderr)
+        print(text)
+        print(f"bench: {time.monotonic() - t_start:.1f} s in all", file=sys.stderr)
+        for p in problems:
+            print(f"bench: {'FAIL' if smoke else 'note'}: {p}", file=sys.stderr)
+        for name in ("pi", "codex"):
+            if not isinstance(r["peers"], Failed) and "error" in r["peers"].get(name, {}):
+                print(f"bench: note: {name} not measured: {r['peers'][name]['error']}", file=sys.stderr)
+        if failures or (smoke and problems):
+            sys.exit(1)
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        subprocess.run(["rm", "-rf", WORK])
+    main()
