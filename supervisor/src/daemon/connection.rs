@@ -20,6 +20,7 @@ use kugetsu_protocol::{DecodeError, Event, EventEnvelope, LineReader};
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::daemon::actor::{Command, Replay};
 use crate::daemon::socket::{Half, halves, peer_is_owner, peer_pid};
@@ -88,9 +89,51 @@ fn encode(message: &Value) -> Out {
     Out::Owned(line)
 }
 
-async fn respond(out: &mpsc::Sender<Out>, id: Option<Value>, result: Result<Value, RpcError>) {
-    if let Some(id) = id {
-        let _ = out.send(encode(&rpc::response(id, result))).await;
+/// Most requests of one connection in progress at once; reading pauses beyond it.
+const IN_FLIGHT: usize = 64;
+
+/// What one request produced: its response (none for a notification), and for a
+/// subscription the forwarding to start once that response is out.
+#[derive(Debug, Default)]
+struct Answer {
+    response: Option<Out>,
+    then: Option<Forward>,
+}
+
+/// A subscription waiting for its response to be written before its events follow.
+#[derive(Debug)]
+struct Forward {
+    params: SubscribeParams,
+    replay: Replay,
+    feed: Feed,
+}
+
+fn answer(id: Option<Value>, result: Result<Value, RpcError>) -> Answer {
+    Answer {
+        response: id.map(|id| encode(&rpc::response(id, result))),
+        then: None,
+    }
+}
+
+/// Writes answers in request order as they complete, so requests run concurrently (many
+/// submissions on one connection validate and reach the disk in parallel) while responses keep
+/// the order of the requests.
+async fn respond_in_order(mut pending: mpsc::Receiver<JoinHandle<Answer>>, out: mpsc::Sender<Out>) {
+    while let Some(handle) = pending.recv().await {
+        let Ok(answer) = handle.await else { continue };
+        if let Some(response) = answer.response
+            && out.send(response).await.is_err()
+        {
+            return;
+        }
+        if let Some(Forward {
+            params,
+            replay,
+            feed,
+        }) = answer.then
+        {
+            tokio::spawn(forward(params, replay, feed, out.clone()));
+        }
     }
 }
 
@@ -100,72 +143,96 @@ async fn read_requests(
     daemon: &mpsc::UnboundedSender<Command>,
     state: &StateDir,
 ) {
+    let (pending, pending_rx) = mpsc::channel::<JoinHandle<Answer>>(IN_FLIGHT);
+    let responder = tokio::spawn(respond_in_order(pending_rx, out.clone()));
     let mut reader = LineReader::with_limit(BufReader::new(recv), rpc::MAX_REQUEST_BYTES);
     loop {
         let line = match reader.next_line().await {
             Ok(Some(line)) => line,
-            Ok(None) | Err(DecodeError::Io { .. }) => return,
+            Ok(None) | Err(DecodeError::Io { .. }) => break,
             Err(e) => {
                 let error = RpcError::new(rpc::INVALID_REQUEST, e.to_string());
-                respond(out, Some(Value::Null), Err(error)).await;
+                let ready = answer(Some(Value::Null), Err(error));
+                if pending.send(tokio::spawn(async { ready })).await.is_err() {
+                    break;
+                }
                 continue;
             }
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let request: rpc::Request = match serde_json::from_slice::<Value>(&line) {
-            Err(e) => {
-                let error = RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}"));
-                respond(out, Some(Value::Null), Err(error)).await;
-                continue;
-            }
-            Ok(value) => {
-                let id = value.get("id").cloned().unwrap_or(Value::Null);
-                match serde_json::from_value::<rpc::Request>(value) {
-                    Ok(request) if request.jsonrpc == "2.0" => request,
-                    Ok(_) => {
-                        let error = RpcError::new(rpc::INVALID_REQUEST, "jsonrpc must be \"2.0\"");
-                        respond(out, Some(id), Err(error)).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        let error =
-                            RpcError::new(rpc::INVALID_REQUEST, format!("invalid request: {e}"));
-                        respond(out, Some(id), Err(error)).await;
-                        continue;
-                    }
-                }
+        let work = match parse(&line) {
+            Ok((id, call)) => tokio::spawn(serve_call(id, call, daemon.clone(), state.clone())),
+            Err((id, error)) => {
+                let ready = answer(id, Err(error));
+                tokio::spawn(async { ready })
             }
         };
-        let id = request.id.clone();
-        let call = match Call::parse(&request.method, request.params) {
-            Ok(call) => call,
-            Err(error) => {
-                respond(out, id, Err(error)).await;
-                continue;
-            }
-        };
-        match call {
-            Call::Subscribe(params) => subscribe(id, params, out, daemon).await,
-            Call::Submit(params) => {
-                let result = submit(params, daemon).await;
-                respond(out, id, typed::<rpc::Submit>(result)).await;
-            }
-            Call::Events(params) => {
-                let result = read_events(&params.task, daemon).await;
-                respond(out, id, typed::<rpc::Events>(result)).await;
-            }
-            Call::Clean(params) => {
-                let cleaned = crate::daemon::housekeeping::clean(state, params.purge, None).await;
-                respond(out, id, typed::<rpc::Clean>(Ok(cleaned))).await;
-            }
-            call => {
-                let result = ask(daemon, |reply| Command::Call { call, reply })
-                    .await
-                    .and_then(|r| r);
-                respond(out, id, result).await;
-            }
+        if pending.send(work).await.is_err() {
+            break;
+        }
+    }
+    drop(pending);
+    let _ = responder.await;
+}
+
+/// Decodes one request line; on failure, the id to answer with and the error.
+fn parse(line: &[u8]) -> Result<(Option<Value>, Call), (Option<Value>, RpcError)> {
+    let value = serde_json::from_slice::<Value>(line).map_err(|e| {
+        (
+            Some(Value::Null),
+            RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}")),
+        )
+    })?;
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let request = match serde_json::from_value::<rpc::Request>(value) {
+        Ok(request) if request.jsonrpc == "2.0" => request,
+        Ok(_) => {
+            return Err((
+                Some(id),
+                RpcError::new(rpc::INVALID_REQUEST, "jsonrpc must be \"2.0\""),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                Some(id),
+                RpcError::new(rpc::INVALID_REQUEST, format!("invalid request: {e}")),
+            ));
+        }
+    };
+    let id = request.id.clone();
+    match Call::parse(&request.method, request.params) {
+        Ok(call) => Ok((id, call)),
+        // A notification (no id) that fails gets no answer, as JSON-RPC says.
+        Err(error) => Err((id, error)),
+    }
+}
+
+/// Serves one decoded request.
+async fn serve_call(
+    id: Option<Value>,
+    call: Call,
+    daemon: mpsc::UnboundedSender<Command>,
+    state: StateDir,
+) -> Answer {
+    let daemon = &daemon;
+    match call {
+        Call::Subscribe(params) => subscribe(id, params, daemon).await,
+        Call::Submit(params) => answer(id, typed::<rpc::Submit>(submit(params, daemon).await)),
+        Call::Events(params) => answer(
+            id,
+            typed::<rpc::Events>(read_events(&params.task, daemon).await),
+        ),
+        Call::Clean(params) => {
+            let cleaned = crate::daemon::housekeeping::clean(&state, params.purge, None).await;
+            answer(id, typed::<rpc::Clean>(Ok(cleaned)))
+        }
+        call => {
+            let result = ask(daemon, |reply| Command::Call { call, reply })
+                .await
+                .and_then(|r| r);
+            answer(id, result)
         }
     }
 }
@@ -273,14 +340,13 @@ async fn read_events(
     Ok(EventList { events })
 }
 
-/// Registers a subscription, answers the request, replays the past from disk, then forwards
-/// live events as notifications in the background (the response always comes first).
+/// Registers a subscription; its answer starts the forwarding (replay from disk, then live
+/// events) once the response is written, so the response always comes first.
 async fn subscribe(
     id: Option<Value>,
     params: SubscribeParams,
-    out: &mpsc::Sender<Out>,
     daemon: &mpsc::UnboundedSender<Command>,
-) {
+) -> Answer {
     let (sink, feed) = subscribers::channel();
     let task = params.task.clone();
     let registered = ask(daemon, |reply| Command::Subscribe {
@@ -291,23 +357,20 @@ async fn subscribe(
     })
     .await
     .and_then(|r| r);
-    let replay = match registered {
-        Ok(replay) => {
-            respond(
-                out,
+    match registered {
+        Ok(replay) => Answer {
+            then: Some(Forward {
+                params,
+                replay,
+                feed,
+            }),
+            ..answer(
                 id,
                 typed::<rpc::Subscribe>(Ok(Subscribed { subscribed: true })),
             )
-            .await;
-            replay
-        }
-        Err(error) => {
-            respond(out, id, Err(error)).await;
-            return;
-        }
-    };
-    let out = out.clone();
-    tokio::spawn(forward(params, replay, feed, out));
+        },
+        Err(error) => answer(id, Err(error)),
+    }
 }
 
 async fn forward(params: SubscribeParams, replay: Replay, mut feed: Feed, out: mpsc::Sender<Out>) {
