@@ -420,6 +420,7 @@ pub async fn run(
             .collect();
         if !events.is_empty() {
             commit(out, tracking, events);
+            measured.set_busy(tracking.progress.tool.is_some());
         }
         for action in actions {
             match action {

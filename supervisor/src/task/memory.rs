@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sysinfo::{MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -89,11 +90,12 @@ impl Snapshot {
 /// Handle to the sampling task. Cheap to clone; the task stops when every handle is gone.
 ///
 /// Only the process trees of registered workers are measured ([`Sampler::watch`]), and each
-/// only as far as it changed: a worker that has not run since the last sample (its
-/// `/proc/PID/schedstat` runtime is unchanged) and had no children then cannot have forked or
-/// grown, so it costs one `pread` and nothing else. Everything else (a worker that ran, or
-/// one with tool processes) is walked and measured with sysinfo. Each watcher gets its own
-/// channel that changes only when its shadow's figures do, so idle shadows are never woken.
+/// only as far as it can have changed: a worker that runs no tool ([`Watched::set_busy`]) and
+/// had nothing below it at the last walk has only its own RSS to read, one `pread` of its kept-
+/// open `/proc/PID/statm`; its tree is walked again every [`WALK_EVERY`] samples as a safety
+/// net. A worker running a tool, or with processes below it, is walked and measured with
+/// sysinfo every sample. Each watcher gets its own channel that changes only when its shadow's
+/// figures do, so idle shadows are never woken.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     rx: watch::Receiver<Arc<Snapshot>>,
@@ -108,6 +110,8 @@ type Roots = Arc<std::sync::Mutex<HashMap<u32, Registration>>>;
 struct Registration {
     watchers: usize,
     tx: watch::Sender<Option<ShadowMem>>,
+    /// Set while the worker runs a tool: its tree is walked every sample then.
+    busy: Arc<AtomicBool>,
 }
 
 /// Keeps a worker's tree measured while it lives; dropping it stops that.
@@ -117,6 +121,14 @@ pub struct Watched {
     pid: u32,
     /// This shadow's figures, updated when they change.
     pub memory: watch::Receiver<Option<ShadowMem>>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Says whether the worker runs a tool now (its tree is then walked every sample).
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Watched {
@@ -152,12 +164,14 @@ impl Sampler {
         let registration = roots.entry(pid).or_insert_with(|| Registration {
             watchers: 0,
             tx: watch::channel(None).0,
+            busy: Arc::default(),
         });
         registration.watchers += 1;
         Watched {
             roots: self.roots.clone(),
             pid,
             memory: registration.tx.subscribe(),
+            busy: registration.busy.clone(),
         }
     }
 
@@ -210,44 +224,51 @@ fn subtrees(roots: &[u32]) -> Tree {
     out
 }
 
+/// How often a quiet worker's tree is walked anyway, in samples (a safety net: a quiet
+/// worker has no process of its own to find).
+const WALK_EVERY: u32 = 20;
+
 /// What the sampler remembers of one worker between samples.
 #[derive(Debug)]
 struct Tracked {
-    /// `/proc/PID/schedstat`, kept open: one `pread` tells whether the worker ran.
-    schedstat: Option<std::fs::File>,
-    /// The worker's total runtime at the last sample, in ns.
-    runtime: Option<u64>,
-    /// Its tree at the last walk, each process with its parent and RSS.
+    /// `/proc/PID/statm`, kept open: one `pread` reads the worker's RSS.
+    statm: Option<std::fs::File>,
+    /// Samples since the last walk of its tree.
+    since_walk: u32,
+    /// Its tree at the last walk, each process with its parent and RSS (the worker first).
     tree: Vec<(u32, ProcMem)>,
 }
 
 impl Tracked {
     fn open(pid: u32) -> Tracked {
         Tracked {
-            schedstat: std::fs::File::open(format!("/proc/{pid}/schedstat")).ok(),
-            runtime: None,
+            statm: std::fs::File::open(format!("/proc/{pid}/statm")).ok(),
+            // Staggered, so a fleet started at once is not walked all in the same sample.
+            since_walk: pid % WALK_EVERY,
             tree: Vec::new(),
         }
     }
 
-    /// The worker's runtime now (`None` if the kernel does not say).
-    fn read_runtime(&self) -> Option<u64> {
+    /// The worker's RSS now, from its `statm` (`None` if it cannot be read).
+    fn read_rss(&self, page_size: u64) -> Option<u64> {
         use std::os::unix::fs::FileExt;
-        let file = self.schedstat.as_ref()?;
-        let mut buf = [0u8; 96];
+        let file = self.statm.as_ref()?;
+        let mut buf = [0u8; 128];
         let n = file.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n])
+        let pages: u64 = std::str::from_utf8(&buf[..n])
             .ok()?
             .split_whitespace()
-            .next()?
+            .nth(1)?
             .parse()
-            .ok()
+            .ok()?;
+        Some(pages * page_size)
     }
 
-    /// Whether the tree must be walked again: the worker ran, or it has children (which
-    /// may run, fork or grow without the worker running).
-    fn stale(&self, runtime: Option<u64>) -> bool {
-        runtime.is_none() || runtime != self.runtime || self.tree.len() != 1
+    /// Whether the tree must be walked (and measured with sysinfo) this sample: the worker
+    /// runs a tool, had processes below it at the last walk, was never walked, or is due for
+    /// the safety-net walk. Otherwise it has nothing below it and one `pread` is enough.
+    fn must_walk(&self, busy: bool) -> bool {
+        busy || self.tree.len() != 1 || self.since_walk >= WALK_EVERY
     }
 
     fn memory(&self) -> Option<ShadowMem> {
@@ -265,6 +286,11 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
         return;
     };
     let mut tracked: HashMap<u32, Tracked> = HashMap::new();
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
     let mut ticker = tokio::time::interval(SAMPLE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -273,27 +299,36 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
             return;
         }
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let watched: Vec<(u32, watch::Sender<Option<ShadowMem>>)> = roots
+        let watched: Vec<(u32, watch::Sender<Option<ShadowMem>>, bool)> = roots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .map(|(pid, r)| (*pid, r.tx.clone()))
+            .map(|(pid, r)| (*pid, r.tx.clone(), r.busy.load(Ordering::Relaxed)))
             .collect();
-        tracked.retain(|pid, _| watched.iter().any(|(p, _)| p == pid));
-        // Walk only the workers that changed; measure their trees in one sysinfo refresh.
-        let mut stale: Vec<(u32, Option<u64>)> = Vec::new();
-        for (pid, _) in &watched {
+        tracked.retain(|pid, _| watched.iter().any(|(p, _, _)| p == pid));
+        // Walk only the workers that may have processes below them; measure those trees in
+        // one sysinfo refresh. The others' RSS is one pread of their statm.
+        let mut stale: Vec<u32> = Vec::new();
+        for (pid, _, busy) in &watched {
             let entry = tracked.entry(*pid).or_insert_with(|| Tracked::open(*pid));
-            let runtime = entry.read_runtime();
-            if entry.stale(runtime) {
-                stale.push((*pid, runtime));
+            entry.since_walk += 1;
+            if entry.must_walk(*busy) {
+                stale.push(*pid);
+                continue;
+            }
+            match entry.read_rss(page_size) {
+                Some(rss) => {
+                    if let Some((_, worker)) = entry.tree.first_mut() {
+                        worker.rss = rss;
+                    }
+                }
+                // Gone, or unreadable: look properly.
+                None => stale.push(*pid),
             }
         }
         if !stale.is_empty() {
-            let walked: Vec<(u32, Tree)> = stale
-                .iter()
-                .map(|&(pid, _)| (pid, subtrees(&[pid])))
-                .collect();
+            let walked: Vec<(u32, Tree)> =
+                stale.iter().map(|&pid| (pid, subtrees(&[pid]))).collect();
             let pids: Vec<sysinfo::Pid> = walked
                 .iter()
                 .flat_map(|(_, tree)| tree.iter().map(|&(p, _)| sysinfo::Pid::from_u32(p)))
@@ -303,11 +338,11 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                 true,
                 ProcessRefreshKind::nothing().with_memory().without_tasks(),
             );
-            for ((root, tree), (_, runtime)) in walked.into_iter().zip(&stale) {
+            for (root, tree) in walked {
                 let Some(entry) = tracked.get_mut(&root) else {
                     continue;
                 };
-                entry.runtime = *runtime;
+                entry.since_walk = 0;
                 entry.tree = tree
                     .into_iter()
                     .filter_map(|(pid, parent)| {
@@ -324,7 +359,7 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
             }
         }
         let mut procs = HashMap::new();
-        for (pid, shadow_tx) in &watched {
+        for (pid, shadow_tx, _) in &watched {
             let Some(entry) = tracked.get(pid) else {
                 continue;
             };
