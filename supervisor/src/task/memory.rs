@@ -224,9 +224,9 @@ fn subtrees(roots: &[u32]) -> Tree {
     out
 }
 
-/// How often a quiet worker's tree is walked anyway, in samples (a safety net: a quiet
-/// worker has no process of its own to find).
-const WALK_EVERY: u32 = 20;
+/// How often a quiet worker's tree is walked anyway, in samples (30 s; a safety net: a worker
+/// that runs no tool starts no process).
+const WALK_EVERY: u32 = 60;
 
 /// What the sampler remembers of one worker between samples.
 #[derive(Debug)]
@@ -305,7 +305,13 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
             .iter()
             .map(|(pid, r)| (*pid, r.tx.clone(), r.busy.load(Ordering::Relaxed)))
             .collect();
-        tracked.retain(|pid, _| watched.iter().any(|(p, _, _)| p == pid));
+        if tracked.len() != watched.len()
+            || watched.iter().any(|(pid, _, _)| !tracked.contains_key(pid))
+        {
+            let live: std::collections::HashSet<u32> =
+                watched.iter().map(|(pid, _, _)| *pid).collect();
+            tracked.retain(|pid, _| live.contains(pid));
+        }
         // Walk only the workers that may have processes below them; measure those trees in
         // one sysinfo refresh. The others' RSS is one pread of their statm.
         let mut stale: Vec<u32> = Vec::new();
