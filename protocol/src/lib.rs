@@ -9,6 +9,7 @@
 //! - [`channel`]: the supervisor <-> worker messages (handshake, control, heartbeats).
 //! - [`codec`]: the JSON-lines codec with a maximum line length and per-line errors.
 //! - [`demo`]: the built-in demo's files and prompt (shared with the scripted model).
+//! - [`layout`]: the file names inside a task's directory.
 //! - [`model`]: `PROVIDER/MODEL` strings and what each provider needs from the environment.
 //! - [`sandbox`]: the policy a shadow's tool processes run under, and the report of what
 //!   protections hold.
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod codec;
 pub mod demo;
 pub mod event;
+pub mod layout;
 pub mod model;
 pub mod sandbox;
 

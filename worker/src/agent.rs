@@ -46,7 +46,7 @@ pub async fn run(
     outbox: Outbox,
     mut control: Control,
 ) -> Option<Finished> {
-    let journal_path = Path::new(&task.task_dir).join("journal.jsonl");
+    let journal_path = Path::new(&task.task_dir).join(kugetsu_protocol::layout::JOURNAL);
     let opened = if resume {
         Session::resume(&journal_path, &task.prompt).map(|(session, replayed, tail)| {
             if let crate::journal::Tail::Damaged { line, reason } = tail {
@@ -210,7 +210,7 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
         summarizer,
         ctx: ToolContext {
             root: root.clone(),
-            output_dir: PathBuf::from(&task.task_dir).join("tool-output"),
+            output_dir: PathBuf::from(&task.task_dir).join(kugetsu_protocol::layout::TOOL_OUTPUT),
             // A limit of zero would kill every command: it means no limit, as absent does.
             mem_limit: task.mem_limit_bytes.filter(|&limit| limit > 0),
             guard: std::env::current_exe().ok(),

@@ -1,15 +1,16 @@
 //! Task ids, the state directory, one task's directory and its `task.json`, and atomic writes.
 //!
-//! [`TaskDir`] is the one owner of a task's on-disk layout: every file name inside
-//! `<state_dir>/tasks/<id>/` is spelled here and nowhere else, and loading a record checks it
-//! against the directory it came from.
+//! [`TaskDir`] is the one owner of a task's on-disk layout: every path inside
+//! `<state_dir>/tasks/<id>/` is made here (from the names in [`kugetsu_protocol::layout`],
+//! which the worker shares), and loading a record checks it against the directory it came
+//! from.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kugetsu_protocol::{NetworkMode, Priority, SandboxMode};
+use kugetsu_protocol::{NetworkMode, Priority, SandboxMode, layout};
 use serde::{Deserialize, Serialize};
 
 /// Lowercase Crockford base32: digits and letters without i, l, o, u.
@@ -231,22 +232,22 @@ impl TaskDir {
 
     /// `task.json`: the record ([`TaskRecord`]).
     pub fn record_file(&self) -> PathBuf {
-        self.path.join("task.json")
+        self.path.join(layout::TASK_RECORD)
     }
 
     /// `events.jsonl`: the public event log, written by the supervisor only.
     pub fn events_file(&self) -> PathBuf {
-        self.path.join("events.jsonl")
+        self.path.join(layout::EVENTS)
     }
 
     /// `journal.jsonl`: the worker's checkpoint, written by the worker only.
     pub fn journal_file(&self) -> PathBuf {
-        self.path.join("journal.jsonl")
+        self.path.join(layout::JOURNAL)
     }
 
     /// `worker.log`: the workers' stderr.
     pub fn worker_log(&self) -> PathBuf {
-        self.path.join("worker.log")
+        self.path.join(layout::WORKER_LOG)
     }
 
     /// `tmp/`: the shadow's private temp dir (its tools' `TMPDIR`), removed with the task.
@@ -257,7 +258,7 @@ impl TaskDir {
     /// `tool-output/`: the worker's full bash outputs (the model is told their paths, so its
     /// tools may read this directory, and nothing else of the task's).
     pub fn tool_output(&self) -> PathBuf {
-        self.path.join("tool-output")
+        self.path.join(layout::TOOL_OUTPUT)
     }
 
     /// `commit-index`: the scratch git index the supervisor builds a commit in (a file of
