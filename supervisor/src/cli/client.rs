@@ -448,16 +448,25 @@ pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
         .await?;
     let removed = &result.removed_worktrees;
     for kept in &result.kept {
-        eprintln!("kept the worktree of {}: {}", kept.task, kept.reason);
+        eprintln!("kept {}: {}", kept.task, kept.reason);
     }
-    if removed.is_empty() {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if removed.is_empty() && result.purged.is_empty() {
         print_line("nothing to clean");
-    } else {
+    }
+    if !removed.is_empty() {
         print_line(&format!(
             "removed {} worktree{}: {}",
             removed.len(),
-            if removed.len() == 1 { "" } else { "s" },
+            plural(removed.len()),
             removed.join(" ")
+        ));
+    }
+    if !result.purged.is_empty() {
+        print_line(&format!(
+            "removed the record{} of {}",
+            plural(result.purged.len()),
+            result.purged.join(" ")
         ));
     }
     Ok(ExitCode::SUCCESS)

@@ -96,6 +96,8 @@ pub enum Command {
         task: String,
         reply: oneshot::Sender<Result<TaskDir, RpcError>>,
     },
+    /// These finished tasks' records were removed (`clean --purge`, retention).
+    Forget { tasks: Vec<String> },
     /// A running shadow published an event.
     Event(EventEnvelope),
     /// A shadow task returned: `None` when it was detached.
@@ -130,6 +132,8 @@ pub struct Daemon {
     memory_held: bool,
     /// Tasks already reported as too big for this host.
     warned_impossible: HashSet<String>,
+    /// `task_retention` for the retention pass, which runs outside the actor.
+    retention: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 /// Entry point of `kugetsu serve`.
@@ -162,6 +166,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
     }
     let (commands, mut inbox) = mpsc::unbounded_channel();
+    let config_retention = config.task_retention;
     let mut daemon = Daemon {
         queue: Queue::new(config.queue_capacity as usize),
         config_path: args.config.clone(),
@@ -177,13 +182,15 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         stopping: None,
         memory_held: false,
         warned_impossible: HashSet::new(),
+        retention: tokio::sync::watch::Sender::new(config_retention),
     };
     // Admission needs real numbers: never schedule on an empty snapshot.
     daemon.sampler.first_sample(Duration::from_secs(2)).await;
     daemon.recover().await;
     crate::daemon::housekeeping::spawn_retention(
         daemon.state.clone(),
-        daemon.config.task_retention,
+        daemon.retention.subscribe(),
+        commands.clone(),
     );
     // Watch the file even if it does not exist yet: creating it is a change too.
     let watch_path = args
@@ -386,6 +393,7 @@ impl Daemon {
             Command::Locate { task, reply } => {
                 let _ = reply.send(self.locate(&task));
             }
+            Command::Forget { tasks } => self.table.forget(&tasks),
             Command::Event(envelope) => {
                 if let Some(entry) = self.table.live.get_mut(&envelope.task) {
                     entry.progress.note_envelope(&envelope);
@@ -566,6 +574,7 @@ impl Daemon {
                 entry.prepared.config = new.clone();
             }
         }
+        self.retention.send_replace(new.task_retention);
         self.config = new;
         self.schedule();
     }

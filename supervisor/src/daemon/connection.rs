@@ -226,6 +226,10 @@ async fn serve_call(
         ),
         Call::Clean(params) => {
             let cleaned = crate::daemon::housekeeping::clean(&state, params.purge, None).await;
+            if !cleaned.purged.is_empty() {
+                let tasks = cleaned.purged.clone();
+                let _ = daemon.send(Command::Forget { tasks });
+            }
             answer(id, typed::<rpc::Clean>(Ok(cleaned)))
         }
         call => {

@@ -76,23 +76,46 @@ pub async fn clean(state: &StateDir, purge: bool, older_than_ms: Option<u64>) ->
                 }),
             }
         }
-        if purge && worktree_gone && dir.remove().is_ok() {
-            cleaned.purged.push(id);
+        if purge && worktree_gone {
+            match dir.remove() {
+                Ok(()) => cleaned.purged.push(id),
+                Err(e) => cleaned.kept.push(Kept {
+                    task: id,
+                    reason: format!("cannot remove its record: {e}"),
+                }),
+            }
         }
     }
     cleaned
 }
 
-/// Runs the retention policy in the background: finished tasks older than `retention` lose
-/// their worktree (when clean) and their record. `None` turns it off.
-pub fn spawn_retention(state: StateDir, retention: Option<Duration>) {
-    let Some(retention) = retention else { return };
+/// Runs the retention policy in the background: finished tasks older than the retention in
+/// `retention` (re-read at each pass, so a config reload takes effect) lose their worktree
+/// (when clean) and their record. `None` turns it off.
+pub fn spawn_retention(
+    state: StateDir,
+    retention: tokio::sync::watch::Receiver<Option<Duration>>,
+    daemon: tokio::sync::mpsc::UnboundedSender<crate::daemon::actor::Command>,
+) {
     tokio::spawn(async move {
         tokio::time::sleep(RETENTION_FIRST).await;
         loop {
+            let Some(retention) = *retention.borrow() else {
+                tokio::time::sleep(RETENTION_EVERY).await;
+                continue;
+            };
             let cutoff = unix_ms(SystemTime::now())
                 .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
             let cleaned = clean(&state, true, Some(cutoff)).await;
+            if !cleaned.purged.is_empty() {
+                let tasks = cleaned.purged.clone();
+                if daemon
+                    .send(crate::daemon::actor::Command::Forget { tasks })
+                    .is_err()
+                {
+                    return;
+                }
+            }
             if !cleaned.purged.is_empty() || !cleaned.kept.is_empty() {
                 eprintln!(
                     "kugetsu: retention: removed {} old tasks; kept {} worktrees with uncommitted work",
@@ -103,4 +126,81 @@ pub fn spawn_retention(state: StateDir, retention: Option<Duration>) {
             tokio::time::sleep(RETENTION_EVERY).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use kugetsu_protocol::{
+        Event, FinishStatus, Finished, NetworkMode, Priority, SandboxMode, Usage,
+    };
+
+    use super::*;
+    use crate::task::events::EventLog;
+    use crate::task::record::{TaskRecord, task_id_at};
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    /// A finished (or, with `finished: false`, still live) daemon task created `age_ms` ago.
+    fn task(state: &StateDir, age_ms: u64, finished: bool) -> String {
+        let now = unix_ms(SystemTime::now());
+        let id = task_id_at(now - age_ms);
+        let dir = state.task(&id);
+        std::fs::create_dir_all(dir.path()).unwrap();
+        dir.save(&TaskRecord {
+            id: id.clone(),
+            prompt: "p".to_owned(),
+            model: "scripted/demo".to_owned(),
+            repo: state.root.clone(),
+            workdir: state.root.clone(),
+            branch: None,
+            base_commit: None,
+            worktree: false,
+            max_turns: 1,
+            timeout_ms: None,
+            deadline_unix_ms: None,
+            mem_limit: 1 << 20,
+            created_unix_ms: now - age_ms,
+            sandbox: SandboxMode::Workspace,
+            network: NetworkMode::On,
+            priority: Priority::Normal,
+            origin: Origin::Daemon,
+        })
+        .unwrap();
+        let mut log = EventLog::open(&dir.events_file(), &id).unwrap();
+        if finished {
+            log.publish(Event::Finished(Finished {
+                status: FinishStatus::Completed,
+                result: None,
+                error: None,
+                turns: 1,
+                usage: Usage::default(),
+                restarts: 0,
+                branch: None,
+                worktree: None,
+                changed_files: Vec::new(),
+            }));
+        } else {
+            state.mark_live(&id).unwrap();
+        }
+        id
+    }
+
+    #[tokio::test]
+    async fn retention_removes_only_old_finished_tasks() {
+        let root = std::env::temp_dir().join(format!("kugetsu-retention-{}", std::process::id()));
+        let state = StateDir { root: root.clone() };
+        let old = task(&state, 40 * DAY_MS, true);
+        let old_live = task(&state, 41 * DAY_MS, false);
+        let young = task(&state, DAY_MS, true);
+        let cutoff = unix_ms(SystemTime::now()) - 30 * DAY_MS;
+        let cleaned = clean(&state, true, Some(cutoff)).await;
+        assert_eq!(cleaned.purged, vec![old.clone()]);
+        assert!(!state.task(&old).exists());
+        assert!(
+            state.task(&old_live).exists(),
+            "a live task is never removed"
+        );
+        assert!(state.task(&young).exists(), "a young task is kept");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

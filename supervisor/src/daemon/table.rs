@@ -163,6 +163,11 @@ impl Table {
         self.recent.iter().cloned().collect()
     }
 
+    /// Drops what is remembered of tasks whose records were removed.
+    pub fn forget(&mut self, ids: &[String]) {
+        self.recent.retain(|s| !ids.contains(&s.id));
+    }
+
     /// A finished task's summary: from memory if recent, else from disk.
     pub fn finished(&self, state: &StateDir, id: &str) -> Option<TaskSummary> {
         self.recent

@@ -22,6 +22,11 @@ pub fn new_task_id() -> String {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    task_id_at(millis)
+}
+
+/// A new task id for a task created at `millis` since the epoch.
+pub fn task_id_at(millis: u64) -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
         SystemTime::now()

@@ -1263,3 +1263,36 @@ async fn recv_notify(socket: &tokio::net::UnixDatagram, deadline: Instant) -> Op
         _ => None,
     }
 }
+
+#[tokio::test]
+async fn daemon_clean_keeps_a_worktree_with_uncommitted_work() {
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo).start().await;
+    let writer = bash_model(&repo, "writer", "echo made by a shadow > made.txt");
+    let first = daemon.submit(&["-m", &writer], "Make a file.").await;
+    let second = daemon.submit(&["-m", &writer], "Make a file too.").await;
+    for id in [&first, &second] {
+        assert_eq!(daemon.wait_finished(id, WAIT).await.status(), "completed");
+    }
+    // Work someone left in the first worktree after the task committed its own.
+    std::fs::write(repo.worktree(&first).join("notes.txt"), "not committed\n").unwrap();
+
+    let out = daemon.cli(["clean", "--purge"]).await;
+    out.assert_code(0);
+    assert!(out.stdout.contains(&second), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&first) && out.stderr.contains("uncommitted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.worktree(&first).join("notes.txt")).unwrap(),
+        "not committed\n",
+        "the uncommitted work is where it was"
+    );
+    assert!(!repo.worktree(&second).exists());
+    // The kept task is still known; the purged one is gone, its branch kept.
+    daemon.cli(["show", "--json", &first]).await.assert_code(0);
+    assert!(repo.has_branch(&format!("kugetsu/{second}")));
+    daemon.cli(["show", &second]).await.assert_code(2);
+}
