@@ -205,7 +205,7 @@ methods! {
     /// One task.
     Get = "get", TaskParams => TaskSummary;
     /// A task's events so far.
-    Events = "events", TaskParams => EventList;
+    Events = "events", EventsParams => EventList;
     /// Cancel a queued or running task.
     Cancel = "cancel", TaskParams => Cancelled;
     /// Hand a message to a task's model.
@@ -239,10 +239,29 @@ pub struct TaskList {
     pub tasks: Vec<TaskSummary>,
 }
 
+/// `events` params: one page of a task's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsParams {
+    pub task: String,
+    /// Only events with a larger `seq` (0: from the start).
+    #[serde(default)]
+    pub after_seq: u64,
+    /// At most this many events (the daemon also stops near [`EVENTS_PAGE_BYTES`]).
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// Roughly the most bytes of events one `events` response carries; `more` says to ask again.
+pub const EVENTS_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// `events`' result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventList {
     pub events: Vec<EventEnvelope>,
+    /// More events follow the last one here: ask again with its `seq` as `after_seq`.
+    #[serde(default)]
+    pub more: bool,
 }
 
 /// `cancel`'s result.

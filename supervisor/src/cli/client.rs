@@ -20,8 +20,9 @@ use crate::cli::run::{print_json, print_result};
 use crate::daemon::socket::{Half, halves};
 use crate::exit::{self, CliError};
 use crate::rpc::{
-    self, CleanParams, ListParams, Method, Outgoing, RpcError, ShutdownParams, SteerParams,
-    SubmitParams, SubscribeParams, SubscriptionEnded, TaskParams, TaskStatus, TaskSummary,
+    self, CleanParams, EventsParams, ListParams, Method, Outgoing, RpcError, ShutdownParams,
+    SteerParams, SubmitParams, SubscribeParams, SubscriptionEnded, TaskParams, TaskStatus,
+    TaskSummary,
 };
 
 /// A connection to the daemon.
@@ -379,18 +380,26 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode, CliError> {
         follow(&mut client, &args.id, args.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let events = client
-        .call::<rpc::Events>(&TaskParams {
-            task: args.id.clone(),
-        })
-        .await?
-        .events;
     let mut renderer = Renderer::new();
-    for envelope in &events {
-        if args.json {
-            print_json(envelope);
-        } else {
-            renderer.show(envelope);
+    let mut after_seq = 0;
+    loop {
+        let page = client
+            .call::<rpc::Events>(&EventsParams {
+                task: args.id.clone(),
+                after_seq,
+                limit: None,
+            })
+            .await?;
+        for envelope in &page.events {
+            after_seq = envelope.seq;
+            if args.json {
+                print_json(envelope);
+            } else {
+                renderer.show(envelope);
+            }
+        }
+        if !page.more || page.events.is_empty() {
+            break;
         }
     }
     Ok(ExitCode::SUCCESS)

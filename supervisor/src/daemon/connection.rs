@@ -26,7 +26,8 @@ use crate::daemon::actor::{Command, Replay};
 use crate::daemon::socket::{Half, halves, peer_is_owner, peer_pid};
 use crate::daemon::subscribers::{self, Feed, Line};
 use crate::rpc::{
-    self, Call, EventList, Method, RpcError, SubmitParams, Submitted, SubscribeParams, Subscribed,
+    self, Call, EventsParams, Method, RpcError, SubmitParams, Submitted, SubscribeParams,
+    Subscribed,
 };
 use crate::task::events::{self, EventLog};
 use crate::task::prepare;
@@ -220,10 +221,21 @@ async fn serve_call(
     match call {
         Call::Subscribe(params) => subscribe(id, params, daemon).await,
         Call::Submit(params) => answer(id, typed::<rpc::Submit>(submit(params, daemon).await)),
-        Call::Events(params) => answer(
-            id,
-            typed::<rpc::Events>(read_events(&params.task, daemon).await),
-        ),
+        Call::Events(params) => match read_events(&params, daemon).await {
+            // The page is built from the log's own lines, never as a tree of values.
+            Ok(page) => Answer {
+                response: id.map(|id| {
+                    let mut line = b"{\"jsonrpc\":\"2.0\",\"id\":".to_vec();
+                    line.extend_from_slice(&serde_json::to_vec(&id).unwrap_or_default());
+                    line.extend_from_slice(b",\"result\":");
+                    line.extend_from_slice(&page);
+                    line.extend_from_slice(b"}\n");
+                    Out::Owned(line)
+                }),
+                then: None,
+            },
+            Err(error) => answer(id, Err(error)),
+        },
         Call::Clean(params) => {
             let cleaned = crate::daemon::housekeeping::clean(&state, params.purge, None).await;
             if !cleaned.purged.is_empty() {
@@ -332,16 +344,47 @@ async fn submit(
     Ok(Submitted { task: id })
 }
 
+/// One page of a task's log as the JSON of an [`rpc::EventList`], made of the log's lines
+/// (each checked to be an event envelope; a torn or damaged line is skipped).
 async fn read_events(
-    task: &str,
+    params: &EventsParams,
     daemon: &mpsc::UnboundedSender<Command>,
-) -> Result<EventList, RpcError> {
-    let task = task.to_owned();
+) -> Result<Vec<u8>, RpcError> {
+    let task = params.task.clone();
     let dir = ask(daemon, |reply| Command::Locate { task, reply }).await??;
-    let events = events::read_all(&dir.events_file())
-        .await
-        .unwrap_or_default();
-    Ok(EventList { events })
+    let limit = params.limit.unwrap_or(u64::MAX);
+    let mut page = b"{\"events\":[".to_vec();
+    let mut count = 0u64;
+    let mut more = false;
+    if let Ok(file) = tokio::fs::File::open(dir.events_file()).await {
+        let mut reader = LineReader::new(BufReader::new(file));
+        loop {
+            let line = match reader.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(DecodeError::Io { .. }) => break,
+                Err(_) => continue,
+            };
+            match serde_json::from_slice::<EventEnvelope>(&line) {
+                Ok(envelope) if envelope.seq > params.after_seq => {}
+                _ => continue,
+            }
+            if count >= limit || page.len() >= rpc::EVENTS_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            if count > 0 {
+                page.push(b',');
+            }
+            page.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+            count += 1;
+        }
+    }
+    page.extend_from_slice(if more {
+        b"],\"more\":true}"
+    } else {
+        b"],\"more\":false}"
+    });
+    Ok(page)
 }
 
 /// Registers a subscription; its answer starts the forwarding (replay from disk, then live
