@@ -329,6 +329,25 @@ pub fn state_dir(
         .map_err(|e| CliError::Usage(format!("state directory {}: {e}", dir.display())))
 }
 
+/// Where the daemon's socket is: `--socket`, else `$KUGETSU_SOCKET`, else
+/// `$XDG_RUNTIME_DIR/kugetsu/kugetsu.sock`, else `<state_dir>/kugetsu.sock`.
+pub fn socket_path(
+    flag: Option<&Path>,
+    state_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> PathBuf {
+    let nonempty = |key: &str| env(key).filter(|v| !v.is_empty());
+    if let Some(flag) = flag {
+        flag.to_owned()
+    } else if let Some(path) = nonempty("KUGETSU_SOCKET") {
+        PathBuf::from(path)
+    } else if let Some(runtime) = nonempty("XDG_RUNTIME_DIR") {
+        Path::new(&runtime).join("kugetsu").join("kugetsu.sock")
+    } else {
+        state_dir.join("kugetsu.sock")
+    }
+}
+
 /// Parses a size such as `512MiB`, `512M`, `1.5G`, `1GiB`, `4096` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();

@@ -39,7 +39,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Demo(args) => demo::demo(args).await,
-            Command::Serve(args) => daemon::serve(args).await,
+            Command::Serve(args) => {
+                daemon::serve(daemon::actor::ServeOptions {
+                    config: args.config,
+                    socket: args.socket,
+                    state_dir: args.state_dir,
+                })
+                .await
+            }
             Command::Submit(args) => client::submit(*args).await,
             Command::Ps(args) => client::ps(args).await,
             Command::Show(args) => client::show(args).await,

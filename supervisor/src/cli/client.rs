@@ -48,7 +48,7 @@ impl Client {
     ) -> Result<Client, CliError> {
         let env = |key: &str| std::env::var(key).ok();
         let state = crate::config::state_dir(state_dir, &env)?;
-        let path = crate::daemon::socket::socket_path(socket, &state, &env);
+        let path = crate::config::socket_path(socket, &state, &env);
         let stream = crate::daemon::socket::connect(&path).await.map_err(|e| {
             CliError::Usage(format!(
                 "no kugetsu daemon is running (cannot connect to {}: {e}); start one with `kugetsu serve`",

@@ -14,7 +14,7 @@ use crate::cli::args::DemoArgs;
 use crate::cli::run::drive_in_foreground;
 use crate::config::Config;
 use crate::exit::{self, CliError};
-use crate::task::drive::Resume;
+use crate::task::control::Resume;
 use crate::task::git;
 use crate::task::prepare::prepare_now;
 use crate::task::record::{Origin, StateDir};

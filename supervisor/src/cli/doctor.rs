@@ -212,7 +212,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
     sandbox_lines(&mut report, &config);
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
-        .map(|dir| crate::daemon::socket::socket_path(None, &dir, &env));
+        .map(|dir| crate::config::socket_path(None, &dir, &env));
     match socket {
         Ok(path) => {
             let up = crate::daemon::socket::connect(&path).await.is_ok();

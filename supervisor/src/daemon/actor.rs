@@ -34,80 +34,28 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use interprocess::local_socket::tokio::prelude::*;
-use kugetsu_protocol::{EventEnvelope, Finished};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::cli::args::ServeArgs;
 use crate::config::Config;
+use crate::daemon::command::Command;
 use crate::daemon::queue::Queue;
 use crate::daemon::sdnotify::Notifier;
-use crate::daemon::subscribers::{Sink, Subscribers};
+use crate::daemon::subscribers::Subscribers;
 use crate::daemon::table::{Entry, Table};
 use crate::exit::CliError;
-use crate::rpc::{Call, RpcError, TaskStatus};
-use crate::task::drive::{self, ShadowControl};
+use crate::rpc::TaskStatus;
+use crate::task::control::ShadowControl;
+use crate::task::drive;
 use crate::task::events::{self, Progress};
 use crate::task::memory::Sampler;
 use crate::task::prepare::{self, Prepared};
-use crate::task::record::{Origin, StateDir, TaskDir};
+use crate::task::record::{Origin, StateDir};
 
 /// Memory kept free on the host beyond a new shadow's limit before it may start.
 pub const MEMORY_RESERVE: u64 = 256 * 1024 * 1024;
 /// How often the daemon schedules, and reports to systemd.
 const TICK: Duration = Duration::from_millis(500);
-
-/// Where a subscription's past events are, for the connection to replay before live ones.
-#[derive(Debug)]
-pub struct Replay {
-    /// The task's `events.jsonl` (one-task subscriptions only).
-    pub log: Option<PathBuf>,
-    /// Whether the task is still live (false: the replay is all there is).
-    pub live: bool,
-}
-
-/// Everything the actor hears.
-#[derive(Debug)]
-pub enum Command {
-    /// A client's request that the actor answers from its state.
-    Call {
-        call: Call,
-        reply: oneshot::Sender<Result<serde_json::Value, RpcError>>,
-    },
-    /// A client wants to submit: may it, and with which settings?
-    Admit {
-        reply: oneshot::Sender<Result<(Config, StateDir), RpcError>>,
-    },
-    /// A submitted task is on disk (record, live marker, `queued` event): queue it.
-    Enqueue {
-        prepared: Box<Prepared>,
-        queued: EventEnvelope,
-        reply: oneshot::Sender<Result<(), RpcError>>,
-    },
-    /// A client wants events; they go to `sink` until it closes or lags.
-    Subscribe {
-        task: Option<String>,
-        after_seq: u64,
-        sink: Sink,
-        reply: oneshot::Sender<Result<Replay, RpcError>>,
-    },
-    /// Where a task's directory is (live, or finished on disk).
-    Locate {
-        task: String,
-        reply: oneshot::Sender<Result<TaskDir, RpcError>>,
-    },
-    /// These finished tasks' records were removed (`clean --purge`, retention).
-    Forget { tasks: Vec<String> },
-    /// A running shadow published an event.
-    Event(EventEnvelope),
-    /// A shadow task returned: `None` when it was detached.
-    Done {
-        id: String,
-        finished: Option<Finished>,
-    },
-    /// The config file changed.
-    Reload,
-}
 
 /// The daemon actor.
 #[derive(Debug)]
@@ -136,8 +84,16 @@ pub struct Daemon {
     retention: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
+/// Where `kugetsu serve` was told to find its config, socket and state.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
 /// Entry point of `kugetsu serve`.
-pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
+pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let env = |key: &str| std::env::var(key).ok();
     let config = Config::load(args.config.as_deref(), &env)?;
     let state = StateDir {
@@ -160,7 +116,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         Ok(_) => {}
         Err(e) => eprintln!("kugetsu: warning: cannot read the open-files limit: {e}"),
     }
-    let socket_path = crate::daemon::socket::socket_path(args.socket.as_deref(), &state.root, &env);
+    let socket_path = crate::config::socket_path(args.socket.as_deref(), &state.root, &env);
     let listener = crate::daemon::socket::bind(&socket_path).await?;
     if let Err(e) = kugetsu_os::process::become_subreaper() {
         eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");

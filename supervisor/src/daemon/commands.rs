@@ -5,14 +5,15 @@
 use kugetsu_protocol::{Event, EventEnvelope, FinishStatus, Finished};
 use serde_json::Value;
 
-use crate::daemon::actor::{Daemon, Replay};
+use crate::daemon::actor::Daemon;
+use crate::daemon::command::Replay;
 use crate::daemon::subscribers::Sink;
 use crate::daemon::table::Entry;
 use crate::rpc::{
     self, Call, Cancelled, ListParams, Method, RpcError, ShutdownParams, SteerParams, Steered,
     Stopping, TaskList, TaskParams, TaskSummary,
 };
-use crate::task::drive::ShadowControl;
+use crate::task::control::ShadowControl;
 use crate::task::events::{EventLog, Progress};
 use crate::task::prepare::Prepared;
 use crate::task::record::{TaskDir, is_valid_id};

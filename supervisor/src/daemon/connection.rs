@@ -22,7 +22,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::daemon::actor::{Command, Replay};
+use crate::daemon::command::{Command, Replay};
 use crate::daemon::socket::{Half, halves, peer_is_owner, peer_pid};
 use crate::daemon::subscribers::{self, Feed, Line};
 use crate::rpc::{

@@ -95,7 +95,7 @@ pub async fn clean(state: &StateDir, purge: bool, older_than_ms: Option<u64>) ->
 pub fn spawn_retention(
     state: StateDir,
     retention: tokio::sync::watch::Receiver<Option<Duration>>,
-    daemon: tokio::sync::mpsc::UnboundedSender<crate::daemon::actor::Command>,
+    daemon: tokio::sync::mpsc::UnboundedSender<crate::daemon::command::Command>,
 ) {
     tokio::spawn(async move {
         tokio::time::sleep(RETENTION_FIRST).await;
@@ -110,7 +110,7 @@ pub fn spawn_retention(
             if !cleaned.purged.is_empty() {
                 let tasks = cleaned.purged.clone();
                 if daemon
-                    .send(crate::daemon::actor::Command::Forget { tasks })
+                    .send(crate::daemon::command::Command::Forget { tasks })
                     .is_err()
                 {
                     return;

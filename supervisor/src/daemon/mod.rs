@@ -1,6 +1,7 @@
 //! `kugetsu serve`: the daemon. Many shadows, one queue, one socket.
 //!
-//! - [`actor`]: the actor that owns all state; its [`actor::Command`]s and the run loop.
+//! - [`actor`]: the actor that owns all state, and its run loop.
+//! - [`command`]: what the actor hears ([`command::Command`]).
 //! - [`commands`]: what each JSON-RPC method does to that state.
 //! - [`table`]: the live tasks, and finished ones loaded from disk on demand.
 //! - [`subscribers`]: event fan-out with a bounded backlog per subscriber.
@@ -14,6 +15,7 @@
 //! - [`sdnotify`]: systemd notifications.
 
 pub mod actor;
+pub mod command;
 pub mod commands;
 pub mod connection;
 pub mod housekeeping;

@@ -7,7 +7,7 @@ use std::path::Path;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::daemon::actor::Command;
+use crate::daemon::command::Command;
 
 /// Watches `config` (if any); the returned watcher must be kept alive.
 pub fn watch(

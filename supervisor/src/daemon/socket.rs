@@ -1,35 +1,17 @@
 //! The daemon's Unix socket: where it is, binding it safely, and connecting to it.
 //!
-//! Path: `--socket`, else `$KUGETSU_SOCKET`, else `$XDG_RUNTIME_DIR/kugetsu/kugetsu.sock`, else
+//! Path ([`crate::config::socket_path`]): `--socket`, else `$KUGETSU_SOCKET`, else `$XDG_RUNTIME_DIR/kugetsu/kugetsu.sock`, else
 //! `<state_dir>/kugetsu.sock`. The socket is created with mode 0600 (set before `bind`, so no
 //! umask race), and every connection's peer is checked with `SO_PEERCRED`: its uid must be
 //! ours, and it must not be a shadow's process (see [`crate::daemon::peer`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 
 use crate::exit::CliError;
-
-/// Where the daemon's socket is.
-pub fn socket_path(
-    flag: Option<&Path>,
-    state_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> PathBuf {
-    let nonempty = |key: &str| env(key).filter(|v| !v.is_empty());
-    if let Some(flag) = flag {
-        flag.to_owned()
-    } else if let Some(path) = nonempty("KUGETSU_SOCKET") {
-        PathBuf::from(path)
-    } else if let Some(runtime) = nonempty("XDG_RUNTIME_DIR") {
-        Path::new(&runtime).join("kugetsu").join("kugetsu.sock")
-    } else {
-        state_dir.join("kugetsu.sock")
-    }
-}
 
 /// Connects to the daemon at `path`.
 pub async fn connect(path: &Path) -> std::io::Result<Stream> {

@@ -12,7 +12,7 @@ use kugetsu_protocol::{Event, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
 use crate::rpc::{TaskStatus, TaskSummary};
-use crate::task::drive::{Resume, ShadowControl};
+use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::Progress;
 use crate::task::memory::Snapshot;
 use crate::task::prepare::Prepared;

@@ -18,7 +18,7 @@ use kugetsu_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::task::drive::{Resume, ShadowControl};
+use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::{Progress, Publisher};
 use crate::task::memory::{Sampler, ShadowMem};
 use crate::task::prepare::{Prepared, instant_at};

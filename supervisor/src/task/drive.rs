@@ -12,52 +12,12 @@ use kugetsu_protocol::{Event, EventEnvelope, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
 use crate::task::attempt::{self, Outcome, Tracking};
+use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::{self, EventLog, Progress, Publisher};
 use crate::task::git;
 use crate::task::memory::Sampler;
 use crate::task::prepare::Prepared;
 use crate::task::shadow::find_worker;
-
-/// What the owner of a running task can ask of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShadowControl {
-    /// Stop the task: `finished` with status `cancelled`. A second `Cancel` kills at once.
-    Cancel,
-    /// Hand a message to the model at its next safe point (kept until it is delivered).
-    Steer(String),
-    /// Stop the worker but leave the task resumable (the daemon is shutting down).
-    Detach,
-}
-
-/// Where a run starts: which attempt, and whether the worker resumes from its journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resume {
-    pub attempt: u32,
-    pub from_journal: bool,
-    pub earlier_restarts: u32,
-}
-
-impl Resume {
-    /// A task's first run.
-    pub const FRESH: Resume = Resume {
-        attempt: 1,
-        from_journal: false,
-        earlier_restarts: 0,
-    };
-
-    /// Where a task continues after the runs `progress` describes: fresh if no worker ever
-    /// started, else from its journal.
-    pub fn after(progress: &Progress) -> Resume {
-        if progress.starts == 0 {
-            return Resume::FRESH;
-        }
-        Resume {
-            attempt: progress.starts + 1,
-            from_journal: true,
-            earlier_restarts: progress.restarts,
-        }
-    }
-}
 
 /// Runs a prepared task to its end, publishing every event to the log and to `watch`.
 ///
@@ -347,23 +307,5 @@ mod tests {
         assert!(policy.next_delay(true).is_none());
         tokio::time::advance(RESTART_WINDOW + Duration::from_secs(1)).await;
         assert!(policy.next_delay(true).is_some());
-    }
-
-    #[test]
-    fn a_task_resumes_fresh_until_a_worker_started() {
-        assert_eq!(Resume::after(&Progress::default()), Resume::FRESH);
-        let progress = Progress {
-            starts: 2,
-            restarts: 1,
-            ..Progress::default()
-        };
-        assert_eq!(
-            Resume::after(&progress),
-            Resume {
-                attempt: 3,
-                from_journal: true,
-                earlier_restarts: 1
-            }
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! - [`request`]: what a caller asks for ([`request::TaskRequest`]), independent of the CLI.
 //! - [`prepare`]: validating a request, creating the task, its worktree; reopening it.
 //! - [`drive`]: running workers until `finished`, restarts with backoff.
+//! - [`control`]: what an owner may ask of a running task, and where a run starts.
 //! - [`attempt`]: one worker's life as a state machine whose decisions are plain methods.
 //! - [`events`]: event envelopes, the group-committed `events.jsonl`, the one fold of events.
 //! - [`git`]: repository checks, worktrees, committing the shadow's work.
@@ -14,6 +15,7 @@
 //! - [`memory`]: the sysinfo sampler behind memory limits and pool admission.
 
 pub mod attempt;
+pub mod control;
 pub mod drive;
 pub mod events;
 pub mod git;

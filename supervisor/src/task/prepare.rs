@@ -11,7 +11,7 @@ use kugetsu_protocol::{EventEnvelope, ModelRef, ProviderKind};
 
 use crate::config::Config;
 use crate::exit::CliError;
-use crate::task::drive::Resume;
+use crate::task::control::Resume;
 use crate::task::events::{self, Progress};
 use crate::task::git;
 use crate::task::record::{RecordError, StateDir, TaskDir, TaskRecord, is_valid_id};

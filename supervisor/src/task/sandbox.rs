@@ -267,7 +267,7 @@ impl ShadowSandbox {
             .and_then(Path::parent)
             .unwrap_or(task_dir)
             .to_path_buf();
-        let socket = crate::daemon::socket::socket_path(None, &state_dir, &|k| env(k));
+        let socket = crate::config::socket_path(None, &state_dir, &|k| env(k));
         let worktree = if record.worktree {
             crate::task::git::Worktree::open(&record.repo, &record.workdir)
                 .await

@@ -1,0 +1,65 @@
+//! What the daemon actor hears: the one vocabulary between the actor and everything that
+//! talks to it (connections, shadow tasks, the config watcher, housekeeping).
+
+use std::path::PathBuf;
+
+use kugetsu_protocol::{EventEnvelope, Finished};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::daemon::subscribers::Sink;
+use crate::rpc::{Call, RpcError};
+use crate::task::prepare::Prepared;
+use crate::task::record::{StateDir, TaskDir};
+
+/// Where a subscription's past events are, for the connection to replay before live ones.
+#[derive(Debug)]
+pub struct Replay {
+    /// The task's `events.jsonl` (one-task subscriptions only).
+    pub log: Option<PathBuf>,
+    /// Whether the task is still live (false: the replay is all there is).
+    pub live: bool,
+}
+
+/// Everything the actor hears.
+#[derive(Debug)]
+pub enum Command {
+    /// A client's request that the actor answers from its state.
+    Call {
+        call: Call,
+        reply: oneshot::Sender<Result<serde_json::Value, RpcError>>,
+    },
+    /// A client wants to submit: may it, and with which settings?
+    Admit {
+        reply: oneshot::Sender<Result<(Config, StateDir), RpcError>>,
+    },
+    /// A submitted task is on disk (record, live marker, `queued` event): queue it.
+    Enqueue {
+        prepared: Box<Prepared>,
+        queued: EventEnvelope,
+        reply: oneshot::Sender<Result<(), RpcError>>,
+    },
+    /// A client wants events; they go to `sink` until it closes or lags.
+    Subscribe {
+        task: Option<String>,
+        after_seq: u64,
+        sink: Sink,
+        reply: oneshot::Sender<Result<Replay, RpcError>>,
+    },
+    /// Where a task's directory is (live, or finished on disk).
+    Locate {
+        task: String,
+        reply: oneshot::Sender<Result<TaskDir, RpcError>>,
+    },
+    /// These finished tasks' records were removed (`clean --purge`, retention).
+    Forget { tasks: Vec<String> },
+    /// A running shadow published an event.
+    Event(EventEnvelope),
+    /// A shadow task returned: `None` when it was detached.
+    Done {
+        id: String,
+        finished: Option<Finished>,
+    },
+    /// The config file changed.
+    Reload,
+}
