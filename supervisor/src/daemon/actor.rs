@@ -61,8 +61,8 @@ const TICK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Daemon {
     pub(super) config: Config,
-    /// `--config`, if given; else the default location is read (when it exists).
-    config_path: Option<PathBuf>,
+    /// `--config` and the other command-line settings that outlive a reload.
+    options: ServeOptions,
     pub(super) state: StateDir,
     pub(super) queue: Queue,
     /// Tasks to resume before anything queued (they were running when the daemon died).
@@ -90,12 +90,34 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// Overrides the config's `sandbox` for every task (and survives reloads).
+    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
+    /// Overrides the config's `network` for every task (and survives reloads).
+    pub network: Option<kugetsu_protocol::NetworkMode>,
+}
+
+impl ServeOptions {
+    /// Applies the command line's overrides to a freshly loaded config.
+    fn apply(&self, config: &mut Config) {
+        if let Some(sandbox) = self.sandbox {
+            config.sandbox = sandbox;
+        }
+        if let Some(network) = self.network {
+            config.network = network;
+        }
+    }
 }
 
 /// Entry point of `kugetsu serve`.
 pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let env = |key: &str| std::env::var(key).ok();
-    let config = Config::load(args.config.as_deref(), &env)?;
+    let mut config = Config::load(args.config.as_deref(), &env)?;
+    args.apply(&mut config);
+    if config.sandbox == kugetsu_protocol::SandboxMode::Off {
+        eprintln!(
+            "kugetsu: warning: sandbox is off: every shadow's tools run with this daemon's full access"
+        );
+    }
     let state = StateDir {
         root: crate::config::state_dir(args.state_dir.as_deref(), &env)?,
     };
@@ -125,7 +147,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let config_retention = config.task_retention;
     let mut daemon = Daemon {
         queue: Queue::new(config.queue_capacity as usize),
-        config_path: args.config.clone(),
+        options: args.clone(),
         config,
         state,
         resume_first: VecDeque::new(),
@@ -509,8 +531,11 @@ impl Daemon {
 
     fn reload(&mut self) {
         let env = |key: &str| std::env::var(key).ok();
-        let new = match Config::load(self.config_path.as_deref(), &env) {
-            Ok(new) => new,
+        let new = match Config::load(self.options.config.as_deref(), &env) {
+            Ok(mut new) => {
+                self.options.apply(&mut new);
+                new
+            }
             Err(e) => {
                 eprintln!(
                     "kugetsu: config reload rejected ({e}); keeping the previous configuration"
