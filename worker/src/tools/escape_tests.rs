@@ -165,21 +165,7 @@ fn git_snapshot(fx: &Fixture) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     if git.is_file() {
         return vec![(git.clone(), std::fs::read(&git).unwrap())];
     }
-    let mut out = Vec::new();
-    let mut stack = vec![git];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                out.push((path.clone(), Vec::new()));
-                stack.push(path);
-            } else {
-                out.push((path.clone(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    super::testkit::snapshot(&git)
 }
 
 /// Write and edit calls on git's data, each with the path it names.

@@ -116,21 +116,7 @@ impl Fixture {
 
     /// Every file under `outside/` with its content, to show nothing there changed.
     pub(crate) fn outside_snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.outside.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    out.push((path.clone(), Vec::new()));
-                    stack.push(path);
-                } else {
-                    out.push((path.clone(), std::fs::read(&path).unwrap()));
-                }
-            }
-        }
-        out.sort();
-        out
+        snapshot(&self.outside)
     }
 
     /// Runs tool `name` through the public entry point.
@@ -231,4 +217,23 @@ pub(crate) async fn survivors(marker: &str, timeout: Duration) -> Vec<u32> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Every file and directory under `dir` with its content (directories with none), sorted.
+pub(crate) fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.push((path.clone(), Vec::new()));
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
