@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""kugetsu benchmarks: measures the budgets of DESIGN §7 on this machine and writes BENCHMARKS.md.
+"""kugetsu benchmarks: measures the performance budgets on this machine and writes BENCHMARKS.md.
 
 Run through scripts/bench (which builds release binaries first). Everything talks to a local
 fake LLM (scripts/bench_llm.py): mostly one that accepts requests and never answers, so workers

@@ -45,7 +45,7 @@ pub struct TaskSpec {
     /// Model that writes compaction summaries, if not the task's model.
     #[serde(default)]
     pub compaction_model: Option<String>,
-    /// The shadow's memory limit in bytes (DESIGN §4 `mem_limit`), over the worker and the
+    /// The shadow's memory limit in bytes (`mem_limit`, see docs/daemon.md), over the worker and the
     /// tool processes it started. The worker kills a tool command that would take the shadow
     /// past it; the supervisor enforces it too, more slowly, and restarts a worker that is over
     /// it by itself. `None` (or absent, from an older supervisor) leaves tools unwatched by the

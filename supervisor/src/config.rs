@@ -36,7 +36,7 @@ pub struct Config {
     pub context_window: Option<u64>,
     /// How long finished tasks' records and clean worktrees are kept (`None`: forever).
     pub task_retention: Option<std::time::Duration>,
-    /// `sandbox`: whether shadows' tools are confined (DESIGN §8).
+    /// `sandbox`: whether shadows' tools are confined (see docs/sandbox.md).
     pub sandbox: SandboxMode,
     /// `network`: whether shadows' tools reach the network.
     pub network: NetworkMode,

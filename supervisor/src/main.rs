@@ -44,8 +44,8 @@ fn main() -> ExitCode {
                     config: args.config,
                     socket: args.socket,
                     state_dir: args.state_dir,
-                    sandbox: args.sandbox,
-                    network: args.network,
+                    sandbox: args.confine.sandbox,
+                    network: args.confine.network,
                 })
                 .await
             }

@@ -1,7 +1,7 @@
 //! A shadow's conversation and the journal that makes it survive a crash.
 //!
 //! Every change to the conversation goes through a [`Session`] method that journals it first
-//! (durably where DESIGN §3 asks), so the conversation rebuilt by [`Session::resume`] is the
+//! (durably where docs/layout.md says), so the conversation rebuilt by [`Session::resume`] is the
 //! one the model last saw.
 
 use std::collections::{HashMap, HashSet};

@@ -18,7 +18,7 @@ import subprocess
 
 TOOLSET = "kugetsu"
 
-# Exit codes of `kugetsu run` / `submit` (DESIGN §5).
+# Exit codes of `kugetsu run` / `submit` (see docs/cli.md).
 EXIT_USAGE = 2
 EXIT_QUEUE_FULL = 75
 

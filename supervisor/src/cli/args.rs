@@ -1,4 +1,4 @@
-//! Command-line definitions (DESIGN §5).
+//! Command-line definitions (see docs/cli.md).
 
 use std::path::PathBuf;
 
@@ -66,6 +66,17 @@ pub struct ClientOptions {
     pub state_dir: Option<PathBuf>,
 }
 
+/// How a shadow's tools are confined (docs/sandbox.md); `None` leaves it to the config.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct SandboxArgs {
+    /// Confine the shadow's tools (`workspace`, the default) or not (`off`; logged loudly).
+    #[arg(long, value_name = "workspace|off")]
+    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
+    /// Whether the shadow's tools may use the network (the model traffic is not affected).
+    #[arg(long, value_name = "on|off")]
+    pub network: Option<kugetsu_protocol::NetworkMode>,
+}
+
 /// `kugetsu serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -75,12 +86,8 @@ pub struct ServeArgs {
     /// Where to listen.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Confine the shadow's tools (`workspace`, the default) or not (`off`; logged loudly).
-    #[arg(long, value_name = "workspace|off")]
-    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
-    /// Whether the shadow's tools may use the network (the model traffic is not affected).
-    #[arg(long, value_name = "on|off")]
-    pub network: Option<kugetsu_protocol::NetworkMode>,
+    #[command(flatten)]
+    pub confine: SandboxArgs,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -231,12 +238,8 @@ pub struct TaskOptions {
     /// Memory limit of the shadow, e.g. 512MiB.
     #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
     pub mem_limit: Option<u64>,
-    /// Confine the shadow's tools (`workspace`, the default) or not (`off`; logged loudly).
-    #[arg(long, value_name = "workspace|off")]
-    pub sandbox: Option<kugetsu_protocol::SandboxMode>,
-    /// Whether the shadow's tools may use the network (the model traffic is not affected).
-    #[arg(long, value_name = "on|off")]
-    pub network: Option<kugetsu_protocol::NetworkMode>,
+    #[command(flatten)]
+    pub confine: SandboxArgs,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -265,8 +268,8 @@ impl TaskOptions {
             max_turns: self.max_turns,
             timeout: self.timeout,
             mem_limit: self.mem_limit,
-            sandbox: self.sandbox,
-            network: self.network,
+            sandbox: self.confine.sandbox,
+            network: self.confine.network,
             priority,
             origin,
         }

@@ -192,8 +192,8 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
             .timeout
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         mem_limit: args.task.mem_limit,
-        sandbox: args.task.sandbox,
-        network: args.task.network,
+        sandbox: args.task.confine.sandbox,
+        network: args.task.confine.network,
         priority: args.priority,
     };
     let mut client =

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sysinfo::{MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::sync::watch;
 
-/// How often memory is measured (DESIGN §4: at least every 500 ms).
+/// How often memory is measured (at least every 500 ms; see docs/daemon.md).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One process in a snapshot.

@@ -167,29 +167,25 @@ impl StateDir {
 
     /// The ids with a live marker, oldest first. `None` when the state dir predates markers.
     pub fn live_ids(&self) -> Option<Vec<String>> {
-        let dir = std::fs::read_dir(self.live()).ok()?;
-        let mut ids: Vec<String> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|id| is_valid_id(id))
-            .collect();
-        ids.sort();
-        Some(ids)
+        ids_in(&self.live())
     }
 
     /// Every task id in the state dir, oldest first (reads directory names only).
     pub fn all_ids(&self) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(self.tasks()) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|id| is_valid_id(id))
-            .collect();
-        ids.sort();
-        ids
+        ids_in(&self.tasks()).unwrap_or_default()
     }
+}
+
+/// The names in `dir` that are task ids, sorted (oldest first); `None` if `dir` is unreadable.
+fn ids_in(dir: &Path) -> Option<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|id| is_valid_id(id))
+        .collect();
+    ids.sort();
+    Some(ids)
 }
 
 /// Why a task's record could not be loaded.

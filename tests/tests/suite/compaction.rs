@@ -1,4 +1,4 @@
-//! Context compaction against the fake LLM, on both wires (DESIGN §2 Context): past 70% of a
+//! Context compaction against the fake LLM, on both wires: past 70% of a
 //! small window a summary of the older turns is requested in the background (no tools, its
 //! own system prompt, the compaction model when one is set) and applied at the next turn
 //! boundary: the next request starts with the prompt, the summary and the files touched, then

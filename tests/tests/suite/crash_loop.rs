@@ -1,4 +1,4 @@
-//! A crash loop end to end (DESIGN §3, §4): a worker SIGKILLed over and over at random
+//! A crash loop end to end (see docs/layout.md, docs/daemon.md): a worker SIGKILLed over and over at random
 //! moments (mid-tool, mid-journal-write, mid-turn, while resuming) still completes its task,
 //! and no completed tool call ever runs twice.
 

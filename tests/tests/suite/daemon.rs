@@ -1,4 +1,4 @@
-//! The daemon end to end (DESIGN §4, §5, §6): `kugetsu serve` and its CLI clients, real
+//! The daemon end to end (see docs/daemon.md, docs/cli.md): `kugetsu serve` and its CLI clients, real
 //! binaries over the real Unix socket — the pool and the priority queue, backpressure,
 //! recovery after `kill -9`, memory limits, containment, hot reload, the socket's permissions,
 //! protocol robustness, every client command, and systemd's notify protocol.

@@ -170,7 +170,7 @@ async fn anthropic_mid_stream_invalid_request_fails_without_retry() {
 }
 
 /// A provider-reported context overflow is answered by pruning the conversation and asking
-/// again (DESIGN §2), even when the shadow's own estimate thought it fit (a llama.cpp server
+/// again, even when the shadow's own estimate thought it fit (a llama.cpp server
 /// started with a small `-c`, say); the pruned conversation still pairs every tool result
 /// with its call (the server checks it).
 async fn context_overflow_is_pruned_and_retried(wire: Wire) {

@@ -1,4 +1,4 @@
-//! The Hermes plugin (DESIGN §6), loaded the way Hermes loads it (`register(ctx)`), driving the
+//! The Hermes plugin (see docs/daemon.md), loaded the way Hermes loads it (`register(ctx)`), driving the
 //! real `kugetsu` binary through `$KUGETSU_BIN`.
 
 use std::process::Stdio;

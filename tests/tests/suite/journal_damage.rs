@@ -1,4 +1,4 @@
-//! Resuming from a damaged journal (DESIGN §3): the longest valid prefix is replayed and
+//! Resuming from a damaged journal (see docs/layout.md): the longest valid prefix is replayed and
 //! nothing past the damage; the damage is logged; the conversation continues by the session
 //! rules from exactly that prefix (a started call without a result is reported interrupted,
 //! never re-run; a call that never started runs; otherwise the model is asked again).

@@ -1,4 +1,4 @@
-//! Crash recovery end to end (DESIGN §3, §4): a worker killed with SIGKILL mid-tool is
+//! Crash recovery end to end (see docs/layout.md, docs/daemon.md): a worker killed with SIGKILL mid-tool is
 //! restarted from its checkpoint; the interrupted call is never run again, the model is told
 //! its effects are unknown, and nothing the dead worker started survives.
 

@@ -1,4 +1,4 @@
-//! `kugetsu run --resume ID` end to end (DESIGN §3, §5): a task whose `kugetsu run` process
+//! `kugetsu run --resume ID` end to end (see docs/layout.md, docs/cli.md): a task whose `kugetsu run` process
 //! was SIGKILLed continues from its checkpoint in a new run; its worker did not outlive the
 //! old run; the interrupted call is reported, never re-run; finished tasks and unknown ids
 //! are answered without running anything.

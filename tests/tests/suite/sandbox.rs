@@ -1,4 +1,4 @@
-//! The sandbox against a hostile model (DESIGN §8): each attack a shadow tried on the
+//! The sandbox against a hostile model (see docs/sandbox.md): each attack a shadow tried on the
 //! unsandboxed product, replayed with the real binaries, now does no harm. Every test that
 //! plants a secret points HOME at the test's own directory.
 

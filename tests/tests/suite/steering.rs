@@ -1,4 +1,4 @@
-//! Steering at the worker level (DESIGN §2): `steer {text}` on the worker's stdin, at any
+//! Steering at the worker level: `steer {text}` on the worker's stdin, at any
 //! moment, is handed to the model at the next safe point (after the running tool's result,
 //! before the next request) as a user message, journaled, with a `steered` event. A steer
 //! that arrives while the model gives its final answer earns another turn; one sent before a

@@ -1,4 +1,4 @@
-//! Tool semantics end to end (DESIGN §2): what each tool does with its arguments, and that a
+//! Tool semantics end to end: what each tool does with its arguments, and that a
 //! tool error is a result the model sees, never the end of the task.
 
 use kugetsu_tests::events::str_of;

@@ -1,4 +1,4 @@
-//! The sandbox a shadow's tool processes run in (DESIGN §8), applied by the tool guard.
+//! The sandbox a shadow's tool processes run in (see docs/sandbox.md), applied by the tool guard.
 //!
 //! The policy is data ([`kugetsu_protocol::SandboxPolicy`]), built once by the supervisor and
 //! carried in the task spec. The worker hands it to each tool guard in [`POLICY_VAR`]; the

@@ -1,4 +1,4 @@
-//! Holding a bash call to the shadow's memory limit (DESIGN §4), from inside the worker.
+//! Holding a bash call to the shadow's memory limit (see docs/daemon.md), from inside the worker.
 //!
 //! The supervisor measures every shadow as well, but only every 500 ms and from the whole
 //! process table. The worker knows which processes belong to the call it is running, so it
