@@ -274,6 +274,10 @@ async fn agent_turns(
             }
         }
 
+        // What this worker said so far (a resume's replays, the last turn's tool_ends) is in
+        // the pipe before the journal moves on to a new turn: a resumed worker re-announces
+        // only the calls of the last turns, so events must never trail the journal by more.
+        outbox.delivered().await;
         manage_context(task, outbox, control, session, &mut setup, &mut compactor).await?;
 
         if session.turns >= task.max_turns {

@@ -5,13 +5,15 @@
 //! never blocks the agent loop halfway through a line.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kugetsu_protocol::{
     DecodeError, Event, LineReader, PROTOCOL_VERSION, Phase, SupervisorMessage, TaskSpec,
     WorkerMessage, encode,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,27 +28,78 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::UnboundedSender<WorkerMessage>,
+    delivery: Arc<Delivery>,
+}
+
+/// How far the writer got, for [`Outbox::delivered`].
+#[derive(Debug)]
+struct Delivery {
+    /// Messages queued so far.
+    queued: AtomicU64,
+    /// Messages written and flushed so far; `u64::MAX` once there is nothing to wait for
+    /// (no writer, or the writer is gone).
+    written: watch::Sender<u64>,
+}
+
+/// The writer's end of an [`Outbox`].
+#[derive(Debug)]
+struct Queue {
+    rx: mpsc::UnboundedReceiver<WorkerMessage>,
+    delivery: Arc<Delivery>,
 }
 
 impl Outbox {
     /// Queues one event for the supervisor.
     pub fn emit(&self, event: Event) {
-        let _ = self.tx.send(WorkerMessage::Event(event));
+        self.send(WorkerMessage::Event(event));
     }
 
     /// Queues an event repeated from the journal (see [`WorkerMessage::Replay`]).
     pub fn replay(&self, event: Event) {
-        let _ = self.tx.send(WorkerMessage::Replay(event));
+        self.send(WorkerMessage::Replay(event));
     }
 
     fn send(&self, message: WorkerMessage) {
+        // Counted before it is queued, so `written` never passes `queued`.
+        self.delivery.queued.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(message);
     }
 
+    /// Waits until every message queued so far is written to stdout, or the writer is gone.
+    ///
+    /// Written means in the pipe: the supervisor reads it even if this process is killed the
+    /// next instant. The agent waits for this before it journals a new turn, so events never
+    /// trail the journal by more than the turn in progress (what a resumed worker re-announces
+    /// rests on that; see [`crate::session::ReplayedCall`]).
+    pub async fn delivered(&self) {
+        let target = self.delivery.queued.load(Ordering::SeqCst);
+        let mut written = self.delivery.written.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = written.wait_for(|&n| n >= target).await;
+    }
+
     /// An outbox whose messages land in the returned receiver (for tests and embedding).
+    /// Nothing writes them anywhere, so [`Outbox::delivered`] never waits.
     pub fn channel() -> (Outbox, mpsc::UnboundedReceiver<WorkerMessage>) {
+        let (outbox, queue) = Outbox::for_writer();
+        outbox.delivery.written.send_replace(u64::MAX);
+        (outbox, queue.rx)
+    }
+
+    /// An outbox and the queue that [`writer`] empties.
+    fn for_writer() -> (Outbox, Queue) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Outbox { tx }, rx)
+        let delivery = Arc::new(Delivery {
+            queued: AtomicU64::new(0),
+            written: watch::Sender::new(0),
+        });
+        (
+            Outbox {
+                tx,
+                delivery: delivery.clone(),
+            },
+            Queue { rx, delivery },
+        )
     }
 }
 
@@ -63,22 +116,28 @@ pub struct Control {
     pub phase: watch::Sender<Phase>,
 }
 
-/// The writer task: the one place that writes protocol lines to stdout.
-async fn writer(mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
-    let mut stdout = tokio::io::stdout();
+/// The writer task: the one place that writes protocol lines to stdout (`out`).
+async fn writer<W: AsyncWrite + Unpin>(mut out: W, queue: Queue) {
+    let Queue { mut rx, delivery } = queue;
     while let Some(message) = rx.recv().await {
         let mut batch = encode(&message);
+        let mut count = 1;
         // Coalesce whatever else is already queued (text deltas arrive in bursts).
         while let Ok(more) = rx.try_recv() {
             batch.extend_from_slice(&encode(&more));
+            count += 1;
             if batch.len() > 64 * 1024 {
                 break;
             }
         }
-        if stdout.write_all(&batch).await.is_err() || stdout.flush().await.is_err() {
+        if out.write_all(&batch).await.is_err() || out.flush().await.is_err() {
             // The supervisor is gone; nobody can hear us any more.
+            delivery.written.send_replace(u64::MAX);
             return;
         }
+        delivery
+            .written
+            .send_modify(|n| *n = n.saturating_add(count));
     }
 }
 
@@ -89,8 +148,8 @@ pub async fn serve() -> ExitCode {
             "kugetsu-worker: cannot become subreaper ({e}); orphaned tool processes may linger"
         );
     }
-    let (outbox, rx) = Outbox::channel();
-    let writer = tokio::spawn(writer(rx));
+    let (outbox, queue) = Outbox::for_writer();
+    let writer = tokio::spawn(writer(tokio::io::stdout(), queue));
     outbox.send(WorkerMessage::Hello {
         protocol: PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -223,5 +282,80 @@ async fn heartbeat(outbox: Outbox, phase: watch::Receiver<Phase>) {
         ticker.tick().await;
         let current = *phase.borrow();
         outbox.send(WorkerMessage::Heartbeat { phase: current });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn delta(len: usize) -> Event {
+        Event::TextDelta {
+            text: "x".repeat(len),
+        }
+    }
+
+    /// A resumed worker's replays must be in the pipe before it journals a new turn (see
+    /// `session::ReplayedCall`): `delivered` waits for the write, not just for the queue.
+    #[tokio::test]
+    async fn delivered_waits_until_everything_queued_is_written() {
+        let (outbox, queue) = Outbox::for_writer();
+        // A pipe far smaller than what is queued: the writer blocks until it is read.
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let writer = tokio::spawn(writer(ours, queue));
+        outbox.replay(delta(300));
+        outbox.emit(delta(300));
+        {
+            let waiting = outbox.delivered();
+            tokio::pin!(waiting);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+                    .await
+                    .is_err(),
+                "delivered before the supervisor could read a byte"
+            );
+            let mut read = Vec::new();
+            let mut buf = [0u8; 256];
+            let read_all = async {
+                while read.iter().filter(|b| **b == b'\n').count() < 2 {
+                    let n = theirs.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the pipe closed early");
+                    read.extend_from_slice(&buf[..n]);
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), read_all)
+                .await
+                .expect("the writer wrote both lines");
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("delivered once both lines were written");
+        }
+        // Nothing queued since: no wait.
+        tokio::time::timeout(Duration::from_secs(5), outbox.delivered())
+            .await
+            .expect("nothing left to deliver");
+        drop(outbox);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delivered_does_not_wait_for_a_writer_that_is_gone() {
+        let (outbox, queue) = Outbox::for_writer();
+        let (ours, theirs) = tokio::io::duplex(64);
+        drop(theirs); // the supervisor closed our stdout
+        let writer = tokio::spawn(writer(ours, queue));
+        outbox.emit(delta(10));
+        tokio::time::timeout(Duration::from_secs(5), outbox.delivered())
+            .await
+            .expect("no writer to wait for");
+        writer.await.unwrap();
+        // An outbox without any writer (tests, embedding) never waits either.
+        let (outbox, _rx) = Outbox::channel();
+        outbox.emit(delta(10));
+        tokio::time::timeout(Duration::from_secs(5), outbox.delivered())
+            .await
+            .expect("a channel outbox has nothing to wait for");
     }
 }

@@ -37,7 +37,11 @@ pub enum Next {
 /// Events trail the journal (the journal is synced first, the event written after), so a
 /// worker killed at the wrong instant may have journaled a call whose `tool_start` or
 /// `tool_end` never reached the supervisor. A resumed worker re-announces the calls of its
-/// last two turns; the supervisor drops the ones it has already seen.
+/// last two turns; the supervisor drops the ones it has already seen. That window is enough
+/// because the agent journals no new turn before everything it emitted is written to the
+/// supervisor's pipe ([`crate::ipc::Outbox::delivered`]): without that, workers killed one
+/// after another before their first write each moved the journal on by a turn, and an
+/// undelivered `tool_end` slid out of the window for good.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayedCall {
     pub call_id: String,
