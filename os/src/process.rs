@@ -92,20 +92,21 @@ pub fn become_subreaper() -> std::io::Result<()> {
     }
 }
 
-/// Every living descendant of `root` (children, grandchildren, ...), read from `/proc`.
-pub fn descendants(root: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+/// The pids in `/proc` now (processes, not threads); none if `/proc` cannot be read.
+pub fn pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every living descendant of `root` (children, grandchildren, ...), read from `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for pid in pids() {
         if let Some(ppid) = parent_of(pid) {
             children.entry(ppid).or_default().push(pid);
         }
@@ -183,12 +184,8 @@ pub fn reap_orphans(keep: &[u32]) {
 /// Zombies have an empty environment, so they never match.
 pub fn processes_with_env(entry: &[u8]) -> Vec<u32> {
     let me = std::process::id();
-    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    proc_dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids()
+        .into_iter()
         .filter(|&pid| pid != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))

@@ -13,18 +13,8 @@ pub struct Proc {
 /// Every live (non-zombie) process, other than this one, whose command line contains `marker`.
 pub fn matching(marker: &str) -> Vec<Proc> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in kugetsu_os::process::pids() {
         if pid == me {
             continue;
         }

@@ -46,7 +46,7 @@ pub(crate) struct Baseline(Vec<u32>);
 impl Baseline {
     /// Lists `/proc` now. Must be taken before the shell is spawned.
     pub(crate) fn take() -> Self {
-        Self(list_pids())
+        Self(kugetsu_os::process::pids())
     }
 }
 
@@ -184,7 +184,7 @@ impl Members {
         self.listing += 1;
         let listing = self.listing;
         let mut new: HashMap<u32, Option<u32>> = HashMap::new();
-        for pid in list_pids() {
+        for pid in kugetsu_os::process::pids() {
             match self.known.get_mut(&pid) {
                 Some(known) => known.seen = listing,
                 None => {
@@ -235,17 +235,6 @@ impl Members {
         );
         Some(ours)
     }
-}
-
-/// The pids in `/proc` (processes, not threads).
-fn list_pids() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// Resident bytes from a `statm` file (its second field, in pages); 0 for a process gone.

@@ -177,14 +177,7 @@ impl Drop for Swapper {
 /// Pids of live processes whose command line contains `marker`.
 pub(crate) fn pids_with(marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in kugetsu_os::process::pids() {
         // A zombie's cmdline is empty, so only processes still running can match.
         if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
             && String::from_utf8_lossy(&cmdline).contains(marker)
