@@ -112,6 +112,10 @@ struct Registration {
     tx: watch::Sender<Option<ShadowMem>>,
     /// Set while the worker runs a tool: its tree is walked every sample then.
     busy: Arc<AtomicBool>,
+    /// What the sampler keeps of the worker between samples (from its first sample on).
+    tracked: Option<Tracked>,
+    /// The figures last sent on `tx`.
+    sent: Option<ShadowMem>,
 }
 
 /// Keeps a worker's tree measured while it lives; dropping it stops that.
@@ -165,6 +169,8 @@ impl Sampler {
             watchers: 0,
             tx: watch::channel(None).0,
             busy: Arc::default(),
+            tracked: None,
+            sent: None,
         });
         registration.watchers += 1;
         Watched {
@@ -285,7 +291,6 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
         eprintln!("kugetsu: warning: cannot read process memory; memory limits are not enforced");
         return;
     };
-    let mut tracked: HashMap<u32, Tracked> = HashMap::new();
     let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
@@ -299,27 +304,22 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
             return;
         }
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let watched: Vec<(u32, watch::Sender<Option<ShadowMem>>, bool)> = roots
+        // One pass under the lock (no await inside): registering or dropping a watcher waits
+        // at most one sample's work, and nothing is copied out per worker.
+        let mut roots = roots
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(pid, r)| (*pid, r.tx.clone(), r.busy.load(Ordering::Relaxed)))
-            .collect();
-        if tracked.len() != watched.len()
-            || watched.iter().any(|(pid, _, _)| !tracked.contains_key(pid))
-        {
-            let live: std::collections::HashSet<u32> =
-                watched.iter().map(|(pid, _, _)| *pid).collect();
-            tracked.retain(|pid, _| live.contains(pid));
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Walk only the workers that may have processes below them; measure those trees in
         // one sysinfo refresh. The others' RSS is one pread of their statm.
         let mut stale: Vec<u32> = Vec::new();
-        for (pid, _, busy) in &watched {
-            let entry = tracked.entry(*pid).or_insert_with(|| Tracked::open(*pid));
+        for (&pid, registration) in roots.iter_mut() {
+            let busy = registration.busy.load(Ordering::Relaxed);
+            let entry = registration
+                .tracked
+                .get_or_insert_with(|| Tracked::open(pid));
             entry.since_walk += 1;
-            if entry.must_walk(*busy) {
-                stale.push(*pid);
+            if entry.must_walk(busy) {
+                stale.push(pid);
                 continue;
             }
             match entry.read_rss(page_size) {
@@ -329,7 +329,7 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                     }
                 }
                 // Gone, or unreadable: look properly.
-                None => stale.push(*pid),
+                None => stale.push(pid),
             }
         }
         if !stale.is_empty() {
@@ -345,7 +345,7 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                 ProcessRefreshKind::nothing().with_memory().without_tasks(),
             );
             for (root, tree) in walked {
-                let Some(entry) = tracked.get_mut(&root) else {
+                let Some(entry) = roots.get_mut(&root).and_then(|r| r.tracked.as_mut()) else {
                     continue;
                 };
                 entry.since_walk = 0;
@@ -364,22 +364,20 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                     .collect();
             }
         }
-        let mut procs = HashMap::new();
-        for (pid, shadow_tx, _) in &watched {
-            let Some(entry) = tracked.get(pid) else {
+        let mut procs = HashMap::with_capacity(roots.len());
+        for registration in roots.values_mut() {
+            let Some(entry) = &registration.tracked else {
                 continue;
             };
             procs.extend(entry.tree.iter().copied());
             let memory = entry.memory();
-            shadow_tx.send_if_modified(|current| {
-                if *current == memory {
-                    false
-                } else {
-                    *current = memory;
-                    true
-                }
-            });
+            // Compared here first: an unchanged figure costs no lock and wakes nobody.
+            if memory != registration.sent {
+                registration.sent = memory;
+                registration.tx.send_replace(memory);
+            }
         }
+        drop(roots);
         let snapshot = Snapshot::new(procs, system.available_memory(), system.total_memory());
         if tx.send(Arc::new(snapshot)).is_err() {
             return;
