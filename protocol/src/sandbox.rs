@@ -104,6 +104,11 @@ pub struct SandboxPolicy {
     /// worktree's `.git` link). Landlock alone cannot protect a file inside a writable tree.
     #[serde(default)]
     pub read_only: Vec<String>,
+    /// Directories bound over others where mount namespaces are available, `(source, target)`:
+    /// the task's own refs directory over the shared `refs/heads/kugetsu/` (and its reflogs),
+    /// so a tool's `git commit` moves the shadow's branch and no other task's.
+    #[serde(default)]
+    pub binds: Vec<(String, String)>,
     /// The task's private temp dir: the tools' `TMPDIR` (and `TMP`, `TEMP`).
     #[serde(default)]
     pub tmp_dir: Option<String>,
@@ -158,6 +163,9 @@ pub enum Protection {
     SecretScrubbing,
     /// The supervisor's git runs no hook, fsmonitor, filter or textconv a shadow planted.
     InertGit,
+    /// A shadow's tools see only its own branch under `refs/heads/kugetsu/` (a private refs
+    /// directory bound there): they cannot move other tasks' branches.
+    OtherRefs,
     /// A protection this reader does not know (written by a newer supervisor).
     #[serde(other)]
     Unknown,
@@ -179,6 +187,7 @@ impl Protection {
             Protection::SocketPeerCheck => "socket_peer_check",
             Protection::SecretScrubbing => "secret_scrubbing",
             Protection::InertGit => "inert_git",
+            Protection::OtherRefs => "other_refs",
             Protection::Unknown => "unknown",
         }
     }

@@ -61,6 +61,13 @@ pub async fn drive(
             .unwrap_or_else(|| format!("kugetsu/{}", record.id));
         match git::Worktree::open(&record.repo, &record.workdir).await {
             Ok(worktree) => {
+                // What the tools committed went to the task's private refs directory.
+                if let Err(e) = worktree
+                    .adopt_private_ref(&branch, &prepared.dir.private_refs())
+                    .await
+                {
+                    warn(&format!("task {}: {e}", record.id));
+                }
                 if let Err(e) = worktree
                     .commit_all(&branch, &prepared.dir.scratch_index(), &message)
                     .await

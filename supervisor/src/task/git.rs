@@ -203,6 +203,11 @@ impl<'a> Git<'a> {
     }
 }
 
+/// The name of `branch`'s file inside `refs/heads/kugetsu/` (its last component).
+fn ref_file_name(branch: &str) -> &str {
+    branch.rsplit('/').next().unwrap_or(branch)
+}
+
 /// Runs `git -C dir args...` in the user's checkout and returns its trimmed stdout.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     Git::new(Repo::Checkout(dir)).args(args).run().await
@@ -386,6 +391,62 @@ impl Worktree {
 
     fn git(&self) -> Git<'_> {
         Git::new(Repo::Worktree(self))
+    }
+
+    /// Seeds the task's private refs directory with `branch`'s tip, once: a file already there
+    /// is the shadow's own progress (its tools commit into that directory, bound over the
+    /// shared `refs/heads/kugetsu/`) and is kept.
+    pub async fn seed_private_ref(&self, branch: &str, dir: &Path) -> Result<(), String> {
+        let file = dir.join(ref_file_name(branch));
+        if file.exists() {
+            return Ok(());
+        }
+        let tip = self.tip(branch).await?;
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&file, format!("{tip}\n")))
+            .map_err(|e| format!("cannot seed {}: {e}", file.display()))
+    }
+
+    /// Moves `branch` to where the shadow's tools left it in the private refs directory `dir`
+    /// (nothing to do without one). The file is the shadow's: only a plain commit id that
+    /// names a commit is taken; anything else is refused and the branch stays.
+    pub async fn adopt_private_ref(&self, branch: &str, dir: &Path) -> Result<(), String> {
+        let file = dir.join(ref_file_name(branch));
+        let Ok(text) = std::fs::read(&file) else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&text[..text.len().min(256)])
+            .trim()
+            .to_owned();
+        if !matches!(text.len(), 40 | 64) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "the shadow left its branch ref as {text:?}, not a commit id; the branch stays"
+            ));
+        }
+        let commit = self
+            .git()
+            .args(["rev-parse", "--verify", "--quiet"])
+            .arg_ref(&format!("{text}^{{commit}}"))
+            .run()
+            .await
+            .map_err(|_| format!("the shadow's branch names {text}, which is not a commit"))?;
+        let tip = self.tip(branch).await?;
+        if commit == tip {
+            return Ok(());
+        }
+        self.git()
+            .args([
+                "update-ref",
+                "--no-deref",
+                "-m",
+                "kugetsu: the shadow's commits",
+            ])
+            .arg_ref(&format!("refs/heads/{branch}"))
+            .arg_ref(&commit)
+            .arg_ref(&tip)
+            .run()
+            .await
+            .map(drop)
     }
 
     /// The commit `refs/heads/<branch>` points at.

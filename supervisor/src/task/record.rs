@@ -256,6 +256,19 @@ impl TaskDir {
         self.path.join("tmp")
     }
 
+    /// `git-refs/`: the shadow's own branch ref, bound over the shared `refs/heads/kugetsu/`
+    /// in its tools' mount namespace (so they can move that branch and no other); the
+    /// supervisor moves the real branch to it when the task ends.
+    pub fn private_refs(&self) -> PathBuf {
+        self.path.join("git-refs")
+    }
+
+    /// `git-reflogs/`: the reflogs of the tools' commits, bound over the shared
+    /// `logs/refs/heads/kugetsu/` the same way (and never read by the supervisor).
+    pub fn private_reflogs(&self) -> PathBuf {
+        self.path.join("git-reflogs")
+    }
+
     /// `tool-output/`: the worker's full bash outputs (the model is told their paths, so its
     /// tools may read this directory, and nothing else of the task's).
     pub fn tool_output(&self) -> PathBuf {

@@ -6,7 +6,9 @@
 //! - write: the worktree, the task's temp dir (`<task_dir>/tmp`, made here, removed with the
 //!   task), and the parts of the shared git dir a `git commit` in the worktree needs:
 //!   `objects/`, `worktrees/<id>/`, `refs/heads/kugetsu/`, `logs/refs/heads/kugetsu/`
-//!   (not `config`, `hooks/`, `HEAD` or other refs); plus config `sandbox_write`;
+//!   (not `config`, `hooks/`, `HEAD` or other refs; where mount namespaces are, the two
+//!   `kugetsu/` directories are the task's own `git-refs/` and `git-reflogs/` bound there, so
+//!   no other task's branch is even visible); plus config `sandbox_write`;
 //! - read: everything except the state dir, the socket's dir, kugetsu's config dir, the
 //!   user's secrets ([`HOME_SECRETS`]) and config `sandbox_deny`, as the sibling allow-list of
 //!   [`kugetsu_os::allowlist`]; plus config `sandbox_read`;
@@ -72,6 +74,9 @@ pub struct Inputs<'a> {
     pub git_common: Option<&'a Path>,
     /// The worktree's admin dir `<common>/worktrees/<id>`, for a worktree task.
     pub git_admin: Option<&'a Path>,
+    /// The task's private refs and reflogs directories, bound over the shared
+    /// `refs/heads/kugetsu/` and `logs/refs/heads/kugetsu/` (only where mount namespaces are).
+    pub private_refs: Option<(&'a Path, &'a Path)>,
     pub extra_read: &'a [PathBuf],
     pub extra_write: &'a [PathBuf],
     pub extra_deny: &'a [PathBuf],
@@ -145,6 +150,19 @@ pub fn policy(inputs: &Inputs<'_>) -> SandboxPolicy {
         // A worktree's `.git` link; with `--no-worktree`, the checkout's whole `.git` (its
         // hooks and config are inside the writable tree): git in there can read, not commit.
         read_only: vec![worktree.join(".git").display().to_string()],
+        binds: match (inputs.private_refs, inputs.git_common) {
+            (Some((refs, reflogs)), Some(common)) => vec![
+                (
+                    refs.display().to_string(),
+                    common.join("refs/heads/kugetsu").display().to_string(),
+                ),
+                (
+                    reflogs.display().to_string(),
+                    common.join("logs/refs/heads/kugetsu").display().to_string(),
+                ),
+            ],
+            _ => Vec::new(),
+        },
         tmp_dir: Some(canonical(&tmp).display().to_string()),
         private_tmp,
     }
@@ -205,6 +223,15 @@ pub fn report(policy: &SandboxPolicy, host: &Host, cgroup: &Result<(), String>) 
         need(host.namespaces.is_ok(), &ns),
     );
     check(Protection::PidNamespace, need(host.namespaces.is_ok(), &ns));
+    let refs = if host.namespaces.is_err() {
+        format!("{ns}: a shadow's tools could move other tasks' kugetsu/* branches")
+    } else {
+        "the task has no worktree of its own".to_owned()
+    };
+    check(
+        Protection::OtherRefs,
+        need(host.namespaces.is_ok() && !policy.binds.is_empty(), &refs),
+    );
     let tmp = if host.namespaces.is_err() {
         ns.clone()
     } else {
@@ -277,6 +304,27 @@ impl ShadowSandbox {
         };
         let home = env("HOME").map(PathBuf::from);
         let tmp = prepared.dir.tmp();
+        let (refs, reflogs) = (prepared.dir.private_refs(), prepared.dir.private_reflogs());
+        let branch = record.branch.clone().unwrap_or_default();
+        let private_refs = match &worktree {
+            // Where tools get a mount namespace, their commits go to the task's own refs dir.
+            Some(worktree) if host.namespaces.is_ok() && record.sandbox != SandboxMode::Off => {
+                let seeded = std::fs::create_dir_all(&reflogs)
+                    .map_err(|e| e.to_string())
+                    .and(Ok(()));
+                match (seeded, worktree.seed_private_ref(&branch, &refs).await) {
+                    (Ok(()), Ok(())) => Some((refs.as_path(), reflogs.as_path())),
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!(
+                            "kugetsu: warning: task {}: cannot give its tools a private refs directory ({e})",
+                            record.id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let inputs = Inputs {
             mode: record.sandbox,
             network: record.network,
@@ -289,6 +337,7 @@ impl ShadowSandbox {
             tool_output: &prepared.dir.tool_output(),
             git_common: worktree.as_ref().map(|w| w.common()),
             git_admin: worktree.as_ref().map(|w| w.admin()),
+            private_refs,
             extra_read: &config.sandbox_paths.read,
             extra_write: &config.sandbox_paths.write,
             extra_deny: &config.sandbox_paths.deny,
@@ -383,6 +432,10 @@ mod tests {
                 tool_output: &r.join("state/tasks/t1/tool-output"),
                 git_common: Some(&r.join("repo/.git")),
                 git_admin: Some(&r.join("repo/.git/worktrees/t1")),
+                private_refs: Some((
+                    &r.join("state/tasks/t1/git-refs"),
+                    &r.join("state/tasks/t1/git-reflogs"),
+                )),
                 extra_read: &[],
                 extra_write: &[],
                 extra_deny: &[r.join("home/src/private")],
@@ -425,6 +478,11 @@ mod tests {
         );
         // The test's temp dir is under /tmp: a private /tmp would hide the worktree.
         assert!(!policy.private_tmp);
+        // The task's own refs directory is bound over the shared one: no other branch shows.
+        assert!(policy.binds.contains(&(
+            r.join("state/tasks/t1/git-refs").display().to_string(),
+            r.join("repo/.git/refs/heads/kugetsu").display().to_string(),
+        )));
     }
 
     #[test]

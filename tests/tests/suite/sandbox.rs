@@ -578,3 +578,66 @@ async fn a_no_worktree_task_edits_the_checkout_but_not_its_git_dir() {
     );
     assert_no_marker(&markers);
 }
+
+#[tokio::test]
+async fn a_shadow_cannot_move_another_tasks_branch() {
+    let repo = TestRepo::new();
+    let server = FakeLlm::openai();
+    // The first task commits on its branch from inside the sandbox.
+    script(
+        &server,
+        &["echo first > first.txt && git add first.txt && git commit -qm 'first task'".to_owned()],
+    );
+    let first = repo
+        .run()
+        .llm(&server)
+        .prompt("Commit something.")
+        .output()
+        .await;
+    first.assert_code(0).assert_status("completed");
+    let other = format!("kugetsu/{}", first.task_id());
+    let before = repo.git(&["rev-parse", &other]);
+    assert!(
+        repo.git(&["log", "--format=%s", &other])
+            .contains("first task")
+    );
+
+    // The second task tries every way to move or replace the first task's branch.
+    let id = first.task_id();
+    script(
+        &server,
+        &[format!(
+            "common=$(git rev-parse --git-common-dir); ls $common/refs/heads/kugetsu/; \
+             git update-ref refs/heads/kugetsu/{id} HEAD && echo moved-by-update-ref; \
+             git branch -f kugetsu/{id} HEAD 2>&1 && echo moved-by-branch; \
+             echo 0000000000000000000000000000000000000000 > $common/refs/heads/kugetsu/{id}; \
+             rm -f $common/refs/heads/kugetsu/{id}; echo junk > $common/refs/heads/kugetsu/planted; \
+             echo second > second.txt && git add second.txt && git commit -qm 'second task'; echo tried"
+        )],
+    );
+    let second = repo.run().llm(&server).prompt("Try.").output().await;
+    second.assert_code(0).assert_status("completed");
+    let text = outputs(&second.events);
+    assert!(text.contains("tried"), "{text}");
+    let listing = text.lines().next().unwrap_or_default();
+    assert!(
+        !listing.contains(id),
+        "the shadow saw the other task's branch:\n{text}"
+    );
+    assert_eq!(repo.git(&["rev-parse", &other]), before, "{text}");
+    let refs = repo.repo().join(".git/refs/heads/kugetsu");
+    assert!(
+        !refs.join("planted").exists(),
+        "a planted ref reached the repository"
+    );
+    // The second task's own commit still landed on its own branch.
+    let own = format!("kugetsu/{}", second.task_id());
+    assert!(
+        repo.git(&["log", "--format=%s", &own])
+            .contains("second task"),
+        "{text}"
+    );
+    let started = second.events.first("started");
+    let in_force = started["sandbox"]["in_force"].to_string();
+    assert!(in_force.contains("other_refs"), "{started}");
+}

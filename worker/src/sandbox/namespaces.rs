@@ -1,7 +1,8 @@
 //! Private mount and network namespaces for a tool call.
 //!
 //! - Mount: `/` is made private (nothing we mount leaks back to the host), the task's temp dir
-//!   is bound over `/tmp` when the policy asks for it, and each `read_only` file
+//!   is bound over `/tmp` when the policy asks for it, the policy's `binds` are made (the
+//!   task's own refs directory over the shared `refs/heads/kugetsu/`), and each `read_only` file
 //!   (the worktree's `.git` link) is bound onto itself read-only, so it can be neither
 //!   rewritten nor removed.
 //! - Pid: the guard's next child (the tool's shell) is the first process of a new pid
@@ -61,6 +62,12 @@ pub(super) fn enter(policy: &SandboxPolicy) -> Result<Entered, String> {
         .map_err(|e| format!("making / private: {e}"))?;
     if let Some(tmp) = tmp {
         bind(tmp, Path::new("/tmp"))?;
+    }
+    for (source, target) in &policy.binds {
+        let (source, target) = (Path::new(source), Path::new(target));
+        if source.is_dir() && target.is_dir() {
+            bind(source, target)?;
+        }
     }
     for file in &policy.read_only {
         let file = Path::new(file);
