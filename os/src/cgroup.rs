@@ -142,6 +142,36 @@ impl ShadowCgroup {
         &self.dir
     }
 
+    /// SIGKILLs every process in the cgroup until it is empty, and returns their pids. A
+    /// shadow's processes cannot leave its cgroup, so this reaches everything it started,
+    /// however it hid (`setsid`, a fork storm, a cleared environment marker). v2's
+    /// `cgroup.kill` is used where it exists; the member list is read either way.
+    pub fn kill_all(&self) -> Vec<u32> {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        let mut killed: Vec<u32> = Vec::new();
+        // A member may be mid-fork when it is killed: look again until a round finds none.
+        for _ in 0..50 {
+            let Ok(text) = std::fs::read_to_string(self.procs_file()) else {
+                break;
+            };
+            let members: Vec<u32> = text
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if members.is_empty() {
+                break;
+            }
+            crate::process::kill_pids(&members);
+            for pid in members {
+                if !killed.contains(&pid) {
+                    killed.push(pid);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        killed
+    }
+
     /// Removes the cgroup; fails (harmlessly) while a process is still in it.
     pub fn remove(&self) -> io::Result<()> {
         std::fs::remove_dir(&self.dir)

@@ -479,6 +479,11 @@ pub async fn run(
     shadow.finish(EXIT_GRACE).await;
     // Tool processes a dead worker left behind were reparented to us: they go with it.
     shadow.kill_leftovers();
+    // And whatever is still in the shadow's cgroup (nothing in it can leave it).
+    if let Some(cgroup) = &sandbox.cgroup {
+        let killed = cgroup.kill_all();
+        kugetsu_os::process::reap(&killed, Duration::from_millis(500));
+    }
     outcome
 }
 
