@@ -260,8 +260,8 @@ def groups(s, r):
             (f"{n} idle shadows: workers' total PSS", "< 1 GiB", mib(m["workers_pss"]),
              f"sum of smaps_rollup Pss over the running workers' pids (daemon itself: {mib(m['daemon_rss'])} RSS)"),
             (f"{n} idle shadows: daemon CPU", "< 1%", f"{m['cpu_median']:.2f}%",
-             f"median of {s['many_window']:.0f} one-second user+sys samples ({m['cpu_total']:.2f}% over the "
-             "whole window)"),
+             f"median of {s['many_window']:.0f} one-second samples of the daemon's threads' CPU time "
+             f"(schedstat, ns); {m['cpu_total']:.2f}% over the whole window by clock ticks (user+sys)"),
             (f"{n} idle shadows: `kugetsu ps`", "< 2 s", f"{m['ps_median'] * 1000:.0f} ms",
              f"median wall time of {s['ps_runs']} runs")]
 

@@ -224,9 +224,10 @@ def bench_daemon_many(ctx, shadows, window, ps_runs, settle_timeout):
         pids = [t["pid"] for t in running if t.get("pid")]
         out["workers_pss"] = sum(proc.mem(p)[1] for p in pids if proc.alive(p))
         out["daemon_rss"] = proc.mem(d.proc.pid)[0]
+        ticks0, t0 = proc.cpu_seconds(d.proc.pid), time.monotonic()
         per_sec = proc.cpu_percent_samples(d.proc.pid, window)
         out["cpu_median"] = statistics.median(per_sec)
-        out["cpu_total"] = statistics.mean(per_sec)
+        out["cpu_total"] = 100.0 * (proc.cpu_seconds(d.proc.pid) - ticks0) / (time.monotonic() - t0)
         times = []
         for _ in range(ps_runs):
             t = time.monotonic()

@@ -449,6 +449,7 @@ pub async fn run(
             }
             item = from_worker.recv() => match item {
                 Some(item) => {
+                    measured.touch();
                     let now = Instant::now();
                     let mut step = attempt.on_worker(tracking, item, now);
                     // Drain the burst so it is committed as one batch.

@@ -112,6 +112,8 @@ struct Registration {
     tx: watch::Sender<Option<ShadowMem>>,
     /// Set while the worker runs a tool: its tree is walked every sample then.
     busy: Arc<AtomicBool>,
+    /// Set when the worker sent something; cleared by the sample that reads its RSS.
+    active: Arc<AtomicBool>,
     /// What the sampler keeps of the worker between samples (from its first sample on).
     tracked: Option<Tracked>,
     /// The figures last sent on `tx`.
@@ -126,12 +128,19 @@ pub struct Watched {
     /// This shadow's figures, updated when they change.
     pub memory: watch::Receiver<Option<ShadowMem>>,
     busy: Arc<AtomicBool>,
+    active: Arc<AtomicBool>,
 }
 
 impl Watched {
     /// Says whether the worker runs a tool now (its tree is then walked every sample).
     pub fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// Says the worker sent something: its RSS is read at the next sample. A worker that stays
+    /// silent (waiting on its model) is read every [`QUIET_READ_EVERY`] samples only.
+    pub fn touch(&self) {
+        self.active.store(true, Ordering::Relaxed);
     }
 }
 
@@ -169,6 +178,7 @@ impl Sampler {
             watchers: 0,
             tx: watch::channel(None).0,
             busy: Arc::default(),
+            active: Arc::new(AtomicBool::new(true)),
             tracked: None,
             sent: None,
         });
@@ -178,6 +188,7 @@ impl Sampler {
             pid,
             memory: registration.tx.subscribe(),
             busy: registration.busy.clone(),
+            active: registration.active.clone(),
         }
     }
 
@@ -234,6 +245,11 @@ fn subtrees(roots: &[u32]) -> Tree {
 /// that runs no tool starts no process).
 const WALK_EVERY: u32 = 60;
 
+/// How often a quiet worker's RSS is read when it said nothing since the last read, in samples
+/// (4 s). A worker that sends nothing receives nothing worth keeping either: its memory moves
+/// with its traffic, which [`Watched::touch`] reports, and its own buffers are capped.
+const QUIET_READ_EVERY: u32 = 8;
+
 /// What the sampler remembers of one worker between samples.
 #[derive(Debug)]
 struct Tracked {
@@ -241,6 +257,8 @@ struct Tracked {
     statm: Option<std::fs::File>,
     /// Samples since the last walk of its tree.
     since_walk: u32,
+    /// Samples since its RSS was last read.
+    since_read: u32,
     /// Its tree at the last walk, each process with its parent and RSS (the worker first).
     tree: Vec<(u32, ProcMem)>,
 }
@@ -251,6 +269,7 @@ impl Tracked {
             statm: std::fs::File::open(format!("/proc/{pid}/statm")).ok(),
             // Staggered, so a fleet started at once is not walked all in the same sample.
             since_walk: pid % WALK_EVERY,
+            since_read: 0,
             tree: Vec::new(),
         }
     }
@@ -318,10 +337,18 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                 .tracked
                 .get_or_insert_with(|| Tracked::open(pid));
             entry.since_walk += 1;
+            entry.since_read += 1;
             if entry.must_walk(busy) {
+                registration.active.store(false, Ordering::Relaxed);
                 stale.push(pid);
                 continue;
             }
+            if !registration.active.swap(false, Ordering::Relaxed)
+                && entry.since_read < QUIET_READ_EVERY
+            {
+                continue;
+            }
+            entry.since_read = 0;
             match entry.read_rss(page_size) {
                 Some(rss) => {
                     if let Some((_, worker)) = entry.tree.first_mut() {
@@ -349,6 +376,7 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                     continue;
                 };
                 entry.since_walk = 0;
+                entry.since_read = 0;
                 entry.tree = tree
                     .into_iter()
                     .filter_map(|(pid, parent)| {
@@ -433,6 +461,27 @@ mod tests {
             Some(std::process::id())
         );
         child.kill().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_quiet_worker_is_still_read_now_and_then() {
+        let sampler = Sampler::spawn();
+        let mut me = sampler.watch(std::process::id());
+        tokio::time::timeout(Duration::from_secs(5), me.memory.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let before = me.memory.borrow_and_update().unwrap().worker_rss;
+        // Grow by 64 MiB without a `touch`: the safety-net read must see it.
+        let grown: Vec<u8> = vec![1; 64 << 20];
+        std::hint::black_box(&grown);
+        let seen = tokio::time::timeout(
+            Duration::from_secs(20),
+            me.memory
+                .wait_for(|m| m.is_some_and(|m| m.worker_rss >= before + (32 << 20))),
+        )
+        .await;
+        assert!(seen.is_ok(), "a quiet worker's growth was never read");
     }
 
     #[tokio::test]
