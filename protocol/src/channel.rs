@@ -7,6 +7,12 @@
 //!    [`HELLO_TIMEOUT`].
 //! 3. From then on the worker streams [`WorkerMessage::Event`]s and heartbeats, ending with a
 //!    `finished` event; the supervisor may send `steer`, `cancel` and `shutdown` at any time.
+//! 4. When the task is governed ([`TaskSpec::governed`]), every model request waits for a
+//!    permit: the worker sends [`WorkerMessage::Permit`] and sends nothing to the model until
+//!    [`SupervisorMessage::Grant`] (or [`SupervisorMessage::Deny`]) with the same id comes
+//!    back; then it reports the response's status and rate-limit headers
+//!    ([`WorkerMessage::PermitHead`]) and, once the request is over, its usage
+//!    ([`WorkerMessage::PermitEnd`]). Every permit granted ends with exactly one `permit_end`.
 //!
 //! A worker whose stdin reaches end-of-file treats it as `cancel`: nobody is listening any more.
 
@@ -14,11 +20,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, Usage};
 use crate::sandbox::SandboxPolicy;
 
 /// Version of the worker channel. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How long a supervisor waits for a worker's `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,7 +66,41 @@ pub struct TaskSpec {
     /// over the channel so the worker's environment, readable through `/proc`, holds none.
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
+    /// Whether model requests wait for the supervisor's permits (the governor).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub governed: bool,
+    /// The task stops as `paused` before a model request that would take its tokens (input
+    /// plus output, all requests) past this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// The same in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// Prices of the models the task uses (`PROVIDER/MODEL` -> price), as the supervisor
+    /// resolved them from its config and the built-in table.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub prices: std::collections::BTreeMap<String, crate::price::Price>,
 }
+
+/// What a worker asks a permit for: one request to a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitRequest {
+    /// Unique per worker; the answer and the reports carry it.
+    pub id: u64,
+    /// The provider's name (`openai`, `anthropic`, ...).
+    pub provider: String,
+    /// The provider account the request goes to: provider, base URL and a fingerprint of the
+    /// key (never the key). Requests to one account share its limits.
+    pub account: String,
+    /// The request's estimated input tokens.
+    pub input_tokens: u64,
+    /// The most tokens the request lets the model produce.
+    pub max_output_tokens: u64,
+}
+
+/// The rate-limit headers of a response (`x-ratelimit-*`, `anthropic-ratelimit-*`,
+/// `retry-after`, `retry-after-ms`), lower-case names, as received.
+pub type RateHeaders = std::collections::BTreeMap<String, String>;
 
 /// Provider variables (API keys, base URLs) handed to the worker over the channel, so they
 /// are never in its environment where a tool could read them through `/proc`.
@@ -109,18 +149,29 @@ pub enum Phase {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SupervisorMessage {
     /// Answer to `hello`: run this task, from its journal when `resume` is true.
-    Start { task: TaskSpec, resume: bool },
+    Start { task: Box<TaskSpec>, resume: bool },
     /// A message from the user, to be handed to the model at the next safe point.
     Steer { text: String },
     /// Stop the task: kill any running tool, emit `finished` with status `cancelled`, exit.
     Cancel,
     /// Exit as soon as possible without a `finished` event (the supervisor will resume it).
     Shutdown,
+    /// The request `id` may go to the model now.
+    Grant { id: u64 },
+    /// The request `id` must not be sent: `reason` says why. With `pause`, the task stops as
+    /// `paused` (a budget); otherwise the request fails with `reason`.
+    Deny {
+        id: u64,
+        reason: String,
+        #[serde(default)]
+        pause: bool,
+    },
 }
 
 impl SupervisorMessage {
     /// Every `type` tag a supervisor message can carry.
-    pub const TYPES: &'static [&'static str] = &["start", "steer", "cancel", "shutdown"];
+    pub const TYPES: &'static [&'static str] =
+        &["start", "steer", "cancel", "shutdown", "grant", "deny"];
 }
 
 /// Messages from worker to supervisor.
@@ -141,6 +192,16 @@ pub enum WorkerMessage {
     /// died before sending it (events trail the journal). The supervisor publishes it only if
     /// it has not published the same `tool_start`/`tool_end` before.
     Replay(Event),
+    /// May this model request go out? (governed tasks only)
+    Permit(PermitRequest),
+    /// The response to permit `id` began: its HTTP status and rate-limit headers.
+    PermitHead {
+        id: u64,
+        status: u16,
+        headers: RateHeaders,
+    },
+    /// Permit `id`'s request is over; `usage` is what it consumed, if it completed.
+    PermitEnd { id: u64, usage: Option<Usage> },
 }
 
 /// Wire form of the non-event worker messages.
@@ -158,11 +219,28 @@ enum Control {
     Replay {
         event: Box<Event>,
     },
+    Permit(PermitRequest),
+    PermitHead {
+        id: u64,
+        status: u16,
+        headers: RateHeaders,
+    },
+    PermitEnd {
+        id: u64,
+        usage: Option<Usage>,
+    },
 }
 
 impl WorkerMessage {
     /// The control `type` tags; every other known tag is an [`Event`].
-    const CONTROL_TYPES: &'static [&'static str] = &["hello", "heartbeat", "replay"];
+    const CONTROL_TYPES: &'static [&'static str] = &[
+        "hello",
+        "heartbeat",
+        "replay",
+        "permit",
+        "permit_head",
+        "permit_end",
+    ];
 
     /// Every `type` tag a worker message can carry.
     pub fn is_known_type(tag: &str) -> bool {
@@ -191,6 +269,24 @@ impl Serialize for WorkerMessage {
                 event: Box::new(event.clone()),
             }
             .serialize(serializer),
+            WorkerMessage::Permit(request) => {
+                Control::Permit(request.clone()).serialize(serializer)
+            }
+            WorkerMessage::PermitHead {
+                id,
+                status,
+                headers,
+            } => Control::PermitHead {
+                id: *id,
+                status: *status,
+                headers: headers.clone(),
+            }
+            .serialize(serializer),
+            WorkerMessage::PermitEnd { id, usage } => Control::PermitEnd {
+                id: *id,
+                usage: *usage,
+            }
+            .serialize(serializer),
         }
     }
 }
@@ -216,6 +312,17 @@ impl<'de> Deserialize<'de> for WorkerMessage {
                 }),
                 Control::Heartbeat { phase } => Ok(WorkerMessage::Heartbeat { phase }),
                 Control::Replay { event } => Ok(WorkerMessage::Replay(*event)),
+                Control::Permit(request) => Ok(WorkerMessage::Permit(request)),
+                Control::PermitHead {
+                    id,
+                    status,
+                    headers,
+                } => Ok(WorkerMessage::PermitHead {
+                    id,
+                    status,
+                    headers,
+                }),
+                Control::PermitEnd { id, usage } => Ok(WorkerMessage::PermitEnd { id, usage }),
             }
         } else {
             serde_json::from_value::<Event>(value)

@@ -11,17 +11,30 @@ use crate::sandbox::SandboxReport;
 pub const EVENT_FORMAT_VERSION: u32 = 1;
 
 /// Token counts as reported by the provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// What the tokens cost in US dollars, when known: the provider's own figure (OpenRouter's
+    /// `usage.cost`), else the tokens times the model's price (see [`crate::price`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 impl Usage {
-    /// Adds another usage report to this one.
+    /// Adds another usage report to this one (a cost is known once any part's is).
     pub fn add(&mut self, other: Usage) {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
+        self.cost_usd = match (self.cost_usd, other.cost_usd) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+    }
+
+    /// Input plus output tokens.
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
     }
 }
 
@@ -49,6 +62,9 @@ pub enum FinishStatus {
     Cancelled,
     /// The task ran past its `--timeout`.
     TimedOut,
+    /// The task stopped before a model request that would have passed its budget; `resume`
+    /// continues it.
+    Paused,
 }
 
 impl FinishStatus {
@@ -59,6 +75,7 @@ impl FinishStatus {
             FinishStatus::Failed => "failed",
             FinishStatus::Cancelled => "cancelled",
             FinishStatus::TimedOut => "timed_out",
+            FinishStatus::Paused => "paused",
         }
     }
 }
@@ -146,6 +163,8 @@ pub enum Event {
         limit_bytes: u64,
         killed: bool,
     },
+    /// The shadow's next model request waits for the provider account's rate limit.
+    RateLimited { provider: String, wait_ms: u64 },
     /// The last event of a task.
     Finished(Finished),
 }
@@ -166,6 +185,7 @@ impl Event {
             Event::Steered { .. } => "steered",
             Event::Restarted { .. } => "restarted",
             Event::MemoryLimit { .. } => "memory_limit",
+            Event::RateLimited { .. } => "rate_limited",
             Event::Finished(_) => "finished",
         }
     }
@@ -184,6 +204,7 @@ impl Event {
         "steered",
         "restarted",
         "memory_limit",
+        "rate_limited",
         "finished",
     ];
 }

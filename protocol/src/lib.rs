@@ -11,6 +11,8 @@
 //! - [`demo`]: the built-in demo's files and prompt (shared with the scripted model).
 //! - [`layout`]: the file names inside a task's directory.
 //! - [`model`]: `PROVIDER/MODEL` strings and what each provider needs from the environment.
+//! - [`price`]: what tokens cost (built-in prices of well-known models).
+//! - [`time`]: the HTTP-date format of `retry-after` headers.
 //! - [`sandbox`]: the policy a shadow's tool processes run under, and the report of what
 //!   protections hold.
 
@@ -20,12 +22,16 @@ pub mod demo;
 pub mod event;
 pub mod layout;
 pub mod model;
+pub mod price;
 pub mod sandbox;
+pub mod time;
 
 pub use channel::{
-    HELLO_TIMEOUT, PROTOCOL_VERSION, Phase, Secrets, SupervisorMessage, TaskSpec, WorkerMessage,
+    HELLO_TIMEOUT, PROTOCOL_VERSION, PermitRequest, Phase, RateHeaders, Secrets, SupervisorMessage,
+    TaskSpec, WorkerMessage,
 };
 pub use codec::{DecodeError, LineReader, MAX_LINE_BYTES, decode, encode, error_chain};
 pub use event::{Event, EventEnvelope, FinishStatus, Finished, Priority, Usage};
 pub use model::{ModelError, ModelRef, ProviderKind};
+pub use price::Price;
 pub use sandbox::{Missing, NetworkMode, Protection, SandboxMode, SandboxPolicy, SandboxReport};

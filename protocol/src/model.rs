@@ -28,6 +28,11 @@ impl ProviderKind {
         ProviderKind::Scripted,
     ];
 
+    /// The provider called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// The name used before the `/`.
     pub fn name(self) -> &'static str {
         match self {

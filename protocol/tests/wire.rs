@@ -34,7 +34,7 @@ fn channel_messages_round_trip_byte_for_byte() {
     let lines: Vec<&str> = CHANNEL.lines().collect();
     assert!(matches!(
         round_trips::<WorkerMessage>(lines[0]),
-        WorkerMessage::Hello { protocol: 1, .. }
+        WorkerMessage::Hello { protocol: 2, .. }
     ));
     assert!(matches!(
         round_trips::<WorkerMessage>(lines[1]),
@@ -68,6 +68,40 @@ fn channel_messages_round_trip_byte_for_byte() {
         round_trips::<SupervisorMessage>(lines[7]),
         SupervisorMessage::Shutdown
     );
+    let WorkerMessage::Permit(permit) = round_trips::<WorkerMessage>(lines[8]) else {
+        panic!("not a permit: {}", lines[8]);
+    };
+    assert_eq!((permit.id, permit.max_output_tokens), (3, 8192));
+    assert_eq!(
+        round_trips::<SupervisorMessage>(lines[9]),
+        SupervisorMessage::Grant { id: 3 }
+    );
+    let WorkerMessage::PermitHead {
+        status, headers, ..
+    } = round_trips::<WorkerMessage>(lines[10])
+    else {
+        panic!("not a permit head: {}", lines[10]);
+    };
+    assert_eq!((status, headers["retry-after"].as_str()), (429, "2"));
+    assert!(matches!(
+        round_trips::<WorkerMessage>(lines[11]),
+        WorkerMessage::PermitEnd { id: 3, usage: None }
+    ));
+    assert!(matches!(
+        round_trips::<SupervisorMessage>(lines[12]),
+        SupervisorMessage::Deny {
+            id: 4,
+            pause: true,
+            ..
+        }
+    ));
+    let WorkerMessage::PermitEnd {
+        usage: Some(usage), ..
+    } = round_trips::<WorkerMessage>(lines[13])
+    else {
+        panic!("no usage: {}", lines[13]);
+    };
+    assert_eq!(usage.cost_usd, Some(0.0038));
 }
 
 #[test]

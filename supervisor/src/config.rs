@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub const DEFAULT_MAX_TURNS: u32 = 100;
 
 /// The settings in effect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the settings came from, for error messages.
     pub path: Option<PathBuf>,
@@ -45,6 +45,57 @@ pub struct Config {
     /// `sandbox_read`, `sandbox_write`, `sandbox_deny` (boxed: rarely set, and a config is
     /// carried by every prepared task).
     pub sandbox_paths: Box<SandboxPaths>,
+    /// The governor, budgets and prices (boxed for the same reason).
+    pub governance: Box<Governance>,
+}
+
+/// `governor`, `[rate_limits.PROVIDER]`, `[prices."PROVIDER/MODEL"]` and the budgets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Governance {
+    /// `governor`: whether model requests wait for permits (rate limits shared per account).
+    pub enabled: bool,
+    /// `[rate_limits.PROVIDER]`: limits the provider's headers may lower but never raise.
+    pub rate_limits: std::collections::BTreeMap<String, RateLimit>,
+    /// `[prices."PROVIDER/MODEL"]`: prices over the built-in table.
+    pub prices: std::collections::BTreeMap<String, kugetsu_protocol::Price>,
+    /// `budget_tokens`, `budget_usd`: each task's default budget.
+    pub budget_tokens: Option<u64>,
+    pub budget_usd: Option<f64>,
+    /// `daily_budget_tokens`, `daily_budget_usd`: what the daemon's shadows may spend per UTC day.
+    pub daily_budget_tokens: Option<u64>,
+    pub daily_budget_usd: Option<f64>,
+}
+
+impl Default for Governance {
+    fn default() -> Governance {
+        Governance {
+            enabled: true,
+            rate_limits: Default::default(),
+            prices: Default::default(),
+            budget_tokens: None,
+            budget_usd: None,
+            daily_budget_tokens: None,
+            daily_budget_usd: None,
+        }
+    }
+}
+
+impl Governance {
+    /// The price of `model`: the config's entry, else the built-in one.
+    pub fn price(&self, model: &str) -> Option<kugetsu_protocol::Price> {
+        self.prices.get(model).copied().or_else(|| {
+            let model: kugetsu_protocol::ModelRef = model.parse().ok()?;
+            kugetsu_protocol::price::built_in(&model)
+        })
+    }
+}
+
+/// One provider's configured limits, per minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 /// Paths the config adds to the sandbox's policy.
@@ -84,6 +135,13 @@ struct FileConfig {
     sandbox_read: Option<Vec<PathBuf>>,
     sandbox_write: Option<Vec<PathBuf>>,
     sandbox_deny: Option<Vec<PathBuf>>,
+    governor: Option<bool>,
+    rate_limits: Option<std::collections::BTreeMap<String, RateLimit>>,
+    prices: Option<std::collections::BTreeMap<String, kugetsu_protocol::Price>>,
+    budget_tokens: Option<u64>,
+    budget_usd: Option<f64>,
+    daily_budget_tokens: Option<u64>,
+    daily_budget_usd: Option<f64>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -144,8 +202,19 @@ impl Config {
                 .parse()
                 .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?,
         };
+        let governance = Governance {
+            enabled: file.governor.unwrap_or(true),
+            rate_limits: file.rate_limits.unwrap_or_default(),
+            prices: file.prices.unwrap_or_default(),
+            budget_tokens: file.budget_tokens,
+            budget_usd: file.budget_usd,
+            daily_budget_tokens: file.daily_budget_tokens,
+            daily_budget_usd: file.daily_budget_usd,
+        };
+        validate_governance(&governance).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         let mut config = Config {
             path,
+            governance: Box::new(governance),
             sandbox,
             network,
             pids_limit: file.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
@@ -229,6 +298,30 @@ impl Config {
         if let Some(v) = get("KUGETSU_SANDBOX_DENY") {
             self.sandbox_paths.deny = paths(&v);
         }
+        if let Some(v) = get("KUGETSU_GOVERNOR") {
+            self.governance.enabled = match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" | "yes" => true,
+                "off" | "false" | "0" | "no" => false,
+                _ => {
+                    return Err(CliError::Usage(format!(
+                        "KUGETSU_GOVERNOR={v:?}: expected on or off"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = get("KUGETSU_BUDGET_TOKENS") {
+            self.governance.budget_tokens = Some(number("KUGETSU_BUDGET_TOKENS", &v)?);
+        }
+        if let Some(v) = get("KUGETSU_BUDGET_USD") {
+            self.governance.budget_usd = Some(number("KUGETSU_BUDGET_USD", &v)?);
+        }
+        if let Some(v) = get("KUGETSU_DAILY_BUDGET_TOKENS") {
+            self.governance.daily_budget_tokens = Some(number("KUGETSU_DAILY_BUDGET_TOKENS", &v)?);
+        }
+        if let Some(v) = get("KUGETSU_DAILY_BUDGET_USD") {
+            self.governance.daily_budget_usd = Some(number("KUGETSU_DAILY_BUDGET_USD", &v)?);
+        }
+        validate_governance(&self.governance).map_err(CliError::Usage)?;
         if let Some(v) = get("KUGETSU_TASK_RETENTION") {
             self.task_retention = parse_retention(&v)
                 .map_err(|e| CliError::Usage(format!("KUGETSU_TASK_RETENTION={v:?}: {e}")))?;
@@ -260,10 +353,56 @@ impl Config {
             model,
             compaction_model,
             context_window,
-            task_retention
+            task_retention,
+            governance
         );
         changes
     }
+}
+
+/// Checks the governor's settings: known providers, positive limits, valid prices and budgets.
+pub fn validate_governance(g: &Governance) -> Result<(), String> {
+    for (provider, limit) in &g.rate_limits {
+        if kugetsu_protocol::ProviderKind::from_name(provider).is_none() {
+            return Err(format!(
+                "rate_limits.{provider}: unknown provider (expected one of openai, anthropic,                  openrouter, ollama, scripted)"
+            ));
+        }
+        for (key, value) in [("rpm", limit.rpm), ("tpm", limit.tpm)] {
+            if value == Some(0) {
+                return Err(format!(
+                    "rate_limits.{provider}.{key} must be at least 1 (leave it out for no limit)"
+                ));
+            }
+        }
+    }
+    for (model, price) in &g.prices {
+        model
+            .parse::<kugetsu_protocol::ModelRef>()
+            .map_err(|e| format!("prices.{model:?}: {e}"))?;
+        if let Some(problem) = price.invalid() {
+            return Err(format!("prices.{model:?}: {problem}"));
+        }
+    }
+    check_budgets("budget", g.budget_tokens, g.budget_usd)?;
+    check_budgets("daily_budget", g.daily_budget_tokens, g.daily_budget_usd)
+}
+
+/// `<prefix>_tokens` must be at least 1 and `<prefix>_usd` a positive number of dollars.
+pub fn check_budgets(prefix: &str, tokens: Option<u64>, usd: Option<f64>) -> Result<(), String> {
+    if tokens == Some(0) {
+        return Err(format!(
+            "{prefix}_tokens must be at least 1 (leave it out for no budget)"
+        ));
+    }
+    if let Some(usd) = usd
+        && !(usd.is_finite() && usd > 0.0)
+    {
+        return Err(format!(
+            "{prefix}_usd must be a positive number of dollars, not {usd}"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a retention such as `30d`, `12h`, `90m`; `off` (or `0`) keeps tasks forever.

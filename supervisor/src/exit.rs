@@ -17,7 +17,10 @@ pub const QUEUE_FULL: u8 = 75;
 pub fn for_status(status: FinishStatus) -> u8 {
     match status {
         FinishStatus::Completed => SUCCESS,
-        FinishStatus::Failed | FinishStatus::Cancelled | FinishStatus::TimedOut => FAILED,
+        FinishStatus::Failed
+        | FinishStatus::Cancelled
+        | FinishStatus::TimedOut
+        | FinishStatus::Paused => FAILED,
     }
 }
 

@@ -25,6 +25,7 @@
 //!
 //! Modules:
 //! - [`task`]: one task's life, shared by `run` and the daemon.
+//! - [`govern`]: the governor: shared rate limits per provider account, the daily budget.
 //! - [`daemon`]: `kugetsu serve`: actor, commands, connections, queue, reload, sd_notify.
 //! - [`cli`]: what a user types: arguments, run, demo, doctor, the daemon's clients, render.
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
@@ -35,5 +36,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod govern;
 pub mod rpc;
 pub mod task;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
             Command::Show(args) => client::show(args).await,
             Command::Logs(args) => client::logs(args).await,
             Command::Cancel(args) => client::cancel(args).await,
+            Command::Resume(args) => client::resume(args).await,
             Command::Steer(args) => client::steer(args).await,
             Command::Top(args) => client::top(args).await,
             Command::Clean(args) => client::clean(args).await,

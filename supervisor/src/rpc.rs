@@ -210,6 +210,8 @@ methods! {
     Cancel = "cancel", TaskParams => Cancelled;
     /// Hand a message to a task's model.
     Steer = "steer", SteerParams => Steered;
+    /// Continue a paused task, optionally with a new budget.
+    Resume = "resume", ResumeParams => Resumed;
     /// Follow events (they arrive as `event` notifications after the response).
     Subscribe = "subscribe", SubscribeParams => Subscribed;
     /// Stop the daemon.
@@ -338,6 +340,31 @@ pub struct SubmitParams {
     pub network: Option<kugetsu_protocol::NetworkMode>,
     #[serde(default)]
     pub priority: Priority,
+    /// The task pauses before a model request that would take its tokens past this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// The same in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+}
+
+/// `resume` params: a paused task, and optionally a new budget.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeParams {
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+}
+
+/// `resume`'s result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    pub task: String,
+    /// `queued`: it continues when the pool has room.
+    pub status: String,
 }
 
 /// Params naming one task.
@@ -391,16 +418,23 @@ pub struct CleanParams {
 pub enum TaskStatus {
     Queued,
     Running,
+    /// Running, its next model request waiting for a permit (rate limit, daily budget).
+    Waiting,
     Completed,
     Failed,
     Cancelled,
     TimedOut,
+    /// Stopped by its budget; `resume` continues it.
+    Paused,
 }
 
 impl TaskStatus {
     /// Whether the task has ended.
     pub fn is_final(self) -> bool {
-        !matches!(self, TaskStatus::Queued | TaskStatus::Running)
+        !matches!(
+            self,
+            TaskStatus::Queued | TaskStatus::Running | TaskStatus::Waiting
+        )
     }
 
     /// The name shown to people.
@@ -408,10 +442,12 @@ impl TaskStatus {
         match self {
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
+            TaskStatus::Waiting => "waiting",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
             TaskStatus::TimedOut => "timed_out",
+            TaskStatus::Paused => "paused",
         }
     }
 }
@@ -443,4 +479,11 @@ pub struct TaskSummary {
     pub tool: Option<String>,
     pub result: Option<String>,
     pub error: Option<String>,
+    /// Why the task waits (status `waiting`, or `queued` behind the daily budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }

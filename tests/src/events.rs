@@ -55,6 +55,15 @@ pub fn sorted_strings(value: &Value) -> Vec<String> {
 }
 
 /// The `type` of an event.
+/// The token counts of a `usage` object, without its `cost_usd` (which depends on the model's
+/// price).
+pub fn tokens(usage: &Value) -> Value {
+    serde_json::json!({
+        "input_tokens": usage["input_tokens"],
+        "output_tokens": usage["output_tokens"],
+    })
+}
+
 pub fn kind(event: &Value) -> &str {
     event.get("type").and_then(Value::as_str).unwrap_or("")
 }

@@ -20,6 +20,7 @@ use kugetsu_protocol::{Event, FinishStatus, Finished, ModelRef, Phase, TaskSpec}
 use crate::context::{self, Budget, Compactor};
 use crate::conversation::{ToolCall, ToolSpec};
 use crate::ipc::{Control, Outbox};
+use crate::llm::gate::{Gate, Shared};
 use crate::llm::{LlmError, LlmRequest, Provider};
 use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
@@ -27,6 +28,9 @@ use kugetsu_protocol::error_chain;
 
 /// Output token budget of one assistant turn.
 const MAX_OUTPUT_TOKENS: u32 = 8192;
+/// Marks an error string that is a budget pause, not a failure.
+const PAUSED: &str = "\u{0}paused:";
+
 /// How often a request that overflowed the context is pruned and retried.
 const OVERFLOW_RETRIES: u32 = 2;
 
@@ -34,6 +38,8 @@ const OVERFLOW_RETRIES: u32 = 2;
 enum LoopEnd {
     Completed,
     Failed(String),
+    /// A model request would have passed the task's budget.
+    Paused(String),
 }
 
 /// The tool running right now, so a stopped task can close its `tool_start`.
@@ -86,6 +92,7 @@ pub async fn run(
         Err(e) => return Some(finished(None, FinishStatus::Failed, Some(error_chain(&e)))),
     };
 
+    control.gate.restore_spent(session.usage);
     let mut running: RunningTool = None;
     let deadline = task.deadline_unix_ms.map(deadline_instant);
     let (cancel, shutdown) = (control.cancel.clone(), control.shutdown.clone());
@@ -111,6 +118,7 @@ pub async fn run(
     let (status, error) = match end {
         Ok(LoopEnd::Completed) => (FinishStatus::Completed, None),
         Ok(LoopEnd::Failed(error)) => (FinishStatus::Failed, Some(error)),
+        Ok(LoopEnd::Paused(reason)) => (FinishStatus::Paused, Some(format!("paused: {reason}"))),
         Err(FinishStatus::Cancelled) => (FinishStatus::Cancelled, Some("cancelled".to_owned())),
         Err(status) => (
             status,
@@ -176,7 +184,7 @@ struct Setup {
     budget: Budget,
 }
 
-fn setup(task: &TaskSpec) -> Result<Setup, String> {
+fn setup(task: &TaskSpec, gate: &Arc<Shared>) -> Result<Setup, String> {
     let model: ModelRef = task
         .model
         .parse()
@@ -189,7 +197,19 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
             .map(str::to_owned)
             .or_else(|| std::env::var(name).ok())
     };
-    let provider = Arc::new(Provider::from_model(&model, &env).map_err(|e| error_chain(&e))?);
+    let gate = |model: &str| {
+        Gate::new(
+            gate.clone(),
+            model,
+            task.prices.get(model).copied().or_else(|| {
+                let model: ModelRef = model.parse().ok()?;
+                kugetsu_protocol::price::built_in(&model)
+            }),
+        )
+    };
+    let provider = Arc::new(
+        Provider::from_model(&model, &env, gate(&task.model)).map_err(|e| error_chain(&e))?,
+    );
     let summarizer = match task.compaction_model.as_deref().filter(|m| !m.is_empty()) {
         None => provider.clone(),
         Some(text) => {
@@ -197,7 +217,7 @@ fn setup(task: &TaskSpec) -> Result<Setup, String> {
                 .parse()
                 .map_err(|e: kugetsu_protocol::ModelError| format!("compaction_model: {e}"))?;
             Arc::new(
-                Provider::from_model(&model, &env)
+                Provider::from_model(&model, &env, gate(text))
                     .map_err(|e| format!("compaction_model: {}", error_chain(&e)))?,
             )
         }
@@ -234,7 +254,10 @@ async fn agent_loop(
 ) -> LoopEnd {
     match agent_turns(task, outbox, control, session, running).await {
         Ok(end) => end,
-        Err(error) => LoopEnd::Failed(error),
+        Err(error) => match error.strip_prefix(PAUSED) {
+            Some(reason) => LoopEnd::Paused(reason.to_owned()),
+            None => LoopEnd::Failed(error),
+        },
     }
 }
 
@@ -245,7 +268,7 @@ async fn agent_turns(
     session: &mut Session,
     running: &mut RunningTool,
 ) -> Result<LoopEnd, String> {
-    let mut setup = setup(task)?;
+    let mut setup = setup(task, &control.gate)?;
     let mut compactor = Compactor::default();
     let journal_err = |e: crate::session::JournalError| error_chain(&e);
 
@@ -347,6 +370,7 @@ async fn ask_model(
                 }
             }
             Err(e) if e.is_context_overflow() => return Err(overflow_error(&e)),
+            Err(LlmError::Paused(reason)) => return Err(format!("{PAUSED}{reason}")),
             Err(e) => return Err(format!("model request failed: {}", error_chain(&e))),
         }
     }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent;
+use crate::llm::gate::Answer;
 
 /// How often a worker reports that it is alive. A quarter of the supervisor's 60 s silence
 /// limit: rare enough that a thousand idle shadows cost their daemon next to nothing.
@@ -59,7 +60,7 @@ impl Outbox {
         self.send(WorkerMessage::Replay(event));
     }
 
-    fn send(&self, message: WorkerMessage) {
+    pub(crate) fn send(&self, message: WorkerMessage) {
         // Counted before it is queued, so `written` never passes `queued`.
         self.delivery.queued.fetch_add(1, Ordering::SeqCst);
         let _ = self.tx.send(message);
@@ -114,6 +115,8 @@ pub struct Control {
     pub steer: mpsc::UnboundedReceiver<String>,
     /// The loop's current phase, read by the heartbeat task.
     pub phase: watch::Sender<Phase>,
+    /// The task's budget and the governor's permits, shared by its providers.
+    pub gate: Arc<crate::llm::gate::Shared>,
 }
 
 /// The writer task: the one place that writes protocol lines to stdout (`out`).
@@ -174,11 +177,20 @@ pub async fn serve() -> ExitCode {
         shutdown: CancellationToken::new(),
         steer: steer_rx,
         phase: phase_tx,
+        gate: crate::llm::gate::Shared::new(
+            crate::llm::gate::Budget {
+                tokens: task.budget_tokens,
+                usd: task.budget_usd,
+            },
+            kugetsu_protocol::Usage::default(),
+            task.governed.then(|| outbox.clone()),
+        ),
     };
     let mailbox = Mailbox {
         cancel: control.cancel.clone(),
         shutdown: control.shutdown.clone(),
         steer: steer_tx,
+        gate: control.gate.clone(),
     };
     // What the supervisor sent together with `start` (e.g. steers kept across a restart) is
     // already buffered: hand it over before the loop's first safe point, not one turn late.
@@ -213,10 +225,13 @@ where
 {
     loop {
         match reader.next::<SupervisorMessage>().await? {
-            Ok(SupervisorMessage::Start { task, resume }) => return Some((task, resume)),
+            Ok(SupervisorMessage::Start { task, resume }) => return Some((*task, resume)),
             Ok(SupervisorMessage::Cancel | SupervisorMessage::Shutdown) => return None,
             Ok(SupervisorMessage::Steer { .. }) => {
                 eprintln!("kugetsu-worker: ignoring steer before start");
+            }
+            Ok(SupervisorMessage::Grant { .. } | SupervisorMessage::Deny { .. }) => {
+                eprintln!("kugetsu-worker: ignoring a permit answer before start");
             }
             Err(DecodeError::Io { source }) => {
                 eprintln!("kugetsu-worker: reading stdin failed: {source}");
@@ -235,6 +250,8 @@ struct Mailbox {
     cancel: CancellationToken,
     shutdown: CancellationToken,
     steer: mpsc::UnboundedSender<String>,
+    /// Where permit answers go.
+    gate: Arc<crate::llm::gate::Shared>,
 }
 
 impl Mailbox {
@@ -248,6 +265,10 @@ impl Mailbox {
             Ok(SupervisorMessage::Shutdown) => self.shutdown.cancel(),
             Ok(SupervisorMessage::Start { .. }) => {
                 eprintln!("kugetsu-worker: ignoring a second start");
+            }
+            Ok(SupervisorMessage::Grant { id }) => self.gate.answer(id, Answer::Grant),
+            Ok(SupervisorMessage::Deny { id, reason, pause }) => {
+                self.gate.answer(id, Answer::Deny { reason, pause });
             }
             Err(DecodeError::Io { source }) => {
                 eprintln!("kugetsu-worker: reading stdin failed: {source}");

@@ -276,6 +276,7 @@ mod tests {
                 usage: Usage {
                     input_tokens: 10,
                     output_tokens: 5,
+                    cost_usd: None,
                 },
             },
             Record::ToolIntent {

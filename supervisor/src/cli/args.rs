@@ -31,6 +31,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Cancel a queued or running task.
     Cancel(IdArgs),
+    /// Continue a paused task (stopped by its budget), optionally with a new budget.
+    Resume(ResumeArgs),
     /// Hand a message to a running task's model.
     Steer(SteerArgs),
     /// Live view of running shadows and their memory.
@@ -75,6 +77,52 @@ pub struct SandboxArgs {
     /// Whether the shadow's tools may use the network (the model traffic is not affected).
     #[arg(long, value_name = "on|off")]
     pub network: Option<kugetsu_protocol::NetworkMode>,
+}
+
+/// A task's budget (docs/cli.md); `None` leaves it to the config.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct BudgetArgs {
+    /// Pause the task before a model request that would take its tokens (in + out) past N.
+    #[arg(long, value_name = "N", value_parser = parse_budget_tokens)]
+    pub budget_tokens: Option<u64>,
+    /// Pause the task before a model request that would take its cost past X dollars.
+    #[arg(long, value_name = "X", value_parser = parse_budget_usd)]
+    pub budget_usd: Option<f64>,
+}
+
+impl BudgetArgs {
+    /// The budget these flags ask for.
+    pub fn budget(&self) -> crate::task::request::Budget {
+        crate::task::request::Budget {
+            tokens: self.budget_tokens,
+            usd: self.budget_usd,
+        }
+    }
+}
+
+fn parse_budget_tokens(text: &str) -> Result<u64, String> {
+    match text.trim().replace('_', "").parse::<u64>() {
+        Ok(0) | Err(_) => Err(format!("{text:?} is not a number of tokens above 0")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_budget_usd(text: &str) -> Result<f64, String> {
+    match text.trim().trim_start_matches('$').parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{text:?} is not a positive number of dollars")),
+    }
+}
+
+/// `kugetsu resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The paused task.
+    pub id: String,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+    #[command(flatten)]
+    pub client: ClientOptions,
 }
 
 /// `kugetsu serve`.
@@ -240,6 +288,8 @@ pub struct TaskOptions {
     pub mem_limit: Option<u64>,
     #[command(flatten)]
     pub confine: SandboxArgs,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -272,6 +322,7 @@ impl TaskOptions {
             network: self.confine.network,
             priority,
             origin,
+            budget: self.budget.budget(),
         }
     }
 }

@@ -12,17 +12,17 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::cli::args::{
-    CleanArgs, ClientOptions, IdArgs, LogsArgs, PsArgs, ShowArgs, ShutdownArgs, SteerArgs,
-    SubmitArgs, TopArgs,
+    CleanArgs, ClientOptions, IdArgs, LogsArgs, PsArgs, ResumeArgs, ShowArgs, ShutdownArgs,
+    SteerArgs, SubmitArgs, TopArgs,
 };
 use crate::cli::render::Renderer;
 use crate::cli::run::{print_json, print_result};
 use crate::daemon::socket::{Half, halves};
 use crate::exit::{self, CliError};
 use crate::rpc::{
-    self, CleanParams, EventsParams, ListParams, Method, Outgoing, RpcError, ShutdownParams,
-    SteerParams, SubmitParams, SubscribeParams, SubscriptionEnded, TaskParams, TaskStatus,
-    TaskSummary,
+    self, CleanParams, EventsParams, ListParams, Method, Outgoing, ResumeParams, RpcError,
+    ShutdownParams, SteerParams, SubmitParams, SubscribeParams, SubscriptionEnded, TaskParams,
+    TaskStatus, TaskSummary,
 };
 
 /// A connection to the daemon.
@@ -195,6 +195,8 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
         sandbox: args.task.confine.sandbox,
         network: args.task.confine.network,
         priority: args.priority,
+        budget_tokens: args.task.budget.budget_tokens,
+        budget_usd: args.task.budget.budget_usd,
     };
     let mut client =
         Client::connect_to(args.socket.as_deref(), args.task.state_dir.as_deref()).await?;
@@ -276,8 +278,8 @@ pub async fn ps(args: PsArgs) -> Result<ExitCode, CliError> {
 
 fn table(tasks: &[TaskSummary]) -> String {
     let mut out = format!(
-        "{:<14} {:<10} {:<7} {:>5} {:>8} {:<24} {}\n",
-        "ID", "STATUS", "PRIO", "TURNS", "MEM", "MODEL", "PROMPT"
+        "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
+        "ID", "STATUS", "PRIO", "TURNS", "TOKENS", "COST", "MEM", "MODEL", "PROMPT"
     );
     for task in tasks {
         let mem = task
@@ -292,11 +294,15 @@ fn table(tasks: &[TaskSummary]) -> String {
             .take(50)
             .collect();
         out.push_str(&format!(
-            "{:<14} {:<10} {:<7} {:>5} {:>8} {:<24} {}\n",
+            "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
             task.id,
             task.status.as_str(),
             format!("{:?}", task.priority).to_lowercase(),
             task.turns,
+            tokens_text(task.usage.tokens()),
+            task.usage
+                .cost_usd
+                .map_or_else(|| "-".to_owned(), |c| format!("${c:.4}")),
             mem,
             clip(&task.model, 24),
             prompt
@@ -304,17 +310,43 @@ fn table(tasks: &[TaskSummary]) -> String {
     }
     let running = tasks
         .iter()
-        .filter(|t| t.status == TaskStatus::Running)
+        .filter(|t| matches!(t.status, TaskStatus::Running | TaskStatus::Waiting))
+        .count();
+    let waiting = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Waiting)
         .count();
     let queued = tasks
         .iter()
         .filter(|t| t.status == TaskStatus::Queued)
         .count();
+    let waiting = if waiting > 0 {
+        format!(" ({waiting} waiting for a permit)")
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "{running} running, {queued} queued, {} total",
+        "{running} running{waiting}, {queued} queued, {} total",
         tasks.len()
     ));
+    if let Some(reason) = tasks.iter().find_map(|t| {
+        (t.status == TaskStatus::Queued)
+            .then_some(t.waiting.as_deref())
+            .flatten()
+    }) {
+        out.push_str(&format!("\nqueued tasks wait: {reason}"));
+    }
     out
+}
+
+/// A token count in a few characters: `950`, `12.3k`, `4.1M`.
+fn tokens_text(n: u64) -> String {
+    match n {
+        0 => "-".to_owned(),
+        n if n < 10_000 => n.to_string(),
+        n if n < 1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => format!("{:.1}M", n as f64 / 1e6),
+    }
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -348,11 +380,28 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
         text.push_str(&format!("worktree  {worktree}\n"));
     }
     text.push_str(&format!(
-        "created   {}\nturns     {}\ntokens    {} in / {} out\nrestarts  {}\nmem limit {} MiB\n",
-        task.created,
-        task.turns,
-        task.usage.input_tokens,
-        task.usage.output_tokens,
+        "created   {}\nturns     {}\ntokens    {} in / {} out\n",
+        task.created, task.turns, task.usage.input_tokens, task.usage.output_tokens,
+    ));
+    if let Some(cost) = task.usage.cost_usd {
+        text.push_str(&format!("cost      ${cost:.4}\n"));
+    }
+    match (task.budget_tokens, task.budget_usd) {
+        (None, None) => {}
+        (tokens, usd) => {
+            let parts: Vec<String> = tokens
+                .map(|t| format!("{t} tokens"))
+                .into_iter()
+                .chain(usd.map(|u| format!("${u}")))
+                .collect();
+            text.push_str(&format!("budget    {}\n", parts.join(", ")));
+        }
+    }
+    if let Some(reason) = &task.waiting {
+        text.push_str(&format!("waiting   {reason}\n"));
+    }
+    text.push_str(&format!(
+        "restarts  {}\nmem limit {} MiB\n",
         task.restarts,
         task.mem_limit >> 20
     ));
@@ -402,6 +451,20 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode, CliError> {
             break;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kugetsu resume`.
+pub async fn resume(args: ResumeArgs) -> Result<ExitCode, CliError> {
+    let mut client = Client::connect(&args.client).await?;
+    let result = client
+        .call::<rpc::Resume>(&ResumeParams {
+            task: args.id.clone(),
+            budget_tokens: args.budget.budget_tokens,
+            budget_usd: args.budget.budget_usd,
+        })
+        .await?;
+    print_line(&format!("{} {}", result.status, result.task));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -62,6 +62,7 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
         network: None,
         priority: kugetsu_protocol::Priority::Normal,
         origin: Origin::Run,
+        budget: Default::default(),
     };
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;

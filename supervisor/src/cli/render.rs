@@ -172,12 +172,23 @@ impl Renderer {
                 );
                 self.line(&text);
             }
+            Event::RateLimited { provider, wait_ms } => {
+                let text = self.paint(
+                    "33",
+                    &format!(
+                        "  … waiting {:.1} s for {provider}'s rate limit",
+                        *wait_ms as f64 / 1000.0
+                    ),
+                );
+                self.line(&text);
+            }
             Event::Finished(finished) => {
                 let (code, word) = match finished.status {
                     FinishStatus::Completed => ("1;32", "completed"),
                     FinishStatus::Failed => ("1;31", "failed"),
                     FinishStatus::Cancelled => ("1;33", "cancelled"),
                     FinishStatus::TimedOut => ("1;31", "timed out"),
+                    FinishStatus::Paused => ("1;33", "paused"),
                 };
                 let mut summary = format!(
                     "── {word} after {} turn{} · {} in / {} out tokens",
@@ -186,6 +197,9 @@ impl Renderer {
                     finished.usage.input_tokens,
                     finished.usage.output_tokens
                 );
+                if let Some(cost) = finished.usage.cost_usd {
+                    summary.push_str(&format!(" · ${cost:.4}"));
+                }
                 if !finished.changed_files.is_empty() {
                     summary.push_str(&format!(
                         " · {} file{} changed",

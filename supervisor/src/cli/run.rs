@@ -15,6 +15,8 @@ use crate::cli::args::RunArgs;
 use crate::cli::render::Renderer;
 use crate::config::Config;
 use crate::exit::{self, CliError};
+use crate::govern::{Governor, Settings};
+use crate::task::Fleet;
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::drive::drive;
 use crate::task::memory::Sampler;
@@ -29,21 +31,23 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         root: crate::config::state_dir(args.task.state_dir.as_deref(), &env)?,
     };
     let (prepared, resume) = match (&args.task.resume, &args.prompt) {
-        (Some(id), None) => match reopen(id, &state, &config, &env).await? {
-            Reopened::Resumable(prepared, resume) => (*prepared, resume),
-            Reopened::Finished(envelope) => {
-                let Event::Finished(finished) = &envelope.event else {
-                    return Err(CliError::Failed("corrupt event log".to_owned()));
-                };
-                if args.json {
-                    print_json(&envelope);
-                } else {
-                    eprintln!("task {id} already finished ({})", finished.status.as_str());
-                    print_result(finished);
+        (Some(id), None) => {
+            match reopen(id, &state, &config, &env, args.task.budget.budget()).await? {
+                Reopened::Resumable(prepared, resume) => (*prepared, resume),
+                Reopened::Finished(envelope) => {
+                    let Event::Finished(finished) = &envelope.event else {
+                        return Err(CliError::Failed("corrupt event log".to_owned()));
+                    };
+                    if args.json {
+                        print_json(&envelope);
+                    } else {
+                        eprintln!("task {id} already finished ({})", finished.status.as_str());
+                        print_result(finished);
+                    }
+                    return Ok(ExitCode::from(exit::for_status(finished.status)));
                 }
-                return Ok(ExitCode::from(exit::for_status(finished.status)));
             }
-        },
+        }
         (None, Some(prompt)) => {
             let request =
                 args.task
@@ -93,12 +97,15 @@ pub async fn drive_in_foreground(
             }
         }
     });
-    let sampler = Sampler::spawn();
+    let fleet = Fleet {
+        sampler: Sampler::spawn(),
+        governor: Governor::new(Settings::run(&prepared.config.governance), None),
+    };
     let finished = if json {
-        drive(prepared, resume, &sampler, &mut controls, &mut print_json).await
+        drive(prepared, resume, &fleet, &mut controls, &mut print_json).await
     } else {
         let mut renderer = Renderer::new();
-        drive(prepared, resume, &sampler, &mut controls, &mut |e| {
+        drive(prepared, resume, &fleet, &mut controls, &mut |e| {
             renderer.show(e);
         })
         .await

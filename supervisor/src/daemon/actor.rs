@@ -44,7 +44,9 @@ use crate::daemon::sdnotify::Notifier;
 use crate::daemon::subscribers::Subscribers;
 use crate::daemon::table::{Entry, Table};
 use crate::exit::CliError;
+use crate::govern::{Governor, Settings};
 use crate::rpc::TaskStatus;
+use crate::task::Fleet;
 use crate::task::control::ShadowControl;
 use crate::task::drive;
 use crate::task::events::{self, Progress};
@@ -71,6 +73,10 @@ pub struct Daemon {
     running: usize,
     pub(super) subscribers: Subscribers,
     pub(super) sampler: Sampler,
+    /// Rate limits and the daily budget, shared by every shadow.
+    pub(super) governor: Governor,
+    /// Whether the last scheduling attempt was held back by the daily budget (logged once).
+    budget_held: bool,
     /// Handed to shadow tasks and the config watcher.
     commands: mpsc::UnboundedSender<Command>,
     notifier: Notifier,
@@ -148,6 +154,10 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let mut daemon = Daemon {
         queue: Queue::new(config.queue_capacity as usize),
         options: args.clone(),
+        governor: Governor::new(
+            Settings::daemon(&config.governance),
+            Some(state.root.join("usage").join("daily.json")),
+        ),
         config,
         state,
         resume_first: VecDeque::new(),
@@ -155,6 +165,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         running: 0,
         subscribers: Subscribers::default(),
         sampler: Sampler::spawn(),
+        budget_held: false,
         commands: commands.clone(),
         notifier: Notifier::from_env(),
         stopping: None,
@@ -284,7 +295,12 @@ impl Daemon {
                 .await
                 .unwrap_or_default();
             let progress = Progress::of(&events);
-            if progress.finished.is_some() {
+            // A paused task still marked live was resumed and waits for its turn.
+            if progress
+                .finished
+                .as_ref()
+                .is_some_and(|f| f.status != kugetsu_protocol::FinishStatus::Paused)
+            {
                 self.state.unmark_live(&id);
                 continue;
             }
@@ -360,6 +376,14 @@ impl Daemon {
                 let _ = reply.send(answer);
                 self.schedule();
             }
+            Command::Requeue {
+                prepared,
+                progress,
+                reply,
+            } => {
+                let _ = reply.send(self.requeue(*prepared, *progress));
+                self.schedule();
+            }
             Command::Subscribe {
                 task,
                 after_seq,
@@ -410,6 +434,14 @@ impl Daemon {
             // No memory figures yet: admission cannot be judged; the next tick will.
             return;
         }
+        if let Some(reason) = self.governor.daily_spent() {
+            if !self.budget_held && !self.queue.is_empty() {
+                eprintln!("kugetsu: holding queued tasks: {reason}");
+            }
+            self.budget_held = true;
+            return;
+        }
+        self.budget_held = false;
         // Tasks no host of this size could ever run wait aside, so they block nobody.
         let mut impossible: Vec<String> = Vec::new();
         while self.running < self.config.max_shadows as usize {
@@ -476,7 +508,10 @@ impl Daemon {
         entry.status = TaskStatus::Running;
         let mut prepared = entry.prepared.clone();
         let resume = entry.resume;
-        let sampler = self.sampler.clone();
+        let fleet = Fleet {
+            sampler: self.sampler.clone(),
+            governor: self.governor.clone(),
+        };
         let commands = self.commands.clone();
         let id = id.to_owned();
         self.running += 1;
@@ -484,7 +519,7 @@ impl Daemon {
             let finished = match prepare::materialize(&mut prepared).await {
                 Ok(()) => {
                     let events = commands.clone();
-                    drive::drive(&prepared, resume, &sampler, &mut controls, &mut |e| {
+                    drive::drive(&prepared, resume, &fleet, &mut controls, &mut |e| {
                         let _ = events.send(Command::Event(e.clone()));
                     })
                     .await
@@ -556,6 +591,7 @@ impl Daemon {
             }
         }
         self.retention.send_replace(new.task_retention);
+        self.governor.configure(Settings::daemon(&new.governance));
         self.config = new;
         self.schedule();
     }

@@ -39,6 +39,12 @@ pub enum Command {
         queued: EventEnvelope,
         reply: oneshot::Sender<Result<(), RpcError>>,
     },
+    /// A paused task goes back in the queue (its record already holds the new budget).
+    Requeue {
+        prepared: Box<Prepared>,
+        progress: Box<crate::task::events::Progress>,
+        reply: oneshot::Sender<Result<(), RpcError>>,
+    },
     /// A client wants events; they go to `sink` until it closes or lags.
     Subscribe {
         task: Option<String>,

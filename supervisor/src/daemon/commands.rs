@@ -41,9 +41,14 @@ impl Daemon {
                 }))
             }
             // The connection serves these itself; reaching here is a bug, not bad input.
-            Call::Submit(_) | Call::Events(_) | Call::Subscribe(_) | Call::Clean(_) => Err(
-                RpcError::new(rpc::INTERNAL_ERROR, "request routed to the wrong place"),
-            ),
+            Call::Submit(_)
+            | Call::Resume(_)
+            | Call::Events(_)
+            | Call::Subscribe(_)
+            | Call::Clean(_) => Err(RpcError::new(
+                rpc::INTERNAL_ERROR,
+                "request routed to the wrong place",
+            )),
         }
     }
 
@@ -79,6 +84,34 @@ impl Daemon {
         self.table.live.insert(id.clone(), entry);
         self.queue.push_recovered(id, priority);
         self.subscribers.fan_out(queued);
+        Ok(())
+    }
+
+    /// Queues a paused task again; its worker resumes from the journal.
+    pub(super) fn requeue(
+        &mut self,
+        prepared: Prepared,
+        progress: Progress,
+    ) -> Result<(), RpcError> {
+        self.admit()?;
+        let id = prepared.record.id.clone();
+        if self.table.live.contains_key(&id) {
+            return Err(RpcError::new(
+                rpc::INVALID_PARAMS,
+                format!("task {id} is already queued or running"),
+            ));
+        }
+        self.state.mark_live(&id).map_err(|e| {
+            RpcError::new(
+                rpc::INTERNAL_ERROR,
+                format!("cannot record the task: {}", crate::exit::describe_io(&e)),
+            )
+        })?;
+        let priority = prepared.record.priority;
+        let entry = Entry::new(prepared, progress);
+        self.table.live.insert(id.clone(), entry);
+        self.table.forget(std::slice::from_ref(&id));
+        self.queue.push_recovered(id, priority);
         Ok(())
     }
 
@@ -139,14 +172,19 @@ impl Daemon {
         } else {
             self.table.recent(&self.state)
         };
-        tasks.extend(self.table.live.values().map(|e| e.summary(&snapshot)));
+        tasks.extend(
+            self.table
+                .live
+                .values()
+                .map(|e| e.summary(&snapshot, &self.governor)),
+        );
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
         TaskList { tasks }
     }
 
     fn get(&self, task: &str) -> Result<TaskSummary, RpcError> {
         if let Some(entry) = self.table.live.get(task) {
-            return Ok(entry.summary(&self.sampler.latest()));
+            return Ok(entry.summary(&self.sampler.latest(), &self.governor));
         }
         if !is_valid_id(task) {
             return Err(RpcError::not_found(task));

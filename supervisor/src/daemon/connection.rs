@@ -26,8 +26,8 @@ use crate::daemon::command::{Command, Replay};
 use crate::daemon::socket::{Half, halves, peer_is_owner, peer_pid};
 use crate::daemon::subscribers::{self, Feed, Line};
 use crate::rpc::{
-    self, Call, EventsParams, Method, RpcError, SubmitParams, Submitted, SubscribeParams,
-    Subscribed,
+    self, Call, EventsParams, Method, ResumeParams, Resumed, RpcError, SubmitParams, Submitted,
+    SubscribeParams, Subscribed,
 };
 use crate::task::events::{self, EventLog};
 use crate::task::prepare;
@@ -221,6 +221,7 @@ async fn serve_call(
     match call {
         Call::Subscribe(params) => subscribe(id, params, daemon).await,
         Call::Submit(params) => answer(id, typed::<rpc::Submit>(submit(params, daemon).await)),
+        Call::Resume(params) => answer(id, typed::<rpc::Resume>(resume(params, daemon).await)),
         Call::Events(params) => match read_events(&params, daemon).await {
             // The page is built from the log's own lines, never as a tree of values.
             Ok(page) => Answer {
@@ -299,6 +300,10 @@ async fn submit(
         network: params.network,
         priority: params.priority,
         origin: Origin::Daemon,
+        budget: crate::task::request::Budget {
+            tokens: params.budget_tokens,
+            usd: params.budget_usd,
+        },
     };
     let env = |key: &str| std::env::var(key).ok();
     let prepared = prepare::prepare(&request, &state, &config, &env)
@@ -342,6 +347,70 @@ async fn submit(
         return Err(e);
     }
     Ok(Submitted { task: id })
+}
+
+/// Puts a paused task back in the queue, with the new budget given; its worker resumes from
+/// the journal when the pool has room.
+async fn resume(
+    params: ResumeParams,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<Resumed, RpcError> {
+    let (config, state) = ask(daemon, |reply| Command::Admit { reply }).await??;
+    let env = |key: &str| std::env::var(key).ok();
+    let budget = crate::task::request::Budget {
+        tokens: params.budget_tokens,
+        usd: params.budget_usd,
+    };
+    let not_paused = |why: String| {
+        RpcError::new(
+            rpc::INVALID_PARAMS,
+            format!("task {} is not paused: {why}", params.task),
+        )
+    };
+    let prepared = match prepare::reopen(&params.task, &state, &config, &env, budget)
+        .await
+        .map_err(|e| RpcError::from_cli(&e))?
+    {
+        prepare::Reopened::Resumable(prepared, _) => prepared,
+        prepare::Reopened::Finished(envelope) => {
+            let status = match &envelope.event {
+                Event::Finished(f) => f.status.as_str(),
+                _ => "finished",
+            };
+            return Err(not_paused(format!("it finished as {status}")));
+        }
+    };
+    if prepared.record.origin != Origin::Daemon {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            format!(
+                "task {} was started by kugetsu run: continue it with kugetsu run --resume {}",
+                params.task, params.task
+            ),
+        ));
+    }
+    let events = events::read_all(&prepared.dir.events_file())
+        .await
+        .unwrap_or_default();
+    let progress = events::Progress::of(&events);
+    if !progress
+        .finished
+        .as_ref()
+        .is_some_and(|f| f.status == kugetsu_protocol::FinishStatus::Paused)
+    {
+        return Err(not_paused("it is queued or running".to_owned()));
+    }
+    let task = prepared.record.id.clone();
+    ask(daemon, |reply| Command::Requeue {
+        prepared,
+        progress: Box::new(progress),
+        reply,
+    })
+    .await??;
+    Ok(Resumed {
+        task,
+        status: "queued".to_owned(),
+    })
 }
 
 /// One page of a task's log as the JSON of an [`rpc::EventList`], made of the log's lines

@@ -164,6 +164,8 @@ mod tests {
             network: NetworkMode::On,
             priority: Priority::Normal,
             origin: Origin::Daemon,
+            budget_tokens: None,
+            budget_usd: None,
         })
         .unwrap();
         let mut log = EventLog::open(&dir.events_file(), &id).unwrap();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kugetsu_protocol::{Event, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
+use crate::govern::Governor;
 use crate::rpc::{TaskStatus, TaskSummary};
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::Progress;
@@ -50,8 +51,9 @@ impl Entry {
         }
     }
 
-    /// What `list` and `get` say about it; `snapshot` gives its memory while running.
-    pub fn summary(&self, snapshot: &Snapshot) -> TaskSummary {
+    /// What `list` and `get` say about it; `snapshot` gives its memory while running, the
+    /// governor whether it waits for a permit.
+    pub fn summary(&self, snapshot: &Snapshot, governor: &Governor) -> TaskSummary {
         let rss_bytes = self
             .progress
             .pid
@@ -61,6 +63,16 @@ impl Entry {
         let mut summary = summarize(&self.prepared.record, &self.progress, self.status);
         summary.rss_bytes = rss_bytes;
         summary.attempt = self.resume.attempt.max(self.progress.attempt);
+        match self.status {
+            TaskStatus::Running => {
+                if let Some(reason) = governor.waiting(&self.prepared.record.id) {
+                    summary.status = TaskStatus::Waiting;
+                    summary.waiting = Some(reason);
+                }
+            }
+            TaskStatus::Queued => summary.waiting = governor.daily_spent(),
+            _ => {}
+        }
         summary
     }
 }
@@ -92,6 +104,9 @@ pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -
             .filter(|_| status == TaskStatus::Running),
         result: finished.and_then(|f| f.result.clone()),
         error: finished.and_then(|f| f.error.clone()),
+        waiting: None,
+        budget_tokens: record.budget_tokens,
+        budget_usd: record.budget_usd,
     }
 }
 
@@ -102,6 +117,7 @@ pub fn status_of(status: FinishStatus) -> TaskStatus {
         FinishStatus::Failed => TaskStatus::Failed,
         FinishStatus::Cancelled => TaskStatus::Cancelled,
         FinishStatus::TimedOut => TaskStatus::TimedOut,
+        FinishStatus::Paused => TaskStatus::Paused,
     }
 }
 

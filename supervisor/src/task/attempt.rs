@@ -18,9 +18,11 @@ use kugetsu_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::govern::{Answer, Poll};
+use crate::task::Fleet;
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::{Progress, Publisher};
-use crate::task::memory::{Sampler, ShadowMem};
+use crate::task::memory::ShadowMem;
 use crate::task::prepare::{Prepared, instant_at};
 use crate::task::sandbox::{ShadowSandbox, provider_secrets};
 use crate::task::shadow::{FromWorker, Shadow, describe_exit};
@@ -323,6 +325,52 @@ impl Attempt {
     }
 }
 
+/// Hands the governor what a worker says about permits: a request becomes a ticket (granted
+/// at once, refused, or waited for in `permits`, with a `rate_limited` event in `effects` when
+/// the provider's limit is the wait); a response head and an end are reported.
+fn govern(
+    item: &FromWorker,
+    fleet: &Fleet,
+    task: &str,
+    deadline: Option<Instant>,
+    shadow: &Shadow,
+    permits: &mut tokio::task::JoinSet<(u64, Answer)>,
+    effects: &mut Vec<Effect>,
+) {
+    let FromWorker::Message(message) = item else {
+        return;
+    };
+    match message {
+        WorkerMessage::Permit(request) => {
+            let mut ticket = fleet.governor.ticket(task, request.clone(), deadline);
+            match ticket.poll() {
+                Poll::Ready(answer) => shadow.answer_permit(ticket.id(), answer),
+                Poll::Wait {
+                    until,
+                    rate_limited,
+                    ..
+                } => {
+                    if rate_limited {
+                        let wait = until.saturating_duration_since(Instant::now());
+                        effects.push(Effect::Publish(Event::RateLimited {
+                            provider: ticket.provider().to_owned(),
+                            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        }));
+                    }
+                    permits.spawn(ticket.wait());
+                }
+            }
+        }
+        WorkerMessage::PermitHead {
+            id,
+            status,
+            headers,
+        } => fleet.governor.head(task, *id, *status, headers),
+        WorkerMessage::PermitEnd { id, usage } => fleet.governor.end(task, *id, *usage),
+        _ => {}
+    }
+}
+
 /// Runs one worker of `prepared` until its attempt is over, publishing through `out`.
 pub async fn run(
     prepared: &Prepared,
@@ -330,7 +378,7 @@ pub async fn run(
     out: &mut Publisher<'_>,
     tracking: &mut Tracking,
     resume: Resume,
-    sampler: &Sampler,
+    fleet: &Fleet,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
 ) -> Outcome {
     let record = &prepared.record;
@@ -356,6 +404,13 @@ pub async fn run(
         mem_limit_bytes: Some(record.mem_limit),
         sandbox: Some(Box::new(sandbox.policy.clone())),
         secrets: provider_secrets(std::env::vars()),
+        governed: fleet.governor.governs(),
+        budget_tokens: record.budget_tokens,
+        budget_usd: record.budget_usd,
+        prices: std::iter::once(record.model.as_str())
+            .chain(prepared.config.compaction_model.as_deref())
+            .filter_map(|m| Some((m.to_owned(), prepared.config.governance.price(m)?)))
+            .collect(),
     };
     if resume.from_journal {
         crate::task::shadow::kill_task_leftovers(&record.id);
@@ -395,7 +450,10 @@ pub async fn run(
             sandbox: Some(sandbox.report.clone()),
         }],
     );
-    let mut measured = sampler.watch(shadow.pid);
+    let mut measured = fleet.sampler.watch(shadow.pid);
+    // Permits the worker waits for; dropped (and their reservations given back) with the attempt.
+    let mut permits: tokio::task::JoinSet<(u64, Answer)> = tokio::task::JoinSet::new();
+    let deadline = record.deadline_unix_ms.map(instant_at);
     let now = Instant::now();
     let backstop = record
         .deadline_unix_ms
@@ -447,15 +505,22 @@ pub async fn run(
                     None => Step::Continue(Vec::new()),
                 }
             }
+            Some(Ok((id, answer))) = permits.join_next(), if !permits.is_empty() => {
+                shadow.answer_permit(id, answer);
+                Step::Continue(Vec::new())
+            }
             item = from_worker.recv() => match item {
                 Some(item) => {
                     measured.touch();
                     let now = Instant::now();
+                    let mut governed = Vec::new();
+                    govern(&item, fleet, &record.id, deadline, &shadow, &mut permits, &mut governed);
                     let mut step = attempt.on_worker(tracking, item, now);
                     // Drain the burst so it is committed as one batch.
                     while let Step::Continue(effects) = &mut step
                         && let Ok(more) = from_worker.try_recv()
                     {
+                        govern(&more, fleet, &record.id, deadline, &shadow, &mut permits, effects);
                         match attempt.on_worker(tracking, more, now) {
                             Step::Continue(more) => effects.extend(more),
                             Step::End(more, outcome) => {
@@ -465,6 +530,8 @@ pub async fn run(
                             }
                         }
                     }
+                    let (Step::Continue(effects) | Step::End(effects, _)) = &mut step;
+                    effects.splice(0..0, governed);
                     step
                 }
                 None => {
@@ -477,6 +544,8 @@ pub async fn run(
             () = tokio::time::sleep_until(at) => attempt.on_timer(timer, tracking),
         };
     };
+    drop(permits);
+    fleet.governor.forget(&record.id);
     shadow.finish(EXIT_GRACE).await;
     // Tool processes a dead worker left behind were reparented to us: they go with it.
     shadow.kill_leftovers();

@@ -11,11 +11,11 @@ use std::time::Duration;
 use kugetsu_protocol::{Event, EventEnvelope, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
+use crate::task::Fleet;
 use crate::task::attempt::{self, Outcome, Tracking};
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::{self, EventLog, Progress, Publisher};
 use crate::task::git;
-use crate::task::memory::Sampler;
 use crate::task::prepare::Prepared;
 use crate::task::shadow::find_worker;
 
@@ -26,7 +26,7 @@ use crate::task::shadow::find_worker;
 pub async fn drive(
     prepared: &Prepared,
     resume: Resume,
-    sampler: &Sampler,
+    fleet: &Fleet,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
     watch: &mut (dyn FnMut(&EventEnvelope) + Send),
 ) -> Option<Finished> {
@@ -43,7 +43,7 @@ pub async fn drive(
             ));
         }
     };
-    let mut finished = run_workers(prepared, &mut log, watch, resume, sampler, control).await?;
+    let mut finished = run_workers(prepared, &mut log, watch, resume, fleet, control).await?;
 
     if record.worktree {
         let first_line: String = record
@@ -124,7 +124,7 @@ async fn run_workers(
     log: &mut EventLog,
     watch: &mut (dyn FnMut(&EventEnvelope) + Send),
     mut resume: Resume,
-    sampler: &Sampler,
+    fleet: &Fleet,
     control: &mut mpsc::UnboundedReceiver<ShadowControl>,
 ) -> Option<Finished> {
     let mut tracking = Tracking::default();
@@ -163,7 +163,7 @@ async fn run_workers(
             &mut out,
             &mut tracking,
             resume,
-            sampler,
+            fleet,
             control,
         )
         .await;

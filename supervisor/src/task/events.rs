@@ -285,6 +285,8 @@ impl Progress {
     pub fn note(&mut self, event: &Event) {
         match event {
             Event::Started { attempt, pid, .. } => {
+                // A paused task that was resumed is not finished any more.
+                self.finished = None;
                 self.starts += 1;
                 self.attempt = *attempt;
                 self.pid = Some(*pid);
@@ -342,6 +344,7 @@ mod tests {
         let usage = Usage {
             input_tokens: 10,
             output_tokens: 2,
+            cost_usd: None,
         };
         let events = vec![
             envelope(

@@ -13,6 +13,9 @@
 //! - [`shadow`]: spawning one worker process, the handshake, the channel.
 //! - [`sandbox`]: the policy a shadow's tools run under, its cgroup, and what holds on this host.
 //! - [`memory`]: the sysinfo sampler behind memory limits and pool admission.
+//!
+//! What all shadows of one supervisor share is its [`Fleet`]: the memory sampler and the
+//! governor ([`crate::govern`]).
 
 pub mod attempt;
 pub mod control;
@@ -25,3 +28,10 @@ pub mod record;
 pub mod request;
 pub mod sandbox;
 pub mod shadow;
+
+/// What every shadow of one supervisor shares: the memory sampler and the governor.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub sampler: memory::Sampler,
+    pub governor: crate::govern::Governor,
+}

@@ -15,7 +15,7 @@ use crate::task::control::Resume;
 use crate::task::events::{self, Progress};
 use crate::task::git;
 use crate::task::record::{RecordError, StateDir, TaskDir, TaskRecord, is_valid_id};
-use crate::task::request::TaskRequest;
+use crate::task::request::{Budget, TaskRequest};
 
 /// A task ready to run: validated, with its directory and record created.
 #[derive(Debug, Clone)]
@@ -23,6 +23,34 @@ pub struct Prepared {
     pub record: TaskRecord,
     pub dir: TaskDir,
     pub config: Config,
+}
+
+/// A budget must be positive, and a dollar budget needs a price for the model (config
+/// `[prices."PROVIDER/MODEL"]`, or the built-in table): without one it could never be kept.
+pub fn check_budget(
+    model: &str,
+    tokens: Option<u64>,
+    usd: Option<f64>,
+    config: &Config,
+) -> Result<(), CliError> {
+    if tokens == Some(0) {
+        return Err(CliError::Usage(
+            "--budget-tokens must be at least 1".to_owned(),
+        ));
+    }
+    if let Some(usd) = usd
+        && !(usd.is_finite() && usd > 0.0)
+    {
+        return Err(CliError::Usage(format!(
+            "--budget-usd must be a positive number of dollars, not {usd}"
+        )));
+    }
+    if usd.is_some() && config.governance.price(model).is_none() {
+        return Err(CliError::Usage(format!(
+            "--budget-usd needs the price of {model}, which kugetsu does not know: add              [prices.\"{model}\"] input_per_mtok = ... and output_per_mtok = ... to the config"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the request and creates the task: its directory and `task.json`.
@@ -39,6 +67,9 @@ pub async fn prepare(
         return Err(CliError::Usage("the prompt is empty".to_owned()));
     }
     let model = resolve_model(request.model.as_deref(), config, env)?;
+    let budget_tokens = request.budget.tokens.or(config.governance.budget_tokens);
+    let budget_usd = request.budget.usd.or(config.governance.budget_usd);
+    check_budget(&model.to_string(), budget_tokens, budget_usd, config)?;
     if request.no_worktree && request.base.is_some() {
         return Err(CliError::Usage(
             "--base needs a worktree; drop --no-worktree or --base".to_owned(),
@@ -83,6 +114,8 @@ pub async fn prepare(
         created_unix_ms: unix_ms(SystemTime::now()),
         priority: request.priority,
         origin: request.origin,
+        budget_tokens,
+        budget_usd,
     };
     // Durable before anyone is told the task exists.
     if let Err(e) = dir.save(&record) {
@@ -150,21 +183,25 @@ pub enum Reopened {
     /// The task can continue from its journal.
     Resumable(Box<Prepared>, Resume),
     /// The task already ended; this is its `finished` event.
-    Finished(EventEnvelope),
+    Finished(Box<EventEnvelope>),
 }
 
 /// Loads an existing task for `--resume`.
+///
+/// A task paused by its budget is resumable: `budget` (where given) replaces its budget in
+/// `task.json` first.
 pub async fn reopen(
     id: &str,
     state: &StateDir,
     config: &Config,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
+    budget: Budget,
 ) -> Result<Reopened, CliError> {
     if !is_valid_id(id) {
         return Err(CliError::Usage(format!("{id:?} is not a task id")));
     }
     let dir = state.task(id);
-    let record = dir.load().map_err(|e| match e {
+    let mut record = dir.load().map_err(|e| match e {
         RecordError::Missing { .. } => {
             CliError::Usage(format!("no task {id} in {}", state.root.display()))
         }
@@ -175,9 +212,23 @@ pub async fn reopen(
         .await
         .unwrap_or_default();
     if let Some(last) = events.last()
-        && matches!(last.event, kugetsu_protocol::Event::Finished(_))
+        && let kugetsu_protocol::Event::Finished(finished) = &last.event
+        && finished.status != kugetsu_protocol::FinishStatus::Paused
     {
-        return Ok(Reopened::Finished(last.clone()));
+        return Ok(Reopened::Finished(Box::new(last.clone())));
+    }
+    if budget != Budget::default() {
+        let tokens = budget.tokens.or(record.budget_tokens);
+        let usd = budget.usd.or(record.budget_usd);
+        check_budget(&record.model, tokens, usd, config)?;
+        record.budget_tokens = tokens;
+        record.budget_usd = usd;
+        dir.save(&record).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot update task.json: {}",
+                crate::exit::describe_io(&e)
+            ))
+        })?;
     }
     if !record.workdir.is_dir() {
         return Err(CliError::Usage(format!(

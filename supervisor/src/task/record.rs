@@ -95,6 +95,12 @@ pub struct TaskRecord {
     /// Who owns the task: the daemon resumes its own tasks after a restart, never others'.
     #[serde(default)]
     pub origin: Origin,
+    /// The task pauses before a model request that would take its tokens past this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// The same in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }
 
 /// Who created a task.
@@ -408,6 +414,8 @@ mod tests {
             created_unix_ms: 1,
             priority: Priority::Normal,
             origin: Origin::Daemon,
+            budget_tokens: None,
+            budget_usd: None,
         };
         dir.save(&record).unwrap();
         assert_eq!(dir.load().unwrap(), record);

@@ -33,4 +33,13 @@ pub struct TaskRequest {
     pub priority: Priority,
     /// Who owns the task.
     pub origin: Origin,
+    /// `--budget-tokens`, `--budget-usd`: the task pauses before a request that would pass it.
+    pub budget: Budget,
+}
+
+/// A task's budget; `None` falls back to the config's `budget_tokens` / `budget_usd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    pub tokens: Option<u64>,
+    pub usd: Option<f64>,
 }

@@ -213,7 +213,10 @@ impl Shadow {
             shadow.kill();
             return Err(SpawnError::Handshake(reason));
         }
-        shadow.send(SupervisorMessage::Start { task, resume });
+        shadow.send(SupervisorMessage::Start {
+            task: Box::new(task),
+            resume,
+        });
         Ok((shadow, events))
     }
 
@@ -224,6 +227,16 @@ impl Shadow {
     /// Asks the worker to stop its task and report `finished` with status `cancelled`.
     pub fn cancel(&self) {
         self.send(SupervisorMessage::Cancel);
+    }
+
+    /// Answers the worker's permit request `id`.
+    pub fn answer_permit(&self, id: u64, answer: crate::govern::Answer) {
+        self.send(match answer {
+            crate::govern::Answer::Grant => SupervisorMessage::Grant { id },
+            crate::govern::Answer::Deny { reason, pause } => {
+                SupervisorMessage::Deny { id, reason, pause }
+            }
+        });
     }
 
     /// Hands a steering message to the worker.

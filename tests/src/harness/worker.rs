@@ -241,13 +241,20 @@ impl WorkerProcess {
 
     /// Sends `start`.
     pub async fn start(&mut self, task: TaskSpec, resume: bool) {
-        self.send(&SupervisorMessage::Start { task, resume }).await;
+        self.send(&SupervisorMessage::Start {
+            task: Box::new(task),
+            resume,
+        })
+        .await;
     }
 
     /// Sends `start` and, in the same write, `steer` for each of `steers`: what the
     /// supervisor does when it restarts a worker with steers the dead one never delivered.
     pub async fn start_with_steers(&mut self, task: TaskSpec, resume: bool, steers: &[&str]) {
-        let mut messages = vec![SupervisorMessage::Start { task, resume }];
+        let mut messages = vec![SupervisorMessage::Start {
+            task: Box::new(task),
+            resume,
+        }];
         messages.extend(steers.iter().map(|text| SupervisorMessage::Steer {
             text: (*text).to_owned(),
         }));
@@ -398,5 +405,9 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         mem_limit_bytes: None,
         sandbox: None,
         secrets: Default::default(),
+        governed: false,
+        budget_tokens: None,
+        budget_usd: None,
+        prices: Default::default(),
     }
 }

@@ -16,7 +16,12 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Starts a worker on `repo` for `server` with `prompt`.
 async fn start(repo: &TestRepo, server: &FakeLlm, prompt: &str, resume: bool) -> WorkerProcess {
     let mut worker = repo.worker().llm(server).spawn().await;
-    assert_eq!(worker.hello()["protocol"], 1, "{}", worker.hello());
+    assert_eq!(
+        worker.hello()["protocol"],
+        kugetsu_protocol::PROTOCOL_VERSION,
+        "{}",
+        worker.hello()
+    );
     worker.start(repo.worker_task(prompt, server), resume).await;
     worker
 }

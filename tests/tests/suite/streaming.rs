@@ -3,8 +3,9 @@
 //! real servers stray from the reference APIs.
 
 use kugetsu_tests::events::str_of;
+use kugetsu_tests::events::tokens;
 use kugetsu_tests::{FakeLlm, RunOutput, TestRepo, Turn, Wire};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const UTF8_TEXT: &str = "héllo ✓ 日本 — ünïcödé 🦀 done";
 
@@ -109,17 +110,23 @@ async fn usage_adds_up(wire: Wire) {
     let ends = out.events.of_type("turn_end");
     assert_eq!(ends.len(), 2);
     assert_eq!(
-        ends[0]["usage"],
+        tokens(&ends[0]["usage"]),
         json!({"input_tokens": 1200, "output_tokens": 34})
     );
     assert_eq!(
-        ends[1]["usage"],
+        tokens(&ends[1]["usage"]),
         json!({"input_tokens": 1500, "output_tokens": 21})
     );
+    let total = &out.finished()["usage"];
     assert_eq!(
-        out.finished()["usage"],
+        tokens(total),
         json!({"input_tokens": 2700, "output_tokens": 55})
     );
+    // The fake's models are well-known ones: each turn is priced and the costs add up.
+    let cost = |usage: &Value| usage["cost_usd"].as_f64().unwrap_or(-1.0);
+    assert!(cost(&ends[0]["usage"]) > 0.0, "{}", ends[0]);
+    let sum = cost(&ends[0]["usage"]) + cost(&ends[1]["usage"]);
+    assert!((cost(total) - sum).abs() < 1e-12, "{total} vs {sum}");
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
 use super::error::ErrorSource;
-use super::http::{Endpoint, Timeouts, base_url, endpoint_url, key_header};
+use super::gate::Gate;
+use super::http::{Ask, Endpoint, Timeouts, base_url, endpoint_url, key_header};
 use super::retry::RetryPolicy;
 use super::{Completion, LlmError, LlmRequest};
 use crate::conversation::{Message, ToolCall, ToolSpec};
@@ -67,6 +68,12 @@ impl AnthropicClient {
         })
     }
 
+    /// Passes every request through `gate` (the task's budget and the governor's permits).
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.endpoint = self.endpoint.with_gate(gate);
+        self
+    }
+
     /// Replaces the retry policy (tests record delays instead of sleeping).
     #[cfg(test)]
     pub(crate) fn set_retry(&mut self, retry: RetryPolicy) {
@@ -82,8 +89,9 @@ impl AnthropicClient {
         let body = serde_json::to_vec(&MessagesRequest::new(&self.model, request))
             .map_err(|source| LlmError::EncodeRequest { source })?;
         let source = self.endpoint.source();
+        let ask = Ask::for_body(&body, request.max_tokens);
         self.endpoint
-            .stream(body, || MessageStream::new(source), on_text)
+            .stream(body, ask, || MessageStream::new(source), on_text)
             .await
     }
 }

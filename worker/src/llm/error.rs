@@ -13,6 +13,13 @@ pub enum LlmError {
     /// The provider is not usable as configured (missing key, bad script, bad URL).
     #[error("{0}")]
     Config(String),
+    /// The request was not sent: it would pass the task's budget; the task pauses.
+    #[error("{0}")]
+    Paused(String),
+    /// The supervisor's governor refused the request (e.g. a rate-limit wait that does not
+    /// fit before the task's deadline).
+    #[error("{0}")]
+    NotPermitted(String),
     /// The provider refused the credentials (HTTP 401/403, `authentication_error`).
     #[error("{provider} refused the credentials ({origin}): {message}{}", key_hint(*.key_env))]
     Auth {

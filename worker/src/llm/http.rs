@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::Completion;
 use super::error::{ErrorOrigin, ErrorSource, LlmError, ReportedError, classify, shorten};
+use super::gate::{Gate, Permit, fingerprint, rate_headers};
 use super::retry::{RetryPolicy, jitter, retry_after};
 
 /// How long establishing a connection (TCP and TLS) may take.
@@ -78,6 +79,26 @@ pub(crate) struct Endpoint {
     source: ErrorSource,
     /// When and how long to wait before another attempt.
     retry: RetryPolicy,
+    /// The budget and permit every attempt passes first.
+    gate: Gate,
+}
+
+/// What a request asks of the gate: its estimated input and its output cap, in tokens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    pub input_tokens: u64,
+    pub max_output: u64,
+}
+
+impl Ask {
+    /// The ask of a request whose JSON body is `body`: about four bytes a token (the body
+    /// holds the tool schemas too, which count as input), and the request's output cap.
+    pub(crate) fn for_body(body: &[u8], max_tokens: u32) -> Ask {
+        Ask {
+            input_tokens: (body.len() / 4) as u64,
+            max_output: u64::from(max_tokens),
+        }
+    }
 }
 
 impl fmt::Debug for Endpoint {
@@ -197,7 +218,31 @@ impl Endpoint {
             headers,
             source,
             retry,
+            gate: Gate::default(),
         })
+    }
+
+    /// Passes every attempt through `gate`, naming this endpoint's account (provider, URL,
+    /// and a fingerprint of the key headers) to the supervisor's governor.
+    pub(crate) fn with_gate(mut self, gate: Gate) -> Self {
+        let mut key = Vec::new();
+        for value in self.headers.values().filter(|v| v.is_sensitive()) {
+            key.extend_from_slice(value.as_bytes());
+        }
+        let mut url = self.url.clone();
+        let _ = url.set_password(None);
+        let account = format!(
+            "{} {} key:{}",
+            self.source.provider,
+            url,
+            if key.is_empty() {
+                "none".to_owned()
+            } else {
+                fingerprint(&key)
+            }
+        );
+        self.gate = gate.for_account(self.source.provider, account);
+        self
     }
 
     /// Who errors are reported as coming from.
@@ -213,19 +258,44 @@ impl Endpoint {
 
     /// POSTs `body` and streams the answer through a fresh decoder per attempt, retrying as
     /// the policy allows.
+    ///
+    /// Each attempt first passes the gate (budget, then the governor's permit when the task
+    /// is governed). A governed attempt answered 429 is not counted against the attempts: the
+    /// governor, told the response's headers, holds the account as the server asks and the
+    /// next permit comes when it may; it refuses one whose wait cannot fit the task's deadline.
     pub(crate) async fn stream<D: StreamDecoder>(
         &self,
         body: Vec<u8>,
+        ask: Ask,
         new_decoder: impl Fn() -> D + Send + Sync,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Completion, LlmError> {
         let body = Bytes::from(body);
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(body.clone(), new_decoder(), on_text).await {
-                Ok(completion) => return Ok(completion),
+            let permit = self.gate.acquire(ask.input_tokens, ask.max_output).await?;
+            let governed = permit.is_governed();
+            let failure = match self
+                .attempt(body.clone(), new_decoder(), on_text, &permit)
+                .await
+            {
+                Ok(mut completion) => {
+                    permit.end(Some(&mut completion.usage));
+                    return Ok(completion);
+                }
                 Err(failure) => failure,
             };
+            permit.end(None);
+            if governed
+                && matches!(failure.error, LlmError::RateLimited { .. })
+                && !failure.tool_call_started
+            {
+                eprintln!(
+                    "kugetsu-worker: {}; waiting for the governor's next permit",
+                    kugetsu_protocol::error_chain(&failure.error)
+                );
+                continue;
+            }
             if !failure.error.is_retryable() || failure.tool_call_started {
                 return Err(failure.error);
             }
@@ -260,6 +330,7 @@ impl Endpoint {
         body: Bytes,
         mut decoder: D,
         on_text: &mut (dyn FnMut(&str) + Send),
+        permit: &Permit,
     ) -> Result<Completion, Failure> {
         let provider = self.source.provider;
         let mut response = self
@@ -278,6 +349,7 @@ impl Endpoint {
             })?;
 
         let status = response.status();
+        permit.head(status.as_u16(), rate_headers(response.headers()));
         if !status.is_success() {
             let retry_after = retry_after(response.headers(), SystemTime::now());
             let body = read_capped(response).await;

@@ -6,6 +6,7 @@
 //! - `provider`: [`Provider`], the one type the agent loop talks to.
 //! - `error`: [`LlmError`], one taxonomy for every failure, and how provider errors map to it.
 //! - `http`: the shared client, one attempt's request/response, and the retry loop.
+//! - [`gate`]: the task's budget and the governor's permits, passed before every request.
 //! - `retry`: backoff, jitter and `retry-after` handling.
 //! - `sse`: a push-based server-sent events parser that survives any chunking.
 //!
@@ -14,6 +15,7 @@
 
 pub mod anthropic;
 mod error;
+pub mod gate;
 mod http;
 pub mod openai;
 mod provider;

@@ -2,6 +2,7 @@
 
 use kugetsu_protocol::{ModelRef, ProviderKind};
 
+use super::gate::Gate;
 use super::{Completion, LlmError, LlmRequest, anthropic, openai, scripted};
 
 /// The provider a task talks to.
@@ -16,21 +17,23 @@ pub enum Provider {
 }
 
 impl Provider {
-    /// Builds the provider for `model`, reading keys and base URLs through `env`.
+    /// Builds the provider for `model`, reading keys and base URLs through `env`; every
+    /// request passes `gate` first.
     pub fn from_model(
         model: &ModelRef,
         env: &dyn Fn(&str) -> Option<String>,
+        gate: Gate,
     ) -> Result<Provider, LlmError> {
         match model.provider {
-            ProviderKind::Scripted => {
-                Ok(Provider::Scripted(scripted::Scripted::load(&model.model)?))
-            }
-            ProviderKind::Anthropic => Ok(Provider::Anthropic(anthropic::AnthropicClient::new(
-                model, env,
-            )?)),
-            ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
-                Ok(Provider::OpenAi(openai::OpenAiClient::new(model, env)?))
-            }
+            ProviderKind::Scripted => Ok(Provider::Scripted(
+                scripted::Scripted::load(&model.model)?.with_gate(gate),
+            )),
+            ProviderKind::Anthropic => Ok(Provider::Anthropic(
+                anthropic::AnthropicClient::new(model, env)?.with_gate(gate),
+            )),
+            ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => Ok(
+                Provider::OpenAi(openai::OpenAiClient::new(model, env)?.with_gate(gate)),
+            ),
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use kugetsu_protocol::Usage;
 use serde::Deserialize;
 
+use super::gate::Gate;
 use super::{Completion, LlmError, LlmRequest, StopReason};
 use crate::conversation::{Message, ToolCall};
 
@@ -89,6 +90,8 @@ pub struct Scripted {
     delay: Duration,
     /// The answer to compaction requests.
     summary: Option<String>,
+    /// The task's budget and the governor's permits, passed like a real provider's.
+    gate: Gate,
 }
 
 impl Scripted {
@@ -116,11 +119,36 @@ impl Scripted {
             turns,
             delay: Duration::from_millis(delay_ms),
             summary,
+            gate: Gate::default(),
         })
     }
 
-    /// Replays the turn after the conversation's last assistant message.
+    /// Passes every request through `gate`.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate.for_account("scripted", "scripted".to_owned());
+        self
+    }
+
+    /// Replays the turn after the conversation's last assistant message, once the gate lets
+    /// the request through (a script's requests count against budgets and limits too).
     pub async fn complete(
+        &self,
+        request: &LlmRequest<'_>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Completion, LlmError> {
+        let permit = self
+            .gate
+            .acquire(
+                input_chars(request) as u64 / 4,
+                u64::from(request.max_tokens),
+            )
+            .await?;
+        let mut completion = self.replay(request, on_text).await?;
+        permit.end(Some(&mut completion.usage));
+        Ok(completion)
+    }
+
+    async fn replay(
         &self,
         request: &LlmRequest<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
@@ -134,6 +162,7 @@ impl Scripted {
                 usage: Usage {
                     input_tokens: 0,
                     output_tokens: (text.len() / 4) as u64,
+                    cost_usd: None,
                 },
                 text,
                 tool_calls: Vec::new(),
@@ -172,12 +201,7 @@ impl Scripted {
                 },
             })
             .collect();
-        let input_chars: usize = request.system.len()
-            + request
-                .messages
-                .iter()
-                .map(|m| serde_json::to_string(m).map_or(0, |s| s.len()))
-                .sum::<usize>();
+        let input_chars = input_chars(request);
         let output_chars =
             turn.text.len() + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>();
         Ok(Completion {
@@ -191,9 +215,20 @@ impl Scripted {
             usage: Usage {
                 input_tokens: (input_chars / 4) as u64,
                 output_tokens: (output_chars / 4).max(1) as u64,
+                cost_usd: None,
             },
         })
     }
+}
+
+/// The size of a request's system prompt and messages as JSON, in bytes.
+fn input_chars(request: &LlmRequest<'_>) -> usize {
+    request.system.len()
+        + request
+            .messages
+            .iter()
+            .map(|m| serde_json::to_string(m).map_or(0, |s| s.len()))
+            .sum::<usize>()
 }
 
 /// Splits `text` into pieces of about `size` bytes on character boundaries.

@@ -78,7 +78,7 @@ fn provider(model: &str, vars: &[(&str, String)], retry: RetryPolicy) -> Provide
         .map(|(n, v)| ((*n).to_owned(), v.clone()))
         .collect();
     let env = move |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let mut provider = Provider::from_model(&model, &env).unwrap();
+    let mut provider = Provider::from_model(&model, &env, Default::default()).unwrap();
     match &mut provider {
         Provider::OpenAi(client) => client.set_retry(retry),
         Provider::Anthropic(client) => client.set_retry(retry),
@@ -171,6 +171,7 @@ fn anthropic_turn() -> Completion {
         usage: Usage {
             input_tokens: 210,
             output_tokens: 27,
+            cost_usd: None,
         },
         stop: StopReason::ToolUse,
     }
@@ -191,6 +192,7 @@ async fn openai_streams_text_and_two_tool_calls() {
             usage: Usage {
                 input_tokens: 321,
                 output_tokens: 45,
+                cost_usd: None,
             },
             stop: StopReason::ToolUse,
         }
@@ -511,7 +513,12 @@ async fn a_stalled_stream_fails_after_the_read_timeout() {
     let mut on_text = |t: &str| seen.push_str(t);
     let result = tokio::time::timeout(
         DEADLINE,
-        endpoint.stream(b"{}".to_vec(), || ChatStream::new(source), &mut on_text),
+        endpoint.stream(
+            b"{}".to_vec(),
+            crate::llm::http::Ask::for_body(b"{}", 100),
+            || ChatStream::new(source),
+            &mut on_text,
+        ),
     )
     .await
     .unwrap();
@@ -559,7 +566,12 @@ fn providers_are_shareable_and_their_futures_send() {
     fn assert_send<T: Send>(_: &T) {}
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Provider>();
-    let provider = Provider::from_model(&"scripted/demo".parse().unwrap(), &|_| None).unwrap();
+    let provider = Provider::from_model(
+        &"scripted/demo".parse().unwrap(),
+        &|_| None,
+        Default::default(),
+    )
+    .unwrap();
     let request = LlmRequest {
         system: "",
         messages: &[],
@@ -578,11 +590,19 @@ fn missing_keys_are_config_errors_naming_the_variable() {
         ("anthropic/claude-x", "ANTHROPIC_API_KEY"),
         ("openrouter/meta/llama", "OPENROUTER_API_KEY"),
     ] {
-        let error = Provider::from_model(&model.parse().unwrap(), &|_| None).unwrap_err();
+        let error = Provider::from_model(&model.parse().unwrap(), &|_| None, Default::default())
+            .unwrap_err();
         assert!(
             matches!(&error, LlmError::Config(m) if m.contains(var)),
             "{error}"
         );
     }
-    assert!(Provider::from_model(&"ollama/qwen3".parse().unwrap(), &|_| None).is_ok());
+    assert!(
+        Provider::from_model(
+            &"ollama/qwen3".parse().unwrap(),
+            &|_| None,
+            Default::default()
+        )
+        .is_ok()
+    );
 }

@@ -266,6 +266,7 @@ impl UsageParts {
         Usage {
             input_tokens: self.input + self.cache_creation + self.cache_read,
             output_tokens: self.output,
+            cost_usd: None,
         }
     }
 }
@@ -417,6 +418,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 150,
                 output_tokens: 42,
+                cost_usd: None,
             },
             stop: StopReason::ToolUse,
         }
@@ -477,7 +479,8 @@ mod tests {
             completion.usage,
             Usage {
                 input_tokens: 5,
-                output_tokens: 3
+                output_tokens: 3,
+                cost_usd: None,
             }
         );
     }

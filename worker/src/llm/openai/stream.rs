@@ -88,6 +88,9 @@ struct FunctionDelta {
 struct ChunkUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    /// OpenRouter's own figure of what the request cost, in US dollars.
+    #[serde(default)]
+    cost: Option<f64>,
 }
 
 impl ChatStream {
@@ -143,6 +146,10 @@ impl ChatStream {
             self.usage = Usage {
                 input_tokens: usage.prompt_tokens.unwrap_or(self.usage.input_tokens),
                 output_tokens: usage.completion_tokens.unwrap_or(self.usage.output_tokens),
+                cost_usd: usage
+                    .cost
+                    .filter(|c| c.is_finite() && *c >= 0.0)
+                    .or(self.usage.cost_usd),
             };
         }
         for choice in chunk.choices.unwrap_or_default() {
@@ -335,6 +342,7 @@ mod tests {
             usage: Usage {
                 input_tokens: 120,
                 output_tokens: 34,
+                cost_usd: None,
             },
             stop: StopReason::ToolUse,
         }
