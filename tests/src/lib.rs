@@ -48,6 +48,6 @@ pub mod procs;
 pub mod rng;
 
 pub use events::Events;
-pub use fake_llm::{ApiError, FakeLlm, RecordedRequest, Reply, ToolResult, Turn, Wire};
+pub use fake_llm::{ApiError, FakeLlm, RateLimit, RecordedRequest, Reply, ToolResult, Turn, Wire};
 pub use harness::daemon::{Daemon, Gate, RpcClient, Script};
 pub use harness::{Kugetsu, LiveRun, RunOutput, TestRepo, WorkerProcess};

@@ -22,6 +22,11 @@ pub struct Bucket {
     /// Whether the provider's headers have reported the remaining amount (the provider's own
     /// count then rules, and unused reservations are not handed back on our own guess).
     synced: bool,
+    /// Charged to reservations that have not gone out yet.
+    reserved: f64,
+    /// Charged to requests that went out, ever: a request's stamp tells how much went out
+    /// after it.
+    sent: f64,
 }
 
 impl Bucket {
@@ -33,6 +38,8 @@ impl Bucket {
             level: limit,
             at: now,
             synced: false,
+            reserved: 0.0,
+            sent: 0.0,
         }
     }
 
@@ -67,11 +74,27 @@ impl Bucket {
         self.limit = limit;
     }
 
-    /// Charges `cost` (at most the whole bucket) and returns how long until it is covered.
+    /// The most one request is charged: the whole bucket.
+    fn capped(&self, cost: u64) -> f64 {
+        (cost as f64).min(self.limit)
+    }
+
+    /// Charges a reservation of `cost` (at most the whole bucket) and returns how long until it
+    /// is covered.
     pub fn reserve(&mut self, cost: u64, now: Instant) -> Duration {
         self.refill(now);
-        self.level -= (cost as f64).min(self.limit);
+        let cost = self.capped(cost);
+        self.level -= cost;
+        self.reserved += cost;
         self.wait(now)
+    }
+
+    /// A reservation of `cost` goes out now; returns its stamp for [`Bucket::sync`].
+    pub fn send(&mut self, cost: u64) -> f64 {
+        let cost = self.capped(cost);
+        self.reserved = (self.reserved - cost).max(0.0);
+        self.sent += cost;
+        self.sent
     }
 
     /// How long until the level is back to zero (all reservations covered).
@@ -98,16 +121,20 @@ impl Bucket {
     }
 
     /// Hands back a reservation that never went out, whatever rules the count.
-    pub fn cancel(&mut self, amount: u64, now: Instant) {
+    pub fn cancel(&mut self, cost: u64, now: Instant) {
         self.refill(now);
-        self.level = (self.level + amount as f64).min(self.limit);
+        let cost = self.capped(cost);
+        self.reserved = (self.reserved - cost).max(0.0);
+        self.level = (self.level + cost).min(self.limit);
     }
 
-    /// The provider said `remaining` are left, while `since` more were charged after the
-    /// request that learned it (those may not be in the provider's count yet).
-    pub fn sync(&mut self, remaining: u64, since: u64, now: Instant) {
+    /// The provider said `remaining` are left when it took the request stamped `stamp`: what
+    /// went out after that request may not be in its count yet, and what is reserved is
+    /// promised to waiting requests.
+    pub fn sync(&mut self, remaining: u64, stamp: f64, now: Instant) {
         self.refill(now);
-        self.level = (remaining as f64 - since as f64).min(self.limit);
+        let since = (self.sent - stamp).max(0.0);
+        self.level = (remaining as f64 - since).min(self.limit) - self.reserved;
         self.at = now;
         self.synced = true;
     }
@@ -163,8 +190,12 @@ mod tests {
         let t0 = Instant::now();
         let mut bucket = Bucket::new(100, t0);
         bucket.reserve(1, t0);
-        // Someone else used the key: 5 left, and 2 of ours went out since.
-        bucket.sync(5, 2, t0);
+        let first = bucket.send(1);
+        bucket.reserve(2, t0);
+        bucket.send(2);
+        // Someone else used the key: 5 left when it took the first, and 2 of ours went out
+        // after that one.
+        bucket.sync(5, first, t0);
         assert!(bucket.synced());
         assert_eq!(bucket.reserve(3, t0), Duration::ZERO);
         assert!(bucket.reserve(1, t0) > Duration::ZERO);
@@ -175,6 +206,24 @@ mod tests {
         // ...but a reservation that never went out is.
         bucket.cancel(1, t0);
         assert_eq!(bucket.wait(t0), Duration::ZERO);
+    }
+
+    #[test]
+    fn waiting_reservations_survive_a_sync() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(60, t0); // one a second
+        bucket.sync(1, 0.0, t0);
+        let stamp = {
+            bucket.reserve(1, t0);
+            bucket.send(1)
+        };
+        // Two more line up behind it.
+        assert!((bucket.reserve(1, t0).as_secs_f64() - 1.0).abs() < 1e-6);
+        assert!((bucket.reserve(1, t0).as_secs_f64() - 2.0).abs() < 1e-6);
+        // The provider confirms: nothing left. The two waiting keep their places, and a new
+        // one lines up after them, not beside them.
+        bucket.sync(0, stamp, t0);
+        assert!((bucket.reserve(1, t0).as_secs_f64() - 3.0).abs() < 1e-6);
     }
 
     #[test]

@@ -164,8 +164,6 @@ struct Account {
     seen_head: bool,
     /// 429s in a row.
     strikes: u32,
-    /// Permits granted so far (a permit's number tells which came after it).
-    grants: u64,
     stats: AccountStats,
 }
 
@@ -173,8 +171,8 @@ struct Account {
 #[derive(Debug, Clone)]
 struct Granted {
     account: String,
-    /// The account's grant number of this permit.
-    number: u64,
+    /// Each bucket's stamp when this permit went out (see [`Bucket::sync`]).
+    stamps: [f64; 4],
     charge: Charge,
 }
 
@@ -226,7 +224,6 @@ impl Account {
             probe: None,
             seen_head: false,
             strikes: 0,
-            grants: 0,
             stats: AccountStats::default(),
         };
         account.apply_limits(limits, now);
@@ -274,14 +271,18 @@ impl Account {
         self.cap
     }
 
-    fn charge(&mut self, charge: Charge, now: Instant) -> Duration {
-        let mut wait = Duration::ZERO;
-        for (bucket, cost) in [
+    fn buckets(&mut self, charge: Charge) -> [(&mut Option<Bucket>, u64); 4] {
+        [
             (&mut self.requests, 1),
             (&mut self.tokens, charge.tokens),
             (&mut self.input, charge.input),
             (&mut self.output, charge.output),
-        ] {
+        ]
+    }
+
+    fn charge(&mut self, charge: Charge, now: Instant) -> Duration {
+        let mut wait = Duration::ZERO;
+        for (bucket, cost) in self.buckets(charge) {
             if let Some(bucket) = bucket {
                 wait = wait.max(bucket.reserve(cost, now));
             }
@@ -289,13 +290,19 @@ impl Account {
         wait
     }
 
+    /// A reservation goes out: the buckets' stamps for a later sync.
+    fn send(&mut self, charge: Charge) -> [f64; 4] {
+        let mut stamps = [0.0; 4];
+        for (stamp, (bucket, cost)) in stamps.iter_mut().zip(self.buckets(charge)) {
+            if let Some(bucket) = bucket {
+                *stamp = bucket.send(cost);
+            }
+        }
+        stamps
+    }
+
     fn uncharge(&mut self, charge: Charge, now: Instant) {
-        for (bucket, cost) in [
-            (&mut self.requests, 1),
-            (&mut self.tokens, charge.tokens),
-            (&mut self.input, charge.input),
-            (&mut self.output, charge.output),
-        ] {
+        for (bucket, cost) in self.buckets(charge) {
             if let Some(bucket) = bucket {
                 bucket.cancel(cost, now);
             }
@@ -461,8 +468,17 @@ impl State {
             *charged = Some(now);
         }
         // Granted.
+        let charge = if enabled {
+            Charge::of(request)
+        } else {
+            Charge::default()
+        };
+        let stamps = if enabled {
+            account.send(charge)
+        } else {
+            [0.0; 4]
+        };
         account.in_flight += 1;
-        account.grants += 1;
         account.stats.granted += 1;
         if !account.seen_head && account.probe.is_none() {
             account.probe = Some(now);
@@ -471,12 +487,8 @@ impl State {
             (task.to_owned(), request.id),
             Granted {
                 account: request.account.clone(),
-                number: account.grants,
-                charge: if enabled {
-                    Charge::of(request)
-                } else {
-                    Charge::default()
-                },
+                stamps,
+                charge,
             },
         );
         Poll::Ready(Answer::Grant)
@@ -492,7 +504,6 @@ impl State {
             return;
         };
         let seen = headers::observe(headers, SystemTime::now());
-        let since = account.grants.saturating_sub(granted.number);
         let counters = [
             seen.requests,
             seen.tokens,
@@ -511,11 +522,11 @@ impl State {
             &mut account.input,
             &mut account.output,
         ];
-        for (bucket, counter) in buckets.into_iter().zip(counters) {
+        for ((bucket, counter), stamp) in buckets.into_iter().zip(counters).zip(granted.stamps) {
             if let (Some(bucket), Some(remaining)) =
                 (bucket.as_mut(), counter.and_then(|c| c.remaining))
             {
-                bucket.sync(remaining, since, now);
+                bucket.sync(remaining, stamp, now);
             }
         }
         // A limit with no rate we know, used up: wait for its reset.

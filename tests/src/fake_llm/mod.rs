@@ -34,5 +34,6 @@ mod server;
 pub use record::{RecordedRequest, ToolResult};
 pub use reply::{ApiError, ErrorKind, Reply, Turn};
 pub use server::{
-    ANTHROPIC_KEY, ANTHROPIC_MODEL, FakeLlm, FakeLlmBuilder, OPENAI_KEY, OPENAI_MODEL, Wire,
+    ANTHROPIC_KEY, ANTHROPIC_MODEL, FakeLlm, FakeLlmBuilder, OPENAI_KEY, OPENAI_MODEL, RateLimit,
+    Wire,
 };

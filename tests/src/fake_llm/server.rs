@@ -79,6 +79,8 @@ struct State {
     /// Every tool-call id streamed so far: a client may only echo these.
     issued: HashSet<String>,
     ids: IdGen,
+    /// The key's rate limit, when the test set one.
+    limiter: Option<Limiter>,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,125 @@ pub struct FakeLlmBuilder {
     wire: Wire,
     expect: Expectations,
     usage_from_body: bool,
+    limit: Option<RateLimit>,
+}
+
+/// A provider's rate limit on the key, enforced the way providers do: token buckets that
+/// refill continuously, real rate-limit headers on every response, 429 with `retry-after`
+/// over the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Requests per minute, as the headers state it.
+    pub rpm: u64,
+    /// How many requests the bucket holds (a provider's burst allowance).
+    pub request_burst: u64,
+    /// Tokens per minute (input estimated from the body, plus the request's max tokens).
+    pub tpm: Option<u64>,
+    /// How many tokens the bucket holds.
+    pub token_burst: u64,
+}
+
+/// One bucket of a [`RateLimit`].
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    level: f64,
+    capacity: f64,
+    per_sec: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u64, capacity: u64) -> Bucket {
+        Bucket {
+            level: capacity as f64,
+            capacity: capacity as f64,
+            per_sec: per_minute as f64 / 60.0,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: std::time::Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + elapsed * self.per_sec).min(self.capacity);
+        self.at = now;
+    }
+
+    /// How long until `cost` fits (zero: it fits now).
+    fn wait(&self, cost: f64) -> f64 {
+        let cost = cost.min(self.capacity);
+        ((cost - self.level) / self.per_sec).max(0.0)
+    }
+
+    fn reset_secs(&self) -> f64 {
+        (self.capacity - self.level) / self.per_sec
+    }
+}
+
+impl Limiter {
+    /// Takes one request costing `tokens` if it fits now: whether it did, the rate-limit
+    /// headers to send (as `wire`'s provider names them), and seconds until it would fit.
+    fn admit(&mut self, tokens: f64, wire: Wire) -> (bool, Vec<(String, String)>, f64) {
+        let now = std::time::Instant::now();
+        self.requests.refill(now);
+        if let Some(b) = self.tokens.as_mut() {
+            b.refill(now);
+        }
+        let wait = self
+            .requests
+            .wait(1.0)
+            .max(self.tokens.map_or(0.0, |b| b.wait(tokens)));
+        let admitted = wait <= 0.0;
+        if admitted {
+            self.requests.level -= 1.0;
+            if let Some(b) = self.tokens.as_mut() {
+                b.level -= tokens.min(b.capacity);
+            }
+        }
+        let mut headers = Vec::new();
+        let mut add = |what: &str, limit: u64, bucket: &Bucket| match wire {
+            Wire::OpenAi => {
+                headers.push((format!("x-ratelimit-limit-{what}"), limit.to_string()));
+                headers.push((
+                    format!("x-ratelimit-remaining-{what}"),
+                    (bucket.level.max(0.0).floor() as u64).to_string(),
+                ));
+                headers.push((
+                    format!("x-ratelimit-reset-{what}"),
+                    format!("{:.3}s", bucket.reset_secs()),
+                ));
+            }
+            Wire::Anthropic => {
+                headers.push((
+                    format!("anthropic-ratelimit-{what}-limit"),
+                    limit.to_string(),
+                ));
+                headers.push((
+                    format!("anthropic-ratelimit-{what}-remaining"),
+                    (bucket.level.max(0.0).floor() as u64).to_string(),
+                ));
+                let at = std::time::SystemTime::now()
+                    + Duration::from_secs_f64(bucket.reset_secs().max(0.0));
+                headers.push((
+                    format!("anthropic-ratelimit-{what}-reset"),
+                    humantime::format_rfc3339_seconds(at).to_string(),
+                ));
+            }
+        };
+        add("requests", self.limit.rpm, &self.requests);
+        if let (Some(tpm), Some(bucket)) = (self.limit.tpm, &self.tokens) {
+            add("tokens", tpm, bucket);
+        }
+        (admitted, headers, wait)
+    }
+}
+
+/// The state of a [`RateLimit`].
+#[derive(Debug)]
+struct Limiter {
+    limit: RateLimit,
+    requests: Bucket,
+    tokens: Option<Bucket>,
+    throttled: usize,
 }
 
 impl FakeLlmBuilder {
@@ -137,6 +258,12 @@ impl FakeLlmBuilder {
         self
     }
 
+    /// Enforces `limit` on the key: over it, 429 with `retry-after` and no reply taken.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving on a thread of its own.
     pub fn start(self) -> FakeLlm {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -155,6 +282,12 @@ impl FakeLlmBuilder {
                 violations: Vec::new(),
                 issued: HashSet::new(),
                 ids: IdGen::new(u64::from(addr.port())),
+                limiter: self.limit.map(|limit| Limiter {
+                    limit,
+                    requests: Bucket::new(limit.rpm, limit.request_burst),
+                    tokens: limit.tpm.map(|tpm| Bucket::new(tpm, limit.token_burst)),
+                    throttled: 0,
+                }),
             }),
             wire: self.wire,
             expect: self.expect,
@@ -215,6 +348,7 @@ impl FakeLlm {
             wire,
             expect: Expectations::default(),
             usage_from_body: false,
+            limit: None,
         }
     }
 
@@ -356,6 +490,15 @@ impl FakeLlm {
     /// Every request so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
+    }
+
+    /// How many requests were answered 429 for the rate limit.
+    pub fn throttled(&self) -> usize {
+        self.shared
+            .lock()
+            .limiter
+            .as_ref()
+            .map_or(0, |l| l.throttled)
     }
 
     pub fn request_count(&self) -> usize {
@@ -527,11 +670,14 @@ enum Planned {
         pause: Duration,
         /// After the events, keep the connection open and send nothing.
         stall: bool,
+        /// Rate-limit headers.
+        extra: Vec<(String, String)>,
     },
     Error {
         status: u16,
         body: Value,
         retry_after: Option<u64>,
+        extra: Vec<(String, String)>,
     },
     Stall,
     Raw(Vec<u8>),
@@ -606,6 +752,48 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
         received_at: std::time::Instant::now(),
     };
     let mut violations = Vec::new();
+    let mut extra = Vec::new();
+    if wire == Some(shared.wire)
+        && let Some(limiter) = state.limiter.as_mut()
+    {
+        let max_tokens = recorded.json.as_ref().and_then(|j| {
+            j.get("max_tokens")
+                .or_else(|| j.get("max_completion_tokens"))
+                .and_then(Value::as_u64)
+        });
+        let cost = (body_tokens + max_tokens.unwrap_or(0)) as f64;
+        let (admitted, headers, retry) = limiter.admit(cost, shared.wire);
+        extra = headers;
+        if !admitted {
+            limiter.throttled += 1;
+            let retry_secs = retry.ceil().max(1.0) as u64;
+            let error = ApiError::rate_limited().retry_after(retry_secs);
+            if shared.wire == Wire::OpenAi {
+                extra.push((
+                    "retry-after-ms".to_owned(),
+                    format!("{:.0}", (retry * 1000.0).ceil().max(1.0)),
+                ));
+            }
+            let (status, body) = match shared.wire {
+                Wire::OpenAi => openai::error_body(&error),
+                Wire::Anthropic => anthropic::error_body(&error),
+            };
+            state.requests.push(recorded);
+            let request_id = state.ids.request_id();
+            drop(state);
+            shared.received.send_replace(number);
+            return (
+                Planned::Error {
+                    status,
+                    body,
+                    retry_after: Some(retry_secs),
+                    extra,
+                },
+                request_id,
+                number,
+            );
+        }
+    }
     let reply = match wire {
         Some(w) if w == shared.wire => {
             let expect = shared.expect.for_request(summary);
@@ -681,6 +869,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
                 write_size: turn.write_size,
                 pause: turn.write_pause,
                 stall,
+                extra,
             }
         }
         Some(Reply::Error(error)) => {
@@ -692,6 +881,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
                 status,
                 body,
                 retry_after: error.retry_after,
+                extra,
             }
         }
         Some(Reply::Stall) => Planned::Stall,
@@ -701,6 +891,7 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
             write_size,
             pause: Duration::from_millis(1),
             stall: false,
+            extra,
         },
     };
     drop(state);
@@ -722,8 +913,11 @@ async fn write_planned(
             write_size,
             pause,
             stall,
+            extra,
         } => {
-            http::write_head(write, 200, &sse_headers(wire, request_id)).await?;
+            let mut headers = sse_headers(wire, request_id);
+            headers.extend(extra);
+            http::write_head(write, 200, &headers).await?;
             match write_size {
                 None => {
                     for event in &events {
@@ -751,12 +945,14 @@ async fn write_planned(
             status,
             body,
             retry_after,
+            extra,
         } => {
             let body = body.to_string();
             let mut headers = vec![
                 ("content-type".to_owned(), "application/json".to_owned()),
                 ("content-length".to_owned(), body.len().to_string()),
             ];
+            headers.extend(extra);
             headers.push(request_id_header(wire, request_id));
             if let Some(seconds) = retry_after {
                 headers.push(("retry-after".to_owned(), seconds.to_string()));

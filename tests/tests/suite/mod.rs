@@ -10,6 +10,7 @@ mod errors;
 mod fake_server;
 mod file_races;
 mod fleet;
+mod governor;
 mod hermes;
 mod journal_damage;
 mod providers;
