@@ -24,12 +24,14 @@ FULL = dict(launch_runs=30, idle_copies=20, many=200, kills=15, cpu_shadows=100,
             journal=1000, daemon_many=1000, many_window=10.0, ps_runs=5, many_settle=300,
             spreads=(20, 200), stream_shadows=200, stream_warmup=2.0, stream_window=10.0,
             subscribers=3, stalled_bytes=3 << 20, stalled_time=120.0, stalled_rss_cap=4 << 30,
-            peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0)
+            peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0,
+            governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0)
 SMOKE = dict(launch_runs=3, idle_copies=3, many=5, kills=2, cpu_shadows=3, cpu_window=1.0,
              journal=50, daemon_many=5, many_window=1.0, ps_runs=1, many_settle=20,
              spreads=(3, 5), stream_shadows=5, stream_warmup=0.5, stream_window=1.0,
              subscribers=3, stalled_bytes=256 << 10, stalled_time=15.0, stalled_rss_cap=1 << 30,
-             peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3)
+             peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3,
+             governor=((3, 600, 4),), governor_timeout=60.0)
 
 
 class Ctx:
@@ -325,6 +327,33 @@ def groups(s, r):
     ]
 
 
+def governor_block(runs):
+    """The governor section: the same fleet on one rate-limited key, with and without it."""
+    out = ["\n## Governor\n",
+           "Shadows of one daemon on one key of a local fake provider (`scripts/bench_llm.py`, "
+           "`limit`) that enforces a requests-per-minute limit the way providers do: a token bucket "
+           "of BURST requests refilled at RPM a minute, OpenAI's `x-ratelimit-*-requests` headers on "
+           "every response, 429 with `retry-after` over the limit. Each task is the scripted "
+           "three-request task (two shell calls, then the answer). \"Without\" is `governor = false`: "
+           "each worker retries its own 429s (5 attempts, backoff from 1 s, honouring "
+           "`retry-after`), as a lone agent does. Limit used: requests served within the limit over "
+           "what the key allowed from the first served request to the last (BURST + RPM x span); "
+           "goal with the governor: at least 90% used, at most 5% of requests answered 429, no task "
+           "failed.\n"]
+    if runs is None:
+        return out + ["not measured"]
+    if isinstance(runs, Failed):
+        return out + [f"**error**: {runs.error}"]
+    out.append("| shadows | governor | key limit | completed | failed | requests answered 429 | limit used | wall time |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for g in runs:
+        out.append(f"| {g['shadows']} | {'on' if g['governed'] else 'off'} | {g['rpm']} rpm, burst {g['burst']} "
+                   f"| {g['completed']} | {g['failed'] + g['unfinished']} "
+                   f"| {g['throttled']} of {g['requests']} ({100 * g['share_429']:.1f}%) "
+                   f"| {100 * g['used']:.0f}% | {g['seconds']:.1f} s |")
+    return out
+
+
 def report(ctx, s, r):
     uname = os.uname()
     rows = []
@@ -346,6 +375,7 @@ def report(ctx, s, r):
            + (" (**smoke run: tiny scale, figures meaningless**)" if ctx.smoke else "") + ".\n",
            "| what | budget | measured | how |\n|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    out += governor_block(r.get("governor"))
     if isinstance(r["peers"], Failed):
         out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
         return "\n".join(out) + "\n"
@@ -382,7 +412,7 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
     ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
-    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "peers"],
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "peers"],
                     help="run one daemon or peers part and print its raw figures as JSON")
     args = ap.parse_args()
     smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
@@ -416,6 +446,9 @@ def main():
             ctx, s["stream_shadows"], s["stream_warmup"], s["stream_window"])),
         ("stalled", "stalled", lambda: bench_daemon.bench_stalled_subscribers(
             ctx, s["subscribers"], s["stalled_bytes"], s["stalled_time"], s["stalled_rss_cap"])),
+        ("governor", "governor", lambda: [
+            bench_daemon.bench_governor(ctx, n, rpm, burst, governed, s["governor_timeout"])
+            for n, rpm, burst in s["governor"] for governed in (True, False)]),
         ("peers", "peers", lambda: bench_peers.run_peers(
             ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
     ]

@@ -245,6 +245,43 @@ def bench_daemon_many(ctx, shadows, window, ps_runs, settle_timeout):
         server.close()
 
 
+# -- governor: shadows sharing one rate-limited key ---------------------------------------
+
+def bench_governor(ctx, shadows, rpm, burst, governed, timeout):
+    """`shadows` scripted tasks (3 model requests each) on one key limited to `rpm`."""
+    server = FakeLLM("script", limit=(rpm, burst))
+    extra = {} if governed else {"KUGETSU_GOVERNOR": "off"}
+    # The retry backoff as shipped (the harness default of 10 ms would make the lone workers
+    # hammer the key).
+    extra["KUGETSU_RETRY_BASE_MS"] = "1000"
+    d = Daemon(ctx, f"governor{shadows}{'on' if governed else 'off'}", server, shadows, extra)
+    try:
+        t0 = time.monotonic()
+        ids = d.submit_many(shadows, "governed", max_turns=10)
+        final = {}
+        while len(final) < len(ids) and time.monotonic() - t0 < timeout:
+            for t in d.tasks():
+                if t["status"] in ("completed", "failed", "cancelled", "timed_out", "paused"):
+                    final[t["id"]] = t["status"]
+            time.sleep(0.25)
+        served = list(server.served_at)
+        span = (served[-1] - served[0]) if len(served) > 1 else 0.0
+        # What the key allowed over that span: the burst plus the refill.
+        allowed = burst + span * rpm / 60.0
+        total = len(server.requests)
+        return {"shadows": shadows, "governed": governed, "rpm": rpm, "burst": burst,
+                "completed": sum(1 for s in final.values() if s == "completed"),
+                "failed": sum(1 for s in final.values() if s != "completed"),
+                "unfinished": len(ids) - len(final),
+                "requests": total, "throttled": server.throttled,
+                "share_429": server.throttled / total if total else 0.0,
+                "used": len(served) / allowed if allowed else 0.0,
+                "seconds": time.monotonic() - t0}
+    finally:
+        d.stop()
+        server.close()
+
+
 # -- 2. events/s --------------------------------------------------------------------------
 
 class EventCounter:

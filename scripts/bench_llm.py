@@ -17,6 +17,11 @@ behaves according to its mode:
   server keeps no per-conversation state. Speaks chat completions (`/chat/completions`) and
   the Responses API (`/responses`), choosing a shell tool among those the request offers.
 
+With `limit=(rpm, burst)` the key is rate limited the way providers do it: a token bucket of
+`burst` requests refilled at `rpm` a minute; every response carries OpenAI's
+`x-ratelimit-{limit,remaining,reset}-requests` headers and a request over the limit gets a
+429 with `retry-after` / `retry-after-ms` (counted in `throttled`; `served` counts the rest).
+
 Any GET (e.g. a model list) gets an empty list; other paths get 404.
 """
 import json, selectors, socket, threading, time
@@ -47,7 +52,7 @@ class Conn:
 
 class FakeLLM:
     def __init__(self, mode="stall", turn_bytes=64 << 10, stream_seconds=30.0, continue_turns=False,
-                 max_deltas=4_000_000, batch=16, hold=False):
+                 max_deltas=4_000_000, batch=16, hold=False, limit=None):
         assert mode in ("stall", "stream", "script")
         self.mode = mode
         self.turn_bytes = turn_bytes
@@ -58,6 +63,11 @@ class FakeLLM:
         self.hold = hold
         self.held = []  # stream requests waiting for release(), touched by the loop only
         self.release_asked = False
+        self.limit = limit  # (rpm, burst) or None
+        if limit:
+            self.level, self.level_at = float(limit[1]), time.monotonic()
+        self.throttled = 0
+        self.served_at = []  # monotonic times of requests answered within the limit
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -225,6 +235,34 @@ class FakeLLM:
             else:
                 self._start_stream(conn)
             return
+        limit_headers = b""
+        if self.limit:
+            rpm, burst = self.limit
+            now = time.monotonic()
+            self.level = min(float(burst), self.level + (now - self.level_at) * rpm / 60.0)
+            self.level_at = now
+            admitted = self.level >= 1.0
+            if admitted:
+                self.level -= 1.0
+            wait = 0.0 if admitted else (1.0 - self.level) * 60.0 / rpm
+            reset = (burst - self.level) * 60.0 / rpm
+            limit_headers = (f"x-ratelimit-limit-requests: {rpm}\r\n"
+                             f"x-ratelimit-remaining-requests: {int(max(self.level, 0))}\r\n"
+                             f"x-ratelimit-reset-requests: {reset:.3f}s\r\n").encode()
+            if not admitted:
+                self.throttled += 1
+                body = json.dumps({"error": {"message": "Rate limit reached for requests",
+                                             "type": "requests", "code": "rate_limit_exceeded"}}).encode()
+                conn.out += (f"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                             f"retry-after: {max(1, int(wait + 0.999))}\r\n"
+                             f"retry-after-ms: {max(1, int(wait * 1000 + 0.999))}\r\n"
+                             f"content-length: {len(body)}\r\nconnection: close\r\n").encode() \
+                    + limit_headers + b"\r\n" + body
+                conn.close_after = True
+                self._want_write(conn, True)
+                return
+            with self.cond:
+                self.served_at.append(now)
         if path.endswith("/responses"):
             events = self._script_responses(parsed or {})
         elif path.endswith("/chat/completions"):
@@ -233,7 +271,8 @@ class FakeLLM:
             self._respond_json(conn, 404, {"error": {"message": f"no such endpoint {path}"}})
             return
         conn.out += (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"cache-control: no-cache\r\nconnection: close\r\n\r\n" + events)
+                     b"cache-control: no-cache\r\nconnection: close\r\n" + limit_headers
+                     + b"\r\n" + events)
         conn.close_after = True
         self._want_write(conn, True)
 
