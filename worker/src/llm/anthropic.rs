@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::error::ErrorSource;
 use super::http::{Endpoint, Timeouts, base_url, endpoint_url, key_header};
 use super::retry::RetryPolicy;
-use super::{Completion, LlmError, LlmRequest};
+use super::{Completion, LlmError, LlmRequest, StreamSink};
 use crate::conversation::{Message, ToolCall, ToolSpec};
 
 pub(crate) use stream::MessageStream;
@@ -73,17 +73,22 @@ impl AnthropicClient {
         self.endpoint.set_retry(retry);
     }
 
+    /// Sets the `stream_timeout` of every later request.
+    pub(crate) fn set_stream_timeout(&mut self, timeout: std::time::Duration) {
+        self.endpoint.set_stream_timeout(timeout);
+    }
+
     /// Streams one assistant turn.
     pub async fn complete(
         &self,
         request: &LlmRequest<'_>,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
     ) -> Result<Completion, LlmError> {
         let body = serde_json::to_vec(&MessagesRequest::new(&self.model, request))
             .map_err(|source| LlmError::EncodeRequest { source })?;
         let source = self.endpoint.source();
         self.endpoint
-            .stream(body, || MessageStream::new(source), on_text)
+            .stream(body, || MessageStream::new(source), sink)
             .await
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::error::ErrorSource;
 use super::http::{Endpoint, Timeouts, base_url, endpoint_url, key_header};
 use super::retry::RetryPolicy;
-use super::{Completion, LlmError, LlmRequest};
+use super::{Completion, LlmError, LlmRequest, StreamSink};
 use crate::conversation::{Message, ToolCall, ToolSpec};
 
 pub(crate) use stream::ChatStream;
@@ -64,17 +64,22 @@ impl OpenAiClient {
         self.endpoint.set_retry(retry);
     }
 
+    /// Sets the `stream_timeout` of every later request.
+    pub(crate) fn set_stream_timeout(&mut self, timeout: std::time::Duration) {
+        self.endpoint.set_stream_timeout(timeout);
+    }
+
     /// Streams one assistant turn.
     pub async fn complete(
         &self,
         request: &LlmRequest<'_>,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
     ) -> Result<Completion, LlmError> {
         let body = serde_json::to_vec(&ChatRequest::new(&self.model, self.kind, request))
             .map_err(|source| LlmError::EncodeRequest { source })?;
         let source = self.endpoint.source();
         self.endpoint
-            .stream(body, || ChatStream::new(source), on_text)
+            .stream(body, || ChatStream::new(source), sink)
             .await
     }
 }
