@@ -51,6 +51,11 @@ pub struct TaskSpec {
     /// Model that writes compaction summaries, if not the task's model.
     #[serde(default)]
     pub compaction_model: Option<String>,
+    /// `stream_timeout` in milliseconds: how long a model response may go without a content
+    /// byte before the request is abandoned and retried. `None` (or absent, from an older
+    /// supervisor) means the worker's default, 120 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout_ms: Option<u32>,
     /// The shadow's memory limit in bytes (`mem_limit`, see docs/daemon.md), over the worker and the
     /// tool processes it started. The worker kills a tool command that would take the shadow
     /// past it; the supervisor enforces it too, more slowly, and restarts a worker that is over

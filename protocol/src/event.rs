@@ -127,6 +127,16 @@ pub enum Event {
     TurnStart { turn: u32 },
     /// Emitted by the worker for every piece of assistant text as it streams in.
     TextDelta { text: String },
+    /// Emitted by the worker when a model request failed mid-turn and is sent again (attempt
+    /// `attempt`, 2 or more, after `wait_ms`), before the new attempt streams anything: every
+    /// `text_delta` since the last `turn_start` (or `retry`) is void; the new attempt streams
+    /// its text from the start. No tool call of a failed attempt ever runs.
+    Retry {
+        attempt: u32,
+        /// Why the previous attempt failed.
+        reason: String,
+        wait_ms: u64,
+    },
     /// Emitted by the worker once an assistant message is complete.
     AssistantMessage { text: String },
     /// Emitted by the worker right before a tool runs (after its intent is journaled).
@@ -177,6 +187,7 @@ impl Event {
             Event::Started { .. } => "started",
             Event::TurnStart { .. } => "turn_start",
             Event::TextDelta { .. } => "text_delta",
+            Event::Retry { .. } => "retry",
             Event::AssistantMessage { .. } => "assistant_message",
             Event::ToolStart { .. } => "tool_start",
             Event::ToolEnd { .. } => "tool_end",
@@ -196,6 +207,7 @@ impl Event {
         "started",
         "turn_start",
         "text_delta",
+        "retry",
         "assistant_message",
         "tool_start",
         "tool_end",

@@ -20,6 +20,13 @@ pub const DEFAULT_MEM_LIMIT: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// Default turn budget of a task.
 pub const DEFAULT_MAX_TURNS: u32 = 100;
+/// Default `stream_timeout`: how long a model response may go without a content byte.
+pub const DEFAULT_STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Shortest `stream_timeout` accepted.
+pub const MIN_STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest `stream_timeout` accepted (a local model may take long over a big prompt, but not
+/// a day).
+pub const MAX_STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The settings in effect.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +41,9 @@ pub struct Config {
     pub max_restarts: u32,
     pub max_turns: u32,
     pub context_window: Option<u64>,
+    /// `stream_timeout`: how long a model response may go without a content byte (keep-alive
+    /// comments and pings don't count) before the worker abandons the request and retries.
+    pub stream_timeout: std::time::Duration,
     /// How long finished tasks' records and clean worktrees are kept (`None`: forever).
     pub task_retention: Option<std::time::Duration>,
     /// `sandbox`: whether shadows' tools are confined (see docs/sandbox.md).
@@ -128,6 +138,7 @@ struct FileConfig {
     max_restarts: Option<u32>,
     max_turns: Option<u32>,
     context_window: Option<u64>,
+    stream_timeout: Option<String>,
     task_retention: Option<String>,
     sandbox: Option<String>,
     network: Option<NetworkValue>,
@@ -231,6 +242,11 @@ impl Config {
             max_restarts: file.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
             max_turns: file.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
             context_window: file.context_window,
+            stream_timeout: match &file.stream_timeout {
+                None => DEFAULT_STREAM_TIMEOUT,
+                Some(text) => parse_stream_timeout(text)
+                    .map_err(|e| CliError::Usage(format!("{origin}: stream_timeout: {e}")))?,
+            },
             task_retention: match &file.task_retention {
                 None => Some(DEFAULT_TASK_RETENTION),
                 Some(text) => parse_retention(text)
@@ -273,6 +289,10 @@ impl Config {
         }
         if let Some(v) = get("KUGETSU_CONTEXT_WINDOW") {
             self.context_window = Some(number("KUGETSU_CONTEXT_WINDOW", &v)?);
+        }
+        if let Some(v) = get("KUGETSU_STREAM_TIMEOUT") {
+            self.stream_timeout = parse_stream_timeout(&v)
+                .map_err(|e| CliError::Usage(format!("KUGETSU_STREAM_TIMEOUT={v:?}: {e}")))?;
         }
         if let Some(v) = get("KUGETSU_SANDBOX") {
             self.sandbox = v
@@ -353,6 +373,7 @@ impl Config {
             model,
             compaction_model,
             context_window,
+            stream_timeout,
             task_retention,
             governance
         );
@@ -365,7 +386,8 @@ pub fn validate_governance(g: &Governance) -> Result<(), String> {
     for (provider, limit) in &g.rate_limits {
         if kugetsu_protocol::ProviderKind::from_name(provider).is_none() {
             return Err(format!(
-                "rate_limits.{provider}: unknown provider (expected one of openai, anthropic,                  openrouter, ollama, scripted)"
+                "rate_limits.{provider}: unknown provider (expected one of openai, anthropic, \
+                 openrouter, ollama, scripted)"
             ));
         }
         for (key, value) in [("rpm", limit.rpm), ("tpm", limit.tpm)] {
@@ -403,6 +425,28 @@ pub fn check_budgets(prefix: &str, tokens: Option<u64>, usd: Option<f64>) -> Res
         ));
     }
     Ok(())
+}
+
+/// Parses a `stream_timeout` such as `120s`, `2m`, `500ms`, within
+/// [`MIN_STREAM_TIMEOUT`]..=[`MAX_STREAM_TIMEOUT`].
+pub fn parse_stream_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let timeout = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}; e.g. 120s, 5m, 500ms)"))?;
+    if timeout < MIN_STREAM_TIMEOUT {
+        return Err(format!(
+            "{text:?} is too short: a stream may pause longer than that between tokens (at \
+             least {})",
+            humantime::format_duration(MIN_STREAM_TIMEOUT)
+        ));
+    }
+    if timeout > MAX_STREAM_TIMEOUT {
+        return Err(format!(
+            "{text:?} is too long: a stalled request would hold its shadow that long (at most \
+             {})",
+            humantime::format_duration(MAX_STREAM_TIMEOUT)
+        ));
+    }
+    Ok(timeout)
 }
 
 /// Parses a retention such as `30d`, `12h`, `90m`; `off` (or `0`) keeps tasks forever.
@@ -525,6 +569,41 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5 parsecs").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn stream_timeouts_parse_and_absurd_ones_are_refused() {
+        use std::time::Duration;
+        assert_eq!(parse_stream_timeout("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_stream_timeout(" 2m "), Ok(Duration::from_secs(120)));
+        assert_eq!(
+            parse_stream_timeout("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        for (bad, why) in [
+            ("soon", "is not a duration"),
+            ("120", "is not a duration"),
+            ("0s", "too short"),
+            ("10ms", "too short"),
+            ("30d", "too long"),
+        ] {
+            let error = parse_stream_timeout(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let none = |_: &str| None;
+        let config = Config::load(Some(Path::new("/dev/null")), &none).unwrap();
+        assert_eq!(config.stream_timeout, DEFAULT_STREAM_TIMEOUT);
+        let env = |k: &str| (k == "KUGETSU_STREAM_TIMEOUT").then(|| "1s".to_owned());
+        let config = Config::load(Some(Path::new("/dev/null")), &env).unwrap();
+        assert_eq!(config.stream_timeout, Duration::from_secs(1));
+        let env = |k: &str| (k == "KUGETSU_STREAM_TIMEOUT").then(|| "0".to_owned());
+        let error = Config::load(Some(Path::new("/dev/null")), &env).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("KUGETSU_STREAM_TIMEOUT=\"0\""),
+            "{error}"
+        );
     }
 
     #[test]

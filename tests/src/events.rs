@@ -155,8 +155,25 @@ impl Events {
         )
     }
 
-    /// Every `text_delta` joined.
+    /// The streamed text that counts, as a consumer following docs/events.md keeps it: each
+    /// turn's `text_delta`s after its last `retry`, joined.
     pub fn streamed_text(&self) -> String {
+        let mut kept = String::new();
+        let mut turn = String::new();
+        for event in &self.0 {
+            match kind(event) {
+                "turn_start" => kept.push_str(&std::mem::take(&mut turn)),
+                "retry" => turn.clear(),
+                "text_delta" => turn.push_str(str_of(event, "text")),
+                _ => {}
+            }
+        }
+        kept.push_str(&turn);
+        kept
+    }
+
+    /// Every `text_delta` joined, retried attempts' included.
+    pub fn all_streamed_text(&self) -> String {
         self.of_type("text_delta")
             .iter()
             .map(|e| str_of(e, "text"))
@@ -244,6 +261,7 @@ impl Events {
         let worker_kinds = [
             "turn_start",
             "text_delta",
+            "retry",
             "assistant_message",
             "tool_start",
             "tool_end",
@@ -258,6 +276,8 @@ impl Events {
         }
 
         let mut open: Vec<(String, String)> = Vec::new();
+        // Between a turn_start and its assistant_message: where a retry may come.
+        let mut in_turn = false;
         for event in &self.0 {
             match kind(event) {
                 "tool_start" => {
@@ -277,6 +297,13 @@ impl Events {
                     let (_, tool) = open.remove(pos);
                     assert_eq!(str_of(event, "tool"), tool, "tool_end names another tool");
                 }
+                "turn_start" => in_turn = true,
+                "assistant_message" => in_turn = false,
+                "retry" => assert!(
+                    in_turn,
+                    "retry outside a turn's streaming (after assistant_message or before any \
+                     turn_start): {self:?}"
+                ),
                 "finished" => {
                     assert!(
                         open.is_empty(),

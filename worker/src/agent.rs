@@ -21,7 +21,7 @@ use crate::context::{self, Budget, Compactor};
 use crate::conversation::{ToolCall, ToolSpec};
 use crate::ipc::{Control, Outbox};
 use crate::llm::gate::{Gate, Shared};
-use crate::llm::{LlmError, LlmRequest, Provider};
+use crate::llm::{LlmError, LlmRequest, Provider, StreamSink};
 use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
 use kugetsu_protocol::error_chain;
@@ -207,19 +207,28 @@ fn setup(task: &TaskSpec, gate: &Arc<Shared>) -> Result<Setup, String> {
             }),
         )
     };
-    let provider = Arc::new(
+    let stream_timeout = task
+        .stream_timeout_ms
+        .map(|ms| Duration::from_millis(ms.into()));
+    let with_timeout = |mut provider: Provider| {
+        if let Some(timeout) = stream_timeout {
+            provider.set_stream_timeout(timeout);
+        }
+        provider
+    };
+    let provider = Arc::new(with_timeout(
         Provider::from_model(&model, &env, gate(&task.model)).map_err(|e| error_chain(&e))?,
-    );
+    ));
     let summarizer = match task.compaction_model.as_deref().filter(|m| !m.is_empty()) {
         None => provider.clone(),
         Some(text) => {
             let model: ModelRef = text
                 .parse()
                 .map_err(|e: kugetsu_protocol::ModelError| format!("compaction_model: {e}"))?;
-            Arc::new(
+            Arc::new(with_timeout(
                 Provider::from_model(&model, &env, gate(text))
                     .map_err(|e| format!("compaction_model: {}", error_chain(&e)))?,
-            )
+            ))
         }
     };
     let root = std::env::current_dir()
@@ -345,14 +354,11 @@ async fn ask_model(
             max_tokens: MAX_OUTPUT_TOKENS,
         };
         let bytes = context::request_bytes(&setup.system, &session.messages);
-        let phase = &control.phase;
-        let mut on_text = |text: &str| {
-            phase.send_if_modified(|p| std::mem::replace(p, Phase::Streaming) != Phase::Streaming);
-            outbox.emit(Event::TextDelta {
-                text: text.to_owned(),
-            });
+        let mut sink = TurnSink {
+            outbox,
+            phase: &control.phase,
         };
-        match setup.provider.complete(&request, &mut on_text).await {
+        match setup.provider.complete(&request, &mut sink).await {
             Ok(completion) => {
                 setup.budget.calibrate(bytes, completion.usage.input_tokens);
                 return Ok(completion);
@@ -373,6 +379,33 @@ async fn ask_model(
             Err(LlmError::Paused(reason)) => return Err(format!("{PAUSED}{reason}")),
             Err(e) => return Err(format!("model request failed: {}", error_chain(&e))),
         }
+    }
+}
+
+/// Streams a turn to the supervisor: `text_delta`s as the text arrives, and `retry` when an
+/// attempt failed and the next one starts over.
+struct TurnSink<'a> {
+    outbox: &'a Outbox,
+    /// The heartbeat's phase: streaming once text arrives, waiting again on a retry.
+    phase: &'a tokio::sync::watch::Sender<Phase>,
+}
+
+impl StreamSink for TurnSink<'_> {
+    fn text(&mut self, text: &str) {
+        self.phase
+            .send_if_modified(|p| std::mem::replace(p, Phase::Streaming) != Phase::Streaming);
+        self.outbox.emit(Event::TextDelta {
+            text: text.to_owned(),
+        });
+    }
+
+    fn retry(&mut self, attempt: u32, reason: &str, wait: Duration) {
+        self.phase.send_replace(Phase::WaitingModel);
+        self.outbox.emit(Event::Retry {
+            attempt,
+            reason: reason.to_owned(),
+            wait_ms: millis(wait),
+        });
     }
 }
 

@@ -1,7 +1,9 @@
 //! Keeping a shadow's context under its token budget.
 //!
 //! - [`Budget`] estimates the tokens of a conversation from its bytes, with a bytes-per-token
-//!   ratio calibrated by the input token counts the provider reports.
+//!   ratio calibrated by the input token counts the provider reports, and never learned
+//!   outside [`MIN_BYTES_PER_TOKEN`]..=[`MAX_BYTES_PER_TOKEN`]: a provider that reports
+//!   nonsense (a constant count for growing requests) cannot switch compaction off.
 //! - [`Compactor`] summarises older turns with an LLM, in the background, under quotas
 //!   (cooldown, timeout, attempts per task); its result is applied at a turn boundary.
 //! - [`prune`] is the deterministic fallback: oldest tool outputs go first.
@@ -29,6 +31,12 @@ pub const COOLDOWN: Duration = Duration::from_secs(60);
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// Compaction attempts allowed per task.
 pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Fewest bytes per token a calibration may learn: CJK text and dense JSON come close to it.
+pub const MIN_BYTES_PER_TOKEN: f64 = 1.5;
+/// Most bytes per token a calibration may learn: even long runs of indentation and English
+/// prose stay under it.
+pub const MAX_BYTES_PER_TOKEN: f64 = 8.0;
 
 /// The context window of well-known models, else 128k tokens.
 pub fn default_window(model: &ModelRef) -> u64 {
@@ -68,12 +76,15 @@ impl Budget {
         (request_bytes(system, messages) as f64 * self.ratio).ceil() as u64
     }
 
-    /// Learns from the provider: a request of `bytes` cost `input_tokens`.
+    /// Learns from the provider: a request of `bytes` cost `input_tokens`. What a report
+    /// implies is held to a plausible tokenizer's bounds first, so the estimate never falls
+    /// below `bytes / MAX_BYTES_PER_TOKEN` nor rises past `bytes / MIN_BYTES_PER_TOKEN`.
     pub fn calibrate(&mut self, bytes: usize, input_tokens: u64) {
         if bytes < 256 || input_tokens == 0 {
             return;
         }
-        let observed = (input_tokens as f64 / bytes as f64).clamp(0.02, 2.0);
+        let observed = (input_tokens as f64 / bytes as f64)
+            .clamp(1.0 / MAX_BYTES_PER_TOKEN, 1.0 / MIN_BYTES_PER_TOKEN);
         self.ratio = 0.5 * self.ratio + 0.5 * observed;
     }
 
@@ -392,6 +403,37 @@ mod tests {
         }
         let after = budget.estimate("", &messages);
         assert!(after > before * 3 / 2, "{before} -> {after}");
+    }
+
+    #[test]
+    fn calibration_stays_within_plausible_tokenizer_bounds() {
+        // A provider reporting a constant 100 input tokens however large the request grows:
+        // the estimate keeps growing with the bytes, and a 6000-token window still compacts.
+        let mut budget = Budget::new(6000);
+        for turns in 1..=40 {
+            let messages = conversation(turns, 2000);
+            budget.calibrate(request_bytes("", &messages), 100);
+        }
+        let messages = conversation(40, 2000);
+        let bytes = request_bytes("", &messages) as f64;
+        let estimate = budget.estimate("", &messages);
+        assert!(
+            estimate as f64 >= bytes / MAX_BYTES_PER_TOKEN,
+            "{bytes} bytes estimated as {estimate} tokens"
+        );
+        assert!(budget.over(estimate, COMPACT_AT), "{estimate}");
+
+        // One claiming a token per byte (or more) cannot inflate the estimate past the bound.
+        let mut budget = Budget::new(100_000);
+        for _ in 0..20 {
+            budget.calibrate(bytes as usize, bytes as u64 * 10);
+        }
+        let estimate = budget.estimate("", &messages) as f64;
+        assert!(
+            estimate <= (bytes / MIN_BYTES_PER_TOKEN).ceil(),
+            "{estimate}"
+        );
+        assert!(estimate >= bytes / MIN_BYTES_PER_TOKEN * 0.99, "{estimate}");
     }
 
     #[test]

@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kugetsu_protocol::{
-    DecodeError, Event, LineReader, PROTOCOL_VERSION, Phase, SupervisorMessage, TaskSpec,
-    WorkerMessage, encode,
+    DecodeError, Event, LineReader, MAX_LINE_BYTES, PROTOCOL_VERSION, Phase, SupervisorMessage,
+    TaskSpec, WorkerMessage, encode,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent;
 use crate::llm::gate::Answer;
+use crate::{agent, fit};
 
 /// How often a worker reports that it is alive. A quarter of the supervisor's 60 s silence
 /// limit: rare enough that a thousand idle shadows cost their daemon next to nothing.
@@ -123,11 +123,11 @@ pub struct Control {
 async fn writer<W: AsyncWrite + Unpin>(mut out: W, queue: Queue) {
     let Queue { mut rx, delivery } = queue;
     while let Some(message) = rx.recv().await {
-        let mut batch = encode(&message);
+        let mut batch = encode_fitted(message);
         let mut count = 1;
         // Coalesce whatever else is already queued (text deltas arrive in bursts).
         while let Ok(more) = rx.try_recv() {
-            batch.extend_from_slice(&encode(&more));
+            batch.extend_from_slice(&encode_fitted(more));
             count += 1;
             if batch.len() > 64 * 1024 {
                 break;
@@ -142,6 +142,15 @@ async fn writer<W: AsyncWrite + Unpin>(mut out: W, queue: Queue) {
             .written
             .send_modify(|n| *n = n.saturating_add(count));
     }
+}
+
+/// The line(s) of `message`, shrunk to fit the line limit when it would not (see [`fit`]).
+fn encode_fitted(message: WorkerMessage) -> Vec<u8> {
+    let line = encode(&message);
+    if line.len() <= MAX_LINE_BYTES - 4096 {
+        return line;
+    }
+    fit::fit(message).iter().flat_map(encode).collect()
 }
 
 /// Runs the worker: handshake, task, events, exit. This is the whole life of the process.

@@ -7,6 +7,7 @@
 //!
 //! - [`guard`]: the process between the worker and a bash call that outlives neither.
 //! - [`ipc`]: the channel: one reader task, one writer task (the only code that touches stdout).
+//! - [`fit`]: shrinks an event that would not fit one channel line, instead of losing it.
 //! - [`agent`]: the agent loop.
 //! - [`context`]: token budget, background compaction, deterministic pruning.
 //! - [`conversation`]: provider-neutral messages.
@@ -21,6 +22,7 @@
 pub mod agent;
 pub mod context;
 pub mod conversation;
+pub mod fit;
 pub mod guard;
 pub mod ipc;
 pub mod journal;

@@ -102,6 +102,27 @@ impl Renderer {
                 let _ = write!(err, "{}", text.replace('\n', "\n  "));
                 let _ = err.flush();
             }
+            Event::Retry {
+                attempt,
+                reason,
+                wait_ms,
+            } => {
+                // Text already on screen cannot be taken back: say it is void.
+                let void = if self.in_text {
+                    "; the text above is void"
+                } else {
+                    ""
+                };
+                let text = self.paint(
+                    "33",
+                    &format!(
+                        "  ↻ model request failed, retrying (attempt {attempt}, in {:.1} s){void}: {}",
+                        *wait_ms as f64 / 1000.0,
+                        clip(reason, 200)
+                    ),
+                );
+                self.line(&text);
+            }
             Event::AssistantMessage { .. } => {
                 if self.in_text {
                     let _ = writeln!(std::io::stderr());

@@ -401,6 +401,10 @@ pub async fn run(
         task_dir: prepared.dir.path().display().to_string(),
         context_window: prepared.config.context_window,
         compaction_model: prepared.config.compaction_model.clone(),
+        // At most a day (the config refuses more): always fits.
+        stream_timeout_ms: Some(
+            u32::try_from(prepared.config.stream_timeout.as_millis()).unwrap_or(u32::MAX),
+        ),
         mem_limit_bytes: Some(record.mem_limit),
         sandbox: Some(Box::new(sandbox.policy.clone())),
         secrets: provider_secrets(std::env::vars()),

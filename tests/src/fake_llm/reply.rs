@@ -37,9 +37,15 @@ pub(crate) struct Quirks {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Cut {
     /// After this many SSE events, send the provider's in-stream error event and end the body.
-    ErrorAfter(usize, ApiError),
+    Error(usize, ApiError),
     /// After this many SSE events, send nothing more and keep the connection open.
-    StallAfter(usize),
+    Stall(usize),
+    /// After this many SSE events, end the body cleanly (a 200 that simply stops: no finish
+    /// reason, no end marker).
+    End(usize),
+    /// After this many SSE events, send only keep-alives (OpenAI `: keep-alive` comments,
+    /// Anthropic `ping` events), one per interval, until the client goes away.
+    KeepAlive(usize, Duration),
 }
 
 /// One scripted assistant turn, streamed in the wire format the request asks for.
@@ -184,14 +190,39 @@ impl Turn {
 
     /// Sends `events` SSE events of this turn, then the provider's in-stream error event.
     pub fn error_after(mut self, events: usize, error: ApiError) -> Self {
-        self.cut = Some(Cut::ErrorAfter(events, error));
+        self.cut = Some(Cut::Error(events, error));
         self
     }
 
     /// Sends `events` SSE events of this turn, then nothing, keeping the connection open.
     pub fn stall_after(mut self, events: usize) -> Self {
-        self.cut = Some(Cut::StallAfter(events));
+        self.cut = Some(Cut::Stall(events));
         self
+    }
+
+    /// Sends `events` SSE events of this turn, then ends the response cleanly, as a server
+    /// or proxy that cut the stream short does.
+    pub fn end_after(mut self, events: usize) -> Self {
+        self.cut = Some(Cut::End(events));
+        self
+    }
+
+    /// Sends `events` SSE events of this turn, then a keep-alive every `every` (comments on
+    /// the OpenAI wire, `ping` events on Anthropic's) and nothing else, until the client goes
+    /// away.
+    pub fn keep_alive_after(mut self, events: usize, every: Duration) -> Self {
+        self.cut = Some(Cut::KeepAlive(events, every));
+        self
+    }
+
+    /// The number of SSE events this turn streams in full (for cutting it with
+    /// [`Turn::end_after`] at a known place). Event 0 is the stream's first.
+    pub fn event_count(&self, wire: super::Wire) -> usize {
+        let mut ids = super::ids::IdGen::new(0);
+        match wire {
+            super::Wire::OpenAi => super::openai::stream(self, "m", &mut ids).0.len(),
+            super::Wire::Anthropic => super::anthropic::stream(self, "m", &mut ids).0.len(),
+        }
     }
 
     /// The text of the turn, all text blocks joined.
@@ -307,6 +338,10 @@ pub enum Reply {
         body: Vec<u8>,
         write_size: Option<usize>,
     },
+    /// A `200 text/event-stream` response whose body is `prefix` and then `x` without end and
+    /// without a newline, in 256 KiB chunks with `pause` between them, until the client goes
+    /// away: one endless SSE line.
+    EndlessLine { prefix: Vec<u8>, pause: Duration },
 }
 
 impl Reply {

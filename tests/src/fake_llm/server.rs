@@ -662,16 +662,31 @@ async fn accept_loop(
     }
 }
 
+/// How a streamed reply ends after its events.
+enum Tail {
+    /// The body ends (the last chunk).
+    End,
+    /// Nothing more, the connection held open until the client closes it.
+    Stall,
+    /// These keep-alive bytes at this interval until the client goes away.
+    KeepAlive(Vec<u8>, Duration),
+}
+
 /// A reply, encoded for the wire and ready to write.
 enum Planned {
     Sse {
         events: Vec<Vec<u8>>,
         write_size: Option<usize>,
         pause: Duration,
-        /// After the events, keep the connection open and send nothing.
-        stall: bool,
+        /// After the events: end, stall, or send keep-alives.
+        tail: Tail,
         /// Rate-limit headers.
         extra: Vec<(String, String)>,
+    },
+    /// `prefix`, then `x` forever (no newline) until the client goes away.
+    EndlessLine {
+        prefix: Vec<u8>,
+        pause: Duration,
     },
     Error {
         status: u16,
@@ -849,26 +864,35 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
                 Wire::Anthropic => anthropic::stream(&turn, &model, ids),
             };
             issued.extend(tool_ids);
-            let mut stall = false;
+            let mut tail = Tail::End;
             match &turn.cut {
                 None => {}
-                Some(Cut::ErrorAfter(n, error)) => {
+                Some(Cut::End(n)) => events.truncate(*n),
+                Some(Cut::KeepAlive(n, every)) => {
+                    events.truncate(*n);
+                    let keep_alive = match shared.wire {
+                        Wire::OpenAi => b": keep-alive\n\n".to_vec(),
+                        Wire::Anthropic => b"event: ping\ndata: {\"type\": \"ping\"}\n\n".to_vec(),
+                    };
+                    tail = Tail::KeepAlive(keep_alive, *every);
+                }
+                Some(Cut::Error(n, error)) => {
                     events.truncate(*n);
                     events.push(match shared.wire {
                         Wire::OpenAi => openai::stream_error(error),
                         Wire::Anthropic => anthropic::stream_error(error),
                     });
                 }
-                Some(Cut::StallAfter(n)) => {
+                Some(Cut::Stall(n)) => {
                     events.truncate(*n);
-                    stall = true;
+                    tail = Tail::Stall;
                 }
             }
             Planned::Sse {
                 events,
                 write_size: turn.write_size,
                 pause: turn.write_pause,
-                stall,
+                tail,
                 extra,
             }
         }
@@ -890,9 +914,10 @@ fn plan(shared: &Shared, request: Request) -> (Planned, String, usize) {
             events: vec![body],
             write_size,
             pause: Duration::from_millis(1),
-            stall: false,
+            tail: Tail::End,
             extra,
         },
+        Some(Reply::EndlessLine { prefix, pause }) => Planned::EndlessLine { prefix, pause },
     };
     drop(state);
     shared.received.send_replace(number);
@@ -912,7 +937,7 @@ async fn write_planned(
             events,
             write_size,
             pause,
-            stall,
+            tail,
             extra,
         } => {
             let mut headers = sse_headers(wire, request_id);
@@ -934,12 +959,32 @@ async fn write_planned(
                     }
                 }
             }
-            if stall {
-                wait_for_close(read).await;
-                return Ok(false);
+            match tail {
+                Tail::End => {}
+                Tail::Stall => {
+                    wait_for_close(read).await;
+                    return Ok(false);
+                }
+                Tail::KeepAlive(keep_alive, every) => {
+                    // Until a write fails: the client gave up on the stream.
+                    loop {
+                        tokio::time::sleep(every).await;
+                        http::write_chunk(write, &keep_alive).await?;
+                    }
+                }
             }
             http::write_last_chunk(write).await?;
             Ok(true)
+        }
+        Planned::EndlessLine { prefix, pause } => {
+            http::write_head(write, 200, &sse_headers(wire, request_id)).await?;
+            http::write_chunk(write, &prefix).await?;
+            let piece = vec![b'x'; 256 * 1024];
+            // Until a write fails: the client gave up on the line.
+            loop {
+                http::write_chunk(write, &piece).await?;
+                tokio::time::sleep(pause).await;
+            }
         }
         Planned::Error {
             status,

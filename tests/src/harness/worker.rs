@@ -402,6 +402,7 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         task_dir: task_dir.display().to_string(),
         context_window: None,
         compaction_model: None,
+        stream_timeout_ms: None,
         mem_limit_bytes: None,
         sandbox: None,
         secrets: Default::default(),

@@ -93,9 +93,11 @@ async fn openai_500_is_retried() {
     retried_then_completes(Wire::OpenAi, ApiError::server_error()).await;
 }
 
-/// An in-stream error after a complete tool call has been streamed: the turn fails, and it
-/// is not retried (a tool call has been emitted).
-async fn mid_stream_error_after_a_tool_call_fails(wire: Wire, error: ApiError, message: &str) {
+/// An in-stream error after a complete tool call has been streamed: no tool has run yet (tools
+/// run once the whole turn is in), so the turn is retried, with a `retry` event naming the
+/// error; the calls run once, from the attempt that completed. When every attempt fails the
+/// same way, the task fails saying how often it tried and why.
+async fn mid_stream_error_after_a_tool_call_is_retried(wire: Wire, error: ApiError, message: &str) {
     let repo = TestRepo::new();
     let server = FakeLlm::start(wire);
     // Events before the cut: OpenAI role+text+first call+its args+second call's head;
@@ -104,31 +106,56 @@ async fn mid_stream_error_after_a_tool_call_fails(wire: Wire, error: ApiError, m
         Wire::OpenAi => 5,
         Wire::Anthropic => 9,
     };
-    server.push(
-        Turn::text("Working")
-            .tool_call("write", json!({"path": "x.txt", "content": "x"}))
-            .tool_call("write", json!({"path": "y.txt", "content": "y"}))
-            .text_deltas_of(100)
-            .arg_deltas_of(100)
-            .error_after(cut, error),
-    );
+    let turn = Turn::text("Working")
+        .tool_call("write", json!({"path": "x.txt", "content": "x"}))
+        .tool_call("write", json!({"path": "y.txt", "content": "y"}))
+        .text_deltas_of(100)
+        .arg_deltas_of(100);
+    server.push(turn.clone().error_after(cut, error.clone()));
+    server.push(turn.clone());
+    server.push(Turn::text("Both written."));
     let out = run(&repo, &server).await;
-    out.assert_code(1).assert_status("failed");
-    let error = error_of(&out);
+    out.assert_code(0).assert_status("completed");
+    let retries = out.events.of_type("retry");
+    assert_eq!(retries.len(), 1, "{:?}", out.events);
     assert!(
-        error.contains(message),
-        "the stream's error message is in the error: {error}"
+        str_of(retries[0], "reason").contains(message),
+        "the stream's error message is in the retry: {}",
+        retries[0]
+    );
+    let starts = out.events.tool_starts();
+    assert_eq!(starts.len(), 2, "each call ran once: {:?}", out.events);
+    let worktree = repo.worktree(out.task_id());
+    assert_eq!(
+        std::fs::read_to_string(worktree.join("x.txt")).unwrap(),
+        "x"
     );
     assert_eq!(
-        server.request_count(),
-        1,
-        "no retry once a tool call was streamed"
+        std::fs::read_to_string(worktree.join("y.txt")).unwrap(),
+        "y"
     );
+    assert_eq!(server.request_count(), 3);
+
+    let repo = TestRepo::new();
+    let server = FakeLlm::start(wire);
+    for _ in 0..5 {
+        server.push(turn.clone().error_after(cut, error.clone()));
+    }
+    let out = run(&repo, &server).await;
+    out.assert_code(1).assert_status("failed");
+    let failure = error_of(&out);
+    assert!(
+        failure.contains("gave up after 5 attempts: ") && failure.contains(message),
+        "{failure}"
+    );
+    assert!(out.events.tool_starts().is_empty(), "{:?}", out.events);
+    assert_eq!(out.events.of_type("retry").len(), 4);
+    assert_eq!(server.request_count(), 5);
 }
 
 #[tokio::test]
-async fn openai_mid_stream_error_event_fails_clearly() {
-    mid_stream_error_after_a_tool_call_fails(
+async fn openai_mid_stream_error_event_is_retried_then_fails_clearly() {
+    mid_stream_error_after_a_tool_call_is_retried(
         Wire::OpenAi,
         ApiError::server_error().message("upstream inference node crashed (fake 7731)"),
         "upstream inference node crashed (fake 7731)",
@@ -137,8 +164,8 @@ async fn openai_mid_stream_error_event_fails_clearly() {
 }
 
 #[tokio::test]
-async fn anthropic_mid_stream_overloaded_event_fails_clearly() {
-    mid_stream_error_after_a_tool_call_fails(
+async fn anthropic_mid_stream_overloaded_event_is_retried_then_fails_clearly() {
+    mid_stream_error_after_a_tool_call_is_retried(
         Wire::Anthropic,
         ApiError::overloaded().message("Overloaded (fake 7732)"),
         "Overloaded (fake 7732)",

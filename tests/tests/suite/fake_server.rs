@@ -577,6 +577,68 @@ async fn mid_stream_errors_and_stalls() {
 }
 
 #[tokio::test]
+async fn streams_cut_short_kept_alive_and_endless() {
+    let server = FakeLlm::openai();
+    server.push(Turn::text("cut short").end_after(2));
+    server.push(Turn::text("kept alive").keep_alive_after(1, Duration::from_millis(5)));
+    server.push(Reply::EndlessLine {
+        prefix: b"data: ".to_vec(),
+        pause: Duration::from_millis(1),
+    });
+    let headers = openai_headers(&server);
+    let body = openai_body(&server, json!([{"role": "user", "content": "hi"}]));
+
+    // Ends cleanly after two events: no finish reason, no [DONE].
+    let mut conn = Conn::open(&server).await;
+    conn.post("/v1/chat/completions", &as_refs(&headers), &body)
+        .await;
+    let events = sse(&conn.response().await.body);
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|(_, data)| data != "[DONE]"
+        && serde_json::from_str::<Value>(data).unwrap()["choices"][0]["finish_reason"].is_null()));
+
+    // One event, then comments only, for as long as anyone listens.
+    let mut conn = Conn::open(&server).await;
+    conn.post("/v1/chat/completions", &as_refs(&headers), &body)
+        .await;
+    assert_eq!(conn.read_head().await.0, 200);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(12).filter(|w| w == b": keep-alive").count() < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.stream.read(&mut buf))
+            .await
+            .expect("keep-alives keep coming")
+            .unwrap();
+        assert!(n > 0, "the connection stays open");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(seen.windows(6).filter(|w| w == b"data: ").count(), 1);
+
+    // One line without end: megabytes and not a single newline after the head.
+    let mut conn = Conn::open(&server).await;
+    conn.post("/v1/chat/completions", &as_refs(&headers), &body)
+        .await;
+    assert_eq!(conn.read_head().await.0, 200);
+    let mut total = 0;
+    let mut payload_newlines = 0;
+    while total < 4 << 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.stream.read(&mut buf))
+            .await
+            .expect("the line keeps coming")
+            .unwrap();
+        assert!(n > 0, "the connection stays open");
+        // Chunk framing has CRLFs; the payload (x's) has none of its own.
+        payload_newlines += buf[..n].iter().filter(|b| **b == b'\n').count();
+        total += n;
+    }
+    // At most one chunk-size line per 256 KiB chunk, none from the payload.
+    assert!(
+        payload_newlines <= 2 * (total / (256 << 10) + 2),
+        "{payload_newlines}"
+    );
+}
+
+#[tokio::test]
 async fn raw_replies_are_sent_verbatim() {
     let server = FakeLlm::openai();
     server.push(Reply::raw(

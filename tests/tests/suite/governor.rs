@@ -292,18 +292,15 @@ async fn the_daily_budget_holds_the_fleet_until_a_reload_raises_it() {
         .await;
     let a = submit_many(&daemon, &llm, 1, json!({})).await.remove(0);
     llm.wait_for_turn_requests(1, WAIT).await;
-    // A's next request waits; a task submitted now stays queued.
+    // A's next request waits for the day's budget...
     let deadline = std::time::Instant::now() + WAIT;
-    let b = submit_many(&daemon, &llm, 1, json!({})).await.remove(0);
     loop {
-        let ps = daemon.ps().await;
-        let task = |id: &str| {
-            ps.iter()
-                .find(|t| t["id"] == id)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let (ta, tb) = (task(&a), task(&b));
+        let ta = daemon
+            .ps()
+            .await
+            .into_iter()
+            .find(|t| t["id"] == a.as_str());
+        let ta = ta.unwrap_or_default();
         if ta["status"] == "waiting" {
             assert!(
                 ta["waiting"]
@@ -311,14 +308,6 @@ async fn the_daily_budget_holds_the_fleet_until_a_reload_raises_it() {
                     .unwrap_or_default()
                     .contains("daily budget"),
                 "{ta}"
-            );
-            assert_eq!(tb["status"], "queued", "{tb}");
-            assert!(
-                tb["waiting"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("daily budget"),
-                "{tb}"
             );
             break;
         }
@@ -329,6 +318,23 @@ async fn the_daily_budget_holds_the_fleet_until_a_reload_raises_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // ...and a task submitted now is not started.
+    let b = submit_many(&daemon, &llm, 1, json!({})).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tb = daemon
+        .ps()
+        .await
+        .into_iter()
+        .find(|t| t["id"] == b.as_str())
+        .unwrap_or_default();
+    assert_eq!(tb["status"], "queued", "{tb}");
+    assert!(
+        tb["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("daily budget"),
+        "{tb}"
+    );
     let text = daemon.cli(["ps"]).await.stdout;
     assert!(text.contains("waiting"), "{text}");
     tokio::time::sleep(Duration::from_millis(500)).await;

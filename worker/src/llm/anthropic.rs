@@ -17,7 +17,7 @@ use super::error::ErrorSource;
 use super::gate::Gate;
 use super::http::{Ask, Endpoint, Timeouts, base_url, endpoint_url, key_header};
 use super::retry::RetryPolicy;
-use super::{Completion, LlmError, LlmRequest};
+use super::{Completion, LlmError, LlmRequest, StreamSink};
 use crate::conversation::{Message, ToolCall, ToolSpec};
 
 pub(crate) use stream::MessageStream;
@@ -80,18 +80,23 @@ impl AnthropicClient {
         self.endpoint.set_retry(retry);
     }
 
+    /// Sets the `stream_timeout` of every later request.
+    pub(crate) fn set_stream_timeout(&mut self, timeout: std::time::Duration) {
+        self.endpoint.set_stream_timeout(timeout);
+    }
+
     /// Streams one assistant turn.
     pub async fn complete(
         &self,
         request: &LlmRequest<'_>,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
     ) -> Result<Completion, LlmError> {
         let body = serde_json::to_vec(&MessagesRequest::new(&self.model, request))
             .map_err(|source| LlmError::EncodeRequest { source })?;
         let source = self.endpoint.source();
         let ask = Ask::for_body(&body, request.max_tokens);
         self.endpoint
-            .stream(body, ask, || MessageStream::new(source), on_text)
+            .stream(body, ask, || MessageStream::new(source), sink)
             .await
     }
 }

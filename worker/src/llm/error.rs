@@ -103,7 +103,7 @@ pub enum LlmError {
         #[source]
         source: reqwest::Error,
     },
-    /// The response stream broke off or stalled past the read timeout.
+    /// The response stream broke off (the connection failed mid-body); retried.
     #[error("the {provider} response stream broke off")]
     StreamInterrupted {
         /// Provider name.
@@ -111,6 +111,35 @@ pub enum LlmError {
         /// What the HTTP client reported.
         #[source]
         source: reqwest::Error,
+    },
+    /// A 200 stream ended cleanly but without a finish/stop reason or its end marker, so the
+    /// answer (and any tool call's arguments) may be cut short; retried, never used.
+    #[error("the {provider} response stream ended early ({missing})")]
+    Truncated {
+        /// Provider name.
+        provider: &'static str,
+        /// What the end of a complete stream would have had.
+        missing: &'static str,
+    },
+    /// No content arrived for `stream_timeout` (keep-alive comments and pings don't count);
+    /// the request was abandoned and is retried.
+    #[error("no content from {provider} for {} s (stream_timeout)", .timeout.as_secs_f64())]
+    Stalled {
+        /// Provider name.
+        provider: &'static str,
+        /// The `stream_timeout` that passed.
+        timeout: std::time::Duration,
+    },
+    /// A line, tool-call argument or the whole response passed the size cap; not retried
+    /// (the same request would likely get the same answer).
+    #[error("{provider} sent {what} larger than the {} MiB cap", .limit >> 20)]
+    TooLarge {
+        /// Provider name.
+        provider: &'static str,
+        /// What was too large: `an SSE line`, `a tool call's arguments`, `a response`.
+        what: &'static str,
+        /// The cap, in bytes.
+        limit: usize,
     },
     /// A `data:` line of the stream is not the JSON it should be.
     #[error("{provider} sent a stream event that is not valid JSON: {data:?}")]
@@ -137,6 +166,22 @@ pub enum LlmError {
         /// What the encoder reported.
         #[source]
         source: serde_json::Error,
+    },
+    /// The server asked to be retried later than the longest wait; the error it came with
+    /// is attached.
+    #[error(
+        "gave up: retry-after {} s exceeds the longest wait ({} s)",
+        .wait.as_secs_f64(),
+        .max.as_secs_f64()
+    )]
+    RetryAfterTooLong {
+        /// What the server asked for.
+        wait: std::time::Duration,
+        /// The longest wait the retry policy allows.
+        max: std::time::Duration,
+        /// The error the hint came with.
+        #[source]
+        last: Box<LlmError>,
     },
     /// Every attempt failed with a retryable error; the last one is attached.
     #[error("gave up after {attempts} attempts")]
@@ -186,6 +231,8 @@ impl LlmError {
                 | LlmError::Server { .. }
                 | LlmError::Transport { .. }
                 | LlmError::StreamInterrupted { .. }
+                | LlmError::Truncated { .. }
+                | LlmError::Stalled { .. }
         )
     }
 }

@@ -4,15 +4,21 @@
 //! What holds here:
 //! - Dropping the future returned by [`Endpoint::stream`] drops the request and any retry
 //!   sleep, which aborts the connection: cancel and timeout need nothing else.
-//! - An attempt that has begun streaming a tool call is never retried; neither is an error
-//!   that is not [`LlmError::is_retryable`]. An attempt that failed after streaming only text
-//!   may be retried: the next attempt streams its own text to `on_text` from the start, and
-//!   the returned [`Completion`] holds only the successful attempt's text.
-//! - A stalled stream fails after [`READ_TIMEOUT`] without a byte; it never hangs.
+//! - An error that is not [`LlmError::is_retryable`] is never retried. A retryable one is,
+//!   even after text or a tool call began streaming: tools only run once a whole
+//!   [`Completion`] is returned, so nothing of a failed attempt has had an effect. The sink
+//!   hears [`StreamSink::retry`] before the next attempt streams its own text from the start,
+//!   and the returned [`Completion`] holds only the successful attempt's turn.
+//! - A response that goes `stream_timeout` ([`Timeouts::stream`]) without content (from the
+//!   request until the head arrives, then between content events; keep-alive comments and
+//!   pings don't count) is abandoned as [`LlmError::Stalled`] and retried; it never hangs.
+//! - Nothing of a response is buffered past [`MAX_STREAM_BYTES`] (the decoders and the SSE
+//!   parser enforce it; [`check_size`] is their one check).
 //! - The API key only lives in headers marked sensitive, and [`Endpoint`]'s `Debug` prints
 //!   header names only.
 
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -21,30 +27,29 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Response, Url};
 use serde::de::DeserializeOwned;
 
-use super::Completion;
 use super::error::{ErrorOrigin, ErrorSource, LlmError, ReportedError, classify, shorten};
 use super::gate::{Gate, Permit, fingerprint, rate_headers};
 use super::retry::{RetryPolicy, jitter, retry_after};
+use super::sse::TooLong;
+use super::{Completion, DEFAULT_STREAM_TIMEOUT, MAX_STREAM_BYTES, StreamSink};
 
 /// How long establishing a connection (TCP and TLS) may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a response may go without a single byte before it counts as stalled; generous
-/// because a model may think for minutes before its first token.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a connection may take to open and a response may stay silent.
+/// How long a connection may take to open and a response may go without content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timeouts {
     /// Limit on opening the connection (TCP and TLS).
     pub connect: Duration,
-    /// Limit on the silence between two reads of the response.
-    pub read: Duration,
+    /// `stream_timeout`: limit on the wait for the response head and on the silence between
+    /// two content events of the body.
+    pub stream: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
             connect: CONNECT_TIMEOUT,
-            read: READ_TIMEOUT,
+            stream: DEFAULT_STREAM_TIMEOUT,
         }
     }
 }
@@ -61,8 +66,9 @@ pub(crate) trait StreamDecoder: Send {
     fn finish(self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, LlmError>;
     /// Whether the stream said it is complete (`[DONE]`, `message_stop`).
     fn is_done(&self) -> bool;
-    /// Whether a tool call has begun streaming, after which the attempt must not be retried.
-    fn tool_call_started(&self) -> bool;
+    /// How many content events arrived so far: every event but keep-alive comments and
+    /// pings. The stall watchdog restarts its clock whenever this grows.
+    fn content_events(&self) -> u64;
 }
 
 /// One provider endpoint: where to POST, with which headers, and how to retry.
@@ -79,6 +85,8 @@ pub(crate) struct Endpoint {
     source: ErrorSource,
     /// When and how long to wait before another attempt.
     retry: RetryPolicy,
+    /// How long an attempt may go without content.
+    stream_timeout: Duration,
     /// The budget and permit every attempt passes first.
     gate: Gate,
 }
@@ -108,6 +116,7 @@ impl fmt::Debug for Endpoint {
             .field("url", &self.shown_url)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("retry", &self.retry)
+            .field("stream_timeout", &self.stream_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -118,8 +127,6 @@ struct Failure {
     error: LlmError,
     /// The server's hint on when to come back.
     retry_after: Option<Duration>,
-    /// Whether the attempt had begun streaming a tool call.
-    tool_call_started: bool,
 }
 
 impl Failure {
@@ -127,7 +134,6 @@ impl Failure {
         Self {
             error,
             retry_after: None,
-            tool_call_started: false,
         }
     }
 }
@@ -202,7 +208,6 @@ impl Endpoint {
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let client = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
-            .read_timeout(timeouts.read)
             .tcp_keepalive(Duration::from_secs(60))
             .user_agent(concat!("kugetsu/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -218,6 +223,7 @@ impl Endpoint {
             headers,
             source,
             retry,
+            stream_timeout: timeouts.stream,
             gate: Gate::default(),
         })
     }
@@ -256,6 +262,11 @@ impl Endpoint {
         self.retry = retry;
     }
 
+    /// Sets how long an attempt may go without content (`stream_timeout`).
+    pub(crate) fn set_stream_timeout(&mut self, timeout: Duration) {
+        self.stream_timeout = timeout;
+    }
+
     /// POSTs `body` and streams the answer through a fresh decoder per attempt, retrying as
     /// the policy allows.
     ///
@@ -268,15 +279,17 @@ impl Endpoint {
         body: Vec<u8>,
         ask: Ask,
         new_decoder: impl Fn() -> D + Send + Sync,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
     ) -> Result<Completion, LlmError> {
         let body = Bytes::from(body);
         let mut attempt = 1;
         loop {
+            // The permit comes before the attempt's stall watchdog starts: waiting for it is
+            // not a stalled stream.
             let permit = self.gate.acquire(ask.input_tokens, ask.max_output).await?;
             let governed = permit.is_governed();
             let failure = match self
-                .attempt(body.clone(), new_decoder(), on_text, &permit)
+                .attempt(body.clone(), new_decoder(), sink, &permit)
                 .await
             {
                 Ok(mut completion) => {
@@ -286,17 +299,15 @@ impl Endpoint {
                 Err(failure) => failure,
             };
             permit.end(None);
-            if governed
-                && matches!(failure.error, LlmError::RateLimited { .. })
-                && !failure.tool_call_started
-            {
+            if governed && matches!(failure.error, LlmError::RateLimited { .. }) {
+                // Nothing of a 429 was streamed: no deltas to take back.
                 eprintln!(
                     "kugetsu-worker: {}; waiting for the governor's next permit",
                     kugetsu_protocol::error_chain(&failure.error)
                 );
                 continue;
             }
-            if !failure.error.is_retryable() || failure.tool_call_started {
+            if !failure.error.is_retryable() {
                 return Err(failure.error);
             }
             if attempt >= self.retry.max_attempts {
@@ -310,15 +321,20 @@ impl Endpoint {
                 });
             }
             let Some(delay) = self.retry.delay(attempt, failure.retry_after, jitter()) else {
-                return Err(failure.error);
+                return Err(LlmError::RetryAfterTooLong {
+                    wait: failure.retry_after.unwrap_or_default(),
+                    max: self.retry.max_retry_after,
+                    last: Box::new(failure.error),
+                });
             };
+            let reason = kugetsu_protocol::error_chain(&failure.error);
             eprintln!(
-                "kugetsu-worker: {}; retrying in {:.1} s (attempt {} of {})",
-                kugetsu_protocol::error_chain(&failure.error),
+                "kugetsu-worker: {reason}; retrying in {:.1} s (attempt {} of {})",
                 delay.as_secs_f64(),
                 attempt + 1,
                 self.retry.max_attempts
             );
+            sink.retry(attempt + 1, &reason, delay);
             self.retry.sleeper.sleep(delay).await;
             attempt += 1;
         }
@@ -329,17 +345,22 @@ impl Endpoint {
         &self,
         body: Bytes,
         mut decoder: D,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
         permit: &Permit,
     ) -> Result<Completion, Failure> {
         let provider = self.source.provider;
-        let mut response = self
+        let mut on_text = |text: &str| sink.text(text);
+        let mut watchdog = Watchdog::start(provider, self.stream_timeout);
+        let sent = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .body(body)
-            .send()
+            .send();
+        let mut response = watchdog
+            .guard(sent)
             .await
+            .map_err(Failure::new)?
             .map_err(|source| {
                 Failure::new(LlmError::Transport {
                     provider,
@@ -352,17 +373,22 @@ impl Endpoint {
         permit.head(status.as_u16(), rate_headers(response.headers()));
         if !status.is_success() {
             let retry_after = retry_after(response.headers(), SystemTime::now());
-            let body = read_capped(response).await;
+            let body = watchdog
+                .guard(read_capped(response))
+                .await
+                .unwrap_or_default();
             let report = ReportedError::from_body(&body);
             return Err(Failure {
                 error: classify(self.source, ErrorOrigin::Status(status.as_u16()), &report),
                 retry_after,
-                tool_call_started: false,
             });
         }
         if is_json(response.headers()) {
             // Some servers answer a streaming request with a plain JSON error and status 200.
-            let body = read_capped(response).await;
+            let body = watchdog
+                .guard(read_capped(response))
+                .await
+                .unwrap_or_default();
             let error = match ReportedError::from_json_error(&body) {
                 Some(report) => classify(self.source, ErrorOrigin::Stream, &report),
                 None => LlmError::MalformedStream {
@@ -376,28 +402,106 @@ impl Endpoint {
             return Err(Failure::new(error));
         }
 
-        let fail = |error, decoder: &D| Failure {
-            error,
-            retry_after: None,
-            tool_call_started: decoder.tool_call_started(),
+        read_body(&mut response, &mut decoder, &mut watchdog, &mut on_text)
+            .await
+            .map_err(Failure::new)?;
+        decoder.finish(&mut on_text).map_err(Failure::new)
+    }
+}
+
+/// Feeds the body of `response` into `decoder` until it ends or the decoder is done; fails
+/// when the connection breaks, the decoder rejects what came, or the watchdog fires.
+async fn read_body<D: StreamDecoder>(
+    response: &mut Response,
+    decoder: &mut D,
+    watchdog: &mut Watchdog,
+    on_text: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), LlmError> {
+    let provider = watchdog.provider;
+    loop {
+        let chunk = match watchdog.guard(response.chunk()).await? {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(source) => return Err(LlmError::StreamInterrupted { provider, source }),
         };
-        loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(source) => {
-                    let error = LlmError::StreamInterrupted { provider, source };
-                    return Err(fail(error, &decoder));
-                }
-            };
-            if let Err(error) = decoder.push(&chunk, on_text) {
-                return Err(fail(error, &decoder));
-            }
-            if decoder.is_done() {
-                break;
-            }
+        decoder.push(&chunk, on_text)?;
+        watchdog.observe(decoder.content_events());
+        if decoder.is_done() {
+            return Ok(());
         }
-        decoder.finish(on_text).map_err(Failure::new)
+    }
+}
+
+/// Abandons an attempt that goes `limit` without content: its clock starts when the request
+/// is sent and restarts whenever the decoder has seen another content event, so a server
+/// that sends only keep-alive comments or pings (or nothing at all) is caught.
+#[derive(Debug)]
+struct Watchdog {
+    provider: &'static str,
+    limit: Duration,
+    deadline: tokio::time::Instant,
+    /// The decoder's content events when the clock last restarted.
+    seen: u64,
+}
+
+impl Watchdog {
+    fn start(provider: &'static str, limit: Duration) -> Self {
+        Self {
+            provider,
+            limit,
+            deadline: deadline_after(limit),
+            seen: 0,
+        }
+    }
+
+    /// Awaits `future` unless the deadline passes first.
+    async fn guard<T>(&self, future: impl Future<Output = T>) -> Result<T, LlmError> {
+        tokio::time::timeout_at(self.deadline, future)
+            .await
+            .map_err(|_| LlmError::Stalled {
+                provider: self.provider,
+                timeout: self.limit,
+            })
+    }
+
+    /// Restarts the clock if content arrived since it last did.
+    fn observe(&mut self, content_events: u64) {
+        if content_events != self.seen {
+            self.seen = content_events;
+            self.deadline = deadline_after(self.limit);
+        }
+    }
+}
+
+/// `limit` from now; a limit too large to represent is as good as a year.
+fn deadline_after(limit: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Fails with [`LlmError::TooLarge`] when `len` bytes of `what` pass [`MAX_STREAM_BYTES`].
+pub(crate) fn check_size(
+    provider: &'static str,
+    what: &'static str,
+    len: usize,
+) -> Result<(), LlmError> {
+    if len > MAX_STREAM_BYTES {
+        return Err(LlmError::TooLarge {
+            provider,
+            what,
+            limit: MAX_STREAM_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The error for an SSE line (or event) past the parser's limit.
+pub(crate) fn line_too_long(provider: &'static str, error: TooLong) -> LlmError {
+    LlmError::TooLarge {
+        provider,
+        what: "an SSE line",
+        limit: error.limit,
     }
 }
 

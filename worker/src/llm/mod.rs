@@ -10,8 +10,14 @@
 //! - `retry`: backoff, jitter and `retry-after` handling.
 //! - `sse`: a push-based server-sent events parser that survives any chunking.
 //!
-//! Invariants: a turn is retried only while no tool call of it has begun streaming; dropping
-//! the future of [`Provider::complete`] aborts the request; no `Debug` prints an API key.
+//! Invariants: a [`Completion`] is only ever a whole answer: a stream that ends without a
+//! finish/stop reason or end marker is an interruption ([`LlmError::Truncated`]) and is
+//! retried, so no tool runs on arguments that may be partial (tools run only after
+//! [`Provider::complete`] returned, which is why a turn may be retried even after a tool call
+//! began streaming). Before a retried attempt streams anything, the [`StreamSink`] hears
+//! [`StreamSink::retry`]: the text it was given since the turn began is void. No line, tool-call
+//! argument or response is buffered past [`MAX_STREAM_BYTES`]. Dropping the future of
+//! [`Provider::complete`] aborts the request; no `Debug` prints an API key.
 
 pub mod anthropic;
 mod error;
@@ -32,6 +38,36 @@ use crate::conversation::{Message, ToolCall, ToolSpec};
 
 pub use error::{ErrorOrigin, LlmError};
 pub use provider::Provider;
+
+/// Cap on one SSE line, one tool call's arguments and the text plus arguments of a whole
+/// response: past it the attempt fails with [`LlmError::TooLarge`], so a hostile server
+/// cannot grow the worker.
+pub const MAX_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a stream may go without a content byte by default (see `stream_timeout` in
+/// docs/config.md).
+pub const DEFAULT_STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Where a turn goes while it streams in.
+///
+/// Any `FnMut(&str)` is a sink that only hears text (and ignores retries).
+pub trait StreamSink: Send {
+    /// The next piece of assistant text.
+    fn text(&mut self, text: &str);
+
+    /// The attempt so far failed with `reason` and attempt number `attempt` (2 or more)
+    /// follows after `wait`: every piece of text given since the turn began (or since the
+    /// last retry) is void, and the new attempt streams its text from the start.
+    fn retry(&mut self, attempt: u32, reason: &str, wait: std::time::Duration) {
+        let _ = (attempt, reason, wait);
+    }
+}
+
+impl<F: FnMut(&str) + Send> StreamSink for F {
+    fn text(&mut self, text: &str) {
+        self(text);
+    }
+}
 
 /// One request for the next assistant turn.
 #[derive(Debug, Clone, Copy)]

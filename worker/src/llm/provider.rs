@@ -2,8 +2,10 @@
 
 use kugetsu_protocol::{ModelRef, ProviderKind};
 
+use std::time::Duration;
+
 use super::gate::Gate;
-use super::{Completion, LlmError, LlmRequest, anthropic, openai, scripted};
+use super::{Completion, LlmError, LlmRequest, StreamSink, anthropic, openai, scripted};
 
 /// The provider a task talks to.
 #[derive(Debug)]
@@ -37,19 +39,30 @@ impl Provider {
         }
     }
 
-    /// Streams one assistant turn, calling `on_text` with each piece of text as it arrives.
+    /// Sets how long a stream may go without a content byte before the attempt is abandoned
+    /// and retried (`stream_timeout`; [`super::DEFAULT_STREAM_TIMEOUT`] unless set).
+    pub fn set_stream_timeout(&mut self, timeout: Duration) {
+        match self {
+            Provider::OpenAi(p) => p.set_stream_timeout(timeout),
+            Provider::Anthropic(p) => p.set_stream_timeout(timeout),
+            Provider::Scripted(_) => {}
+        }
+    }
+
+    /// Streams one assistant turn into `sink`: each piece of text as it arrives, and a
+    /// [`StreamSink::retry`] before a retried attempt starts over.
     ///
     /// Retryable failures are retried inside (see the `retry` module); dropping the future
     /// aborts the request at once.
     pub async fn complete(
         &self,
         request: &LlmRequest<'_>,
-        on_text: &mut (dyn FnMut(&str) + Send),
+        sink: &mut dyn StreamSink,
     ) -> Result<Completion, LlmError> {
         match self {
-            Provider::OpenAi(p) => p.complete(request, on_text).await,
-            Provider::Anthropic(p) => p.complete(request, on_text).await,
-            Provider::Scripted(p) => p.complete(request, on_text).await,
+            Provider::OpenAi(p) => p.complete(request, sink).await,
+            Provider::Anthropic(p) => p.complete(request, sink).await,
+            Provider::Scripted(p) => p.complete(request, &mut |t: &str| sink.text(t)).await,
         }
     }
 }

@@ -11,6 +11,13 @@
 //! after the colon is dropped, lines starting with `:` are comments (`: keep-alive`), `id:` and
 //! `retry:` are ignored, and a blank line dispatches the event. Invalid UTF-8 is replaced, not
 //! fatal: the JSON layer above reports anything that matters.
+//!
+//! Memory is bounded: a line, or the data of one event, longer than the parser's limit
+//! ([`MAX_STREAM_BYTES`] unless [`SseParser::with_limit`] says otherwise) fails the push with
+//! [`TooLong`] instead of growing the buffer; a hostile server that never sends a newline costs
+//! at most the limit.
+
+use super::MAX_STREAM_BYTES;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +28,18 @@ pub struct SseEvent {
     pub data: String,
 }
 
+/// A line or an event's data passed the parser's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
 /// The parser's state between pushes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseParser {
+    /// Most bytes one line, or the data of one event, may hold.
+    limit: usize,
     /// Bytes of the line not yet terminated; undecoded so a split character stays whole.
     line: Vec<u8>,
     /// The previous push ended on `\r`, so a leading `\n` of the next one ends nothing.
@@ -36,14 +52,33 @@ pub struct SseParser {
     event: String,
 }
 
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_limit(MAX_STREAM_BYTES)
+    }
+}
+
 impl SseParser {
-    /// A parser at the start of a stream.
+    /// A parser at the start of a stream, with the [`MAX_STREAM_BYTES`] limit.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A parser whose lines and event data may hold at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit,
+            line: Vec::new(),
+            after_cr: false,
+            data: String::new(),
+            has_data: false,
+            event: String::new(),
+        }
+    }
+
     /// Feeds the next bytes of the stream, appending every event they complete to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+    /// Fails, buffering nothing more, once a line or an event's data passes the limit.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), TooLong> {
         let mut rest = bytes;
         if self.after_cr {
             self.after_cr = false;
@@ -52,6 +87,7 @@ impl SseParser {
             }
         }
         while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.reserve_line(end)?;
             self.line.extend_from_slice(&rest[..end]);
             let terminator = rest[end];
             rest = &rest[end + 1..];
@@ -63,29 +99,39 @@ impl SseParser {
                 }
             }
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out);
+            self.process_line(&line, out)?;
         }
+        self.reserve_line(rest.len())?;
         self.line.extend_from_slice(rest);
+        Ok(())
+    }
+
+    fn reserve_line(&self, more: usize) -> Result<(), TooLong> {
+        if self.line.len() + more > self.limit {
+            return Err(TooLong { limit: self.limit });
+        }
+        Ok(())
     }
 
     /// Ends the stream: an unterminated last line and an event missing its blank line are
     /// still delivered, since servers that close early rarely send the final terminator.
-    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) -> Result<(), TooLong> {
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out);
+            self.process_line(&line, out)?;
         }
         self.dispatch(out);
         self.after_cr = false;
+        Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), TooLong> {
         if line.is_empty() {
             self.dispatch(out);
-            return;
+            return Ok(());
         }
         if line[0] == b':' {
-            return;
+            return Ok(());
         }
         let line = String::from_utf8_lossy(line);
         let (field, value) = match line.split_once(':') {
@@ -94,6 +140,9 @@ impl SseParser {
         };
         match field {
             "data" => {
+                if self.data.len() + value.len() + 1 > self.limit {
+                    return Err(TooLong { limit: self.limit });
+                }
                 if self.has_data {
                     self.data.push('\n');
                 }
@@ -103,6 +152,7 @@ impl SseParser {
             "event" => value.clone_into(&mut self.event),
             _ => {}
         }
+        Ok(())
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
@@ -124,9 +174,9 @@ mod tests {
         let mut parser = SseParser::new();
         let mut out = Vec::new();
         for piece in pieces {
-            parser.push(piece, &mut out);
+            parser.push(piece, &mut out).unwrap();
         }
-        parser.finish(&mut out);
+        parser.finish(&mut out).unwrap();
         out
     }
 
@@ -200,5 +250,50 @@ mod tests {
     fn invalid_utf8_is_replaced_not_fatal() {
         let events = parse_in_pieces(&[b"data: a\xffb\n\n"]);
         assert_eq!(events, vec![event("", "a\u{fffd}b")]);
+    }
+
+    #[test]
+    fn a_line_without_newline_stops_at_the_limit() {
+        let mut parser = SseParser::with_limit(64);
+        let mut out = Vec::new();
+        parser.push(b"data: {\"a\":1}\n\n", &mut out).unwrap();
+        assert_eq!(out, vec![event("", "{\"a\":1}")]);
+        // 60 bytes fit; the next piece of the same line does not, and nothing more is kept.
+        parser.push(&[b'x'; 60], &mut out).unwrap();
+        assert_eq!(
+            parser.push(&[b'x'; 8], &mut out),
+            Err(TooLong { limit: 64 })
+        );
+        assert!(parser.line.len() <= 64);
+        // In one piece, however large.
+        let mut parser = SseParser::with_limit(64);
+        let huge = vec![b'y'; 10_000];
+        assert_eq!(parser.push(&huge, &mut out), Err(TooLong { limit: 64 }));
+        assert!(parser.line.capacity() <= 64, "{}", parser.line.capacity());
+    }
+
+    #[test]
+    fn an_event_of_many_short_data_lines_stops_at_the_limit() {
+        let mut parser = SseParser::with_limit(64);
+        let mut out = Vec::new();
+        let line = b"data: 0123456789\n";
+        let mut result = Ok(());
+        for _ in 0..10 {
+            result = parser.push(line, &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(TooLong { limit: 64 }));
+        assert!(out.is_empty());
+        assert!(parser.data.len() <= 64);
+        // Lines and events under the limit are fine however many there are.
+        let mut parser = SseParser::with_limit(64);
+        for _ in 0..1000 {
+            parser
+                .push(b"data: 0123456789\n\n: keep-alive\n", &mut out)
+                .unwrap();
+        }
+        assert_eq!(out.len(), 1000);
     }
 }

@@ -15,7 +15,7 @@ use super::error::ErrorSource;
 use super::http::{Endpoint, Timeouts, endpoint_url};
 use super::openai::ChatStream;
 use super::retry::{RetryPolicy, Sleeper};
-use super::{Completion, LlmError, LlmRequest, Provider, StopReason};
+use super::{Completion, LlmError, LlmRequest, MAX_STREAM_BYTES, Provider, StopReason, StreamSink};
 use crate::conversation::{Message, ToolCall, ToolSpec};
 
 /// Longest any single test waits on the network before failing.
@@ -125,6 +125,52 @@ async fn complete(provider: &Provider) -> (Result<Completion, LlmError>, String)
         .await
         .expect("the provider finished within the deadline");
     (result, seen)
+}
+
+/// A sink that keeps the text since the last retry and every retry it heard.
+#[derive(Debug, Default)]
+struct Recorder {
+    /// Text given since the turn began or the last retry (what a consumer still shows).
+    text: String,
+    /// Every piece of text given, across attempts.
+    all_text: String,
+    /// `(attempt, reason)` of each retry.
+    retries: Vec<(u32, String)>,
+}
+
+impl StreamSink for Recorder {
+    fn text(&mut self, text: &str) {
+        self.text.push_str(text);
+        self.all_text.push_str(text);
+    }
+
+    fn retry(&mut self, attempt: u32, reason: &str, _wait: Duration) {
+        self.text.clear();
+        self.retries.push((attempt, reason.to_owned()));
+    }
+}
+
+/// Runs one turn like [`complete`], recording what the sink heard.
+async fn complete_recorded(provider: &Provider) -> (Result<Completion, LlmError>, Recorder) {
+    let messages = conversation();
+    let tools = tools();
+    let request = LlmRequest {
+        system: "You are terse.",
+        messages: &messages,
+        tools: &tools,
+        max_tokens: 512,
+    };
+    let mut recorder = Recorder::default();
+    let result = tokio::time::timeout(DEADLINE, provider.complete(&request, &mut recorder))
+        .await
+        .expect("the provider finished within the deadline");
+    (result, recorder)
+}
+
+/// A provider on `server` whose streams time out after `timeout` without content.
+fn with_stream_timeout(mut provider: Provider, timeout: Duration) -> Provider {
+    provider.set_stream_timeout(timeout);
+    provider
 }
 
 const OPENAI_TWO_CALLS: &str = concat!(
@@ -338,24 +384,248 @@ async fn overloaded_event_mid_stream_is_retried_before_any_tool_call() {
     assert_eq!(server.requests().len(), 2);
 }
 
+/// Tools run only once a whole completion is back, so an attempt that failed halfway through
+/// a tool call is retried; nothing of the broken call leaks into the result.
 #[tokio::test]
-async fn no_retry_once_a_tool_call_has_begun() {
+async fn a_failure_mid_tool_call_is_retried_and_no_partial_call_leaks() {
     let broken = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Reading\"}}]}\n\n",
         "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_x\",\"function\":{\"name\":\"bash\",\"arguments\":\"{\\\"comm\"}}]}}]}\n\n",
         "data: {\"error\":{\"message\":\"The server had an error processing your request.\",\"type\":\"server_error\"}}\n\n",
     );
+    // The same, but the connection just ends (cleanly) in the middle of the arguments.
+    let cut = broken.split("data: {\"error\"").next().unwrap();
     let server = FakeServer::start(vec![
         Reply::sse(broken, 32),
+        Reply::sse(cut, 32),
+        Reply::sse(OPENAI_TWO_CALLS, 64),
+    ])
+    .await;
+    let (policy, delays) = recording_policy(5);
+    let (result, recorder) = complete_recorded(&openai(&server, policy)).await;
+    let completion = result.unwrap();
+    assert_eq!(
+        completion.tool_calls,
+        vec![
+            tool_call("call_a", "read", "{\"path\":\"a.txt\"}"),
+            tool_call("call_b", "read", "{\"path\":\"b.txt\"}"),
+        ]
+    );
+    assert_eq!(completion.text, "Reading bøth files ✓");
+    assert_eq!(server.requests().len(), 3);
+    assert_eq!(delays.lock().unwrap().len(), 2);
+    let attempts: Vec<u32> = recorder.retries.iter().map(|(a, _)| *a).collect();
+    assert_eq!(attempts, [2, 3]);
+    assert!(
+        recorder.retries[0].1.contains("server error"),
+        "{:?}",
+        recorder.retries
+    );
+    assert!(
+        recorder.retries[1].1.contains("ended early"),
+        "{:?}",
+        recorder.retries
+    );
+    // What a consumer keeps after discarding on each retry is the last attempt's text.
+    assert_eq!(recorder.text, "Reading bøth files ✓");
+    assert_eq!(recorder.all_text, "ReadingReadingReading bøth files ✓");
+}
+
+/// A 200 stream that ends cleanly with no finish reason and no end marker is an interruption
+/// on both wires: retried, never taken as the answer.
+#[tokio::test]
+async fn a_truncated_stream_is_retried_on_both_wires() {
+    let openai_cut = OPENAI_TWO_CALLS
+        .split("data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"a.txt")
+        .next()
+        .unwrap();
+    let server = FakeServer::start(vec![
+        Reply::sse(openai_cut, 16),
+        Reply::sse(OPENAI_TWO_CALLS, 64),
+    ])
+    .await;
+    let (policy, _) = recording_policy(5);
+    let (result, recorder) = complete_recorded(&openai(&server, policy)).await;
+    assert_eq!(result.unwrap().tool_calls.len(), 2);
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(recorder.retries.len(), 1);
+    assert!(
+        recorder.retries[0]
+            .1
+            .contains("ended early (no finish_reason and no [DONE])"),
+        "{:?}",
+        recorder.retries
+    );
+
+    let anthropic_cut = ANTHROPIC_TURN.split("event: message_delta").next().unwrap();
+    let server = FakeServer::start(vec![
+        Reply::sse(anthropic_cut, 16),
+        Reply::sse(ANTHROPIC_TURN, 64),
+    ])
+    .await;
+    let (policy, _) = recording_policy(5);
+    let (result, recorder) = complete_recorded(&anthropic(&server, policy)).await;
+    assert_eq!(result.unwrap(), anthropic_turn());
+    assert_eq!(server.requests().len(), 2);
+    assert!(
+        recorder.retries[0]
+            .1
+            .contains("ended early (no stop_reason and no message_stop)"),
+        "{:?}",
+        recorder.retries
+    );
+    assert_eq!(recorder.text, "Reading a.txt — now.");
+
+    // Truncated every time: the error says so, and how often it was tried.
+    let server = FakeServer::start(vec![Reply::sse(anthropic_cut, 64); 3]).await;
+    let (policy, _) = recording_policy(3);
+    let (result, _) = complete(&anthropic(&server, policy)).await;
+    assert_eq!(
+        kugetsu_protocol::error_chain(&result.unwrap_err()),
+        "gave up after 3 attempts: the anthropic response stream ended early (no stop_reason \
+         and no message_stop)"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_longest_wait_gives_up_saying_why() {
+    let server = FakeServer::start(vec![Reply::error(
+        429,
+        r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+        &[("retry-after", "600")],
+    )])
+    .await;
+    let (policy, delays) = recording_policy(5);
+    let (result, _) = complete(&openai(&server, policy)).await;
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, LlmError::RetryAfterTooLong { .. }),
+        "{error}"
+    );
+    assert_eq!(
+        kugetsu_protocol::error_chain(&error),
+        "gave up: retry-after 600 s exceeds the longest wait (60 s): openai rate limit hit \
+         (HTTP 429): Rate limit reached"
+    );
+    assert!(delays.lock().unwrap().is_empty());
+}
+
+/// Keep-alive comments (OpenAI) and pings (Anthropic) are not content: a stream of nothing
+/// else is abandoned after `stream_timeout` and retried.
+#[tokio::test]
+async fn keep_alives_do_not_hold_off_the_stream_timeout() {
+    let every = Duration::from_millis(20);
+    let first = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n".to_vec();
+    let server = FakeServer::start(vec![
+        Reply::KeepAlive {
+            pieces: vec![first],
+            keep_alive: b": keep-alive\n\n".to_vec(),
+            every,
+        },
+        Reply::sse(OPENAI_TWO_CALLS, 64),
+    ])
+    .await;
+    let closed = server.watch_close();
+    let (policy, _) = recording_policy(5);
+    let provider = with_stream_timeout(openai(&server, policy), Duration::from_millis(300));
+    let (result, recorder) = complete_recorded(&provider).await;
+    assert_eq!(result.unwrap().tool_calls.len(), 2);
+    assert_eq!(
+        recorder.retries,
+        [(
+            2,
+            "no content from openai for 0.3 s (stream_timeout)".to_owned()
+        )]
+    );
+    tokio::time::timeout(DEADLINE, closed)
+        .await
+        .expect("the stalled connection was closed")
+        .unwrap();
+
+    let start = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n",
+    );
+    let server = FakeServer::start(vec![
+        Reply::KeepAlive {
+            pieces: vec![start.as_bytes().to_vec()],
+            keep_alive: b"event: ping\ndata: {\"type\": \"ping\"}\n\n".to_vec(),
+            every,
+        },
+        Reply::sse(ANTHROPIC_TURN, 64),
+    ])
+    .await;
+    let (policy, _) = recording_policy(5);
+    let provider = with_stream_timeout(anthropic(&server, policy), Duration::from_millis(300));
+    let (result, recorder) = complete_recorded(&provider).await;
+    assert_eq!(result.unwrap(), anthropic_turn());
+    assert_eq!(recorder.retries.len(), 1, "{:?}", recorder.retries);
+    assert!(recorder.retries[0].1.contains("(stream_timeout)"));
+}
+
+/// Content that keeps coming, however slowly, is never cut off by the stream timeout: its
+/// clock restarts with every content event, not once per request.
+#[tokio::test]
+async fn a_slow_stream_with_content_is_not_a_stall() {
+    let mut body = "data: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}\n\n".repeat(300);
+    body.push_str("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+    // The server pauses at least a millisecond after each 10-byte piece: the whole body takes
+    // over a second, four times the timeout; the gap between two events about 5 ms.
+    let server = FakeServer::start(vec![Reply::sse(&body, 10)]).await;
+    assert!(body.len() / 10 > 1000);
+    let (policy, _) = recording_policy(1);
+    let provider = with_stream_timeout(openai(&server, policy), Duration::from_millis(250));
+    let (result, recorder) = complete_recorded(&provider).await;
+    assert_eq!(result.unwrap().text, "ab".repeat(300));
+    assert!(recorder.retries.is_empty());
+}
+
+/// A server that never sends a newline cannot grow the worker: the line stops at the cap with
+/// a clear error, which is not retried.
+#[tokio::test]
+async fn a_line_without_newline_fails_at_the_cap() {
+    let piece = vec![b'x'; 1024 * 1024];
+    let mut pieces = vec![b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec()];
+    pieces.extend(std::iter::repeat_n(
+        piece,
+        MAX_STREAM_BYTES / (1024 * 1024) + 4,
+    ));
+    let server = FakeServer::start(vec![
+        Reply::Stall { pieces },
         Reply::sse(OPENAI_TWO_CALLS, 64),
     ])
     .await;
     let (policy, delays) = recording_policy(5);
     let (result, _) = complete(&openai(&server, policy)).await;
     let error = result.unwrap_err();
-    assert!(matches!(error, LlmError::Server { .. }), "{error}");
-    assert!(error.is_retryable());
+    assert!(matches!(error, LlmError::TooLarge { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "openai sent an SSE line larger than the 16 MiB cap"
+    );
+    assert!(!error.is_retryable());
     assert_eq!(server.requests().len(), 1);
     assert!(delays.lock().unwrap().is_empty());
+}
+
+/// Arguments that keep growing in small deltas stop at the cap too.
+#[tokio::test]
+async fn tool_call_arguments_stop_at_the_cap() {
+    let delta = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":\"{}\"}}}}]}}}}]}}\n\n",
+        "a".repeat(512 * 1024)
+    );
+    let mut pieces = vec![b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"write\",\"arguments\":\"\"}}]}}]}\n\n".to_vec()];
+    pieces.extend(std::iter::repeat_n(delta.into_bytes(), 2 * 16 + 4));
+    let server = FakeServer::start(vec![Reply::Stall { pieces }]).await;
+    let (policy, _) = recording_policy(5);
+    let (result, _) = complete(&openai(&server, policy)).await;
+    let error = result.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "openai sent a tool call's arguments larger than the 16 MiB cap"
+    );
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[tokio::test]
@@ -493,7 +763,7 @@ async fn a_json_error_with_status_200_is_typed() {
 }
 
 #[tokio::test]
-async fn a_stalled_stream_fails_after_the_read_timeout() {
+async fn a_stalled_stream_fails_after_the_stream_timeout() {
     let server = FakeServer::start(vec![Reply::Stall {
         pieces: vec![b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n".to_vec()],
     }])
@@ -506,7 +776,7 @@ async fn a_stalled_stream_fails_after_the_read_timeout() {
     let (policy, _) = recording_policy(1);
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
-        read: Duration::from_millis(200),
+        stream: Duration::from_millis(200),
     };
     let endpoint = Endpoint::new(source, url, HeaderMap::new(), policy, timeouts).unwrap();
     let mut seen = String::new();
@@ -523,11 +793,36 @@ async fn a_stalled_stream_fails_after_the_read_timeout() {
     .await
     .unwrap();
     let error = result.unwrap_err();
-    assert!(
-        matches!(error, LlmError::StreamInterrupted { .. }),
-        "{error}"
+    assert!(matches!(error, LlmError::Stalled { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "no content from openai for 0.2 s (stream_timeout)"
     );
+    assert!(error.is_retryable());
     assert_eq!(seen, "hi");
+}
+
+/// A server that accepts the request and never answers is caught by the same timeout.
+#[tokio::test]
+async fn a_server_that_never_answers_is_a_stall() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (policy, _) = recording_policy(2);
+    let provider = provider(
+        "openai/gpt-test",
+        &[
+            ("OPENAI_API_KEY", "sk".into()),
+            ("OPENAI_BASE_URL", format!("http://{addr}/v1")),
+        ],
+        policy,
+    );
+    let provider = with_stream_timeout(provider, Duration::from_millis(200));
+    let (result, _) = complete(&provider).await;
+    assert_eq!(
+        kugetsu_protocol::error_chain(&result.unwrap_err()),
+        "gave up after 2 attempts: no content from openai for 0.2 s (stream_timeout)"
+    );
+    drop(listener);
 }
 
 #[tokio::test]

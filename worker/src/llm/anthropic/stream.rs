@@ -7,13 +7,17 @@
 //! stop reason and output usage, `message_stop` ends the stream and `error` fails it. `ping`,
 //! `content_block_stop`, thinking blocks and unknown events are ignored, and a `tool_use` block
 //! may start without `input`, as some compatible servers send it.
+//!
+//! A stream is complete once it carried a stop reason or `message_stop`; one that ends with
+//! neither is [`LlmError::Truncated`], whatever it held. Text and arguments together are capped
+//! at [`MAX_STREAM_BYTES`](crate::llm::MAX_STREAM_BYTES); `ping`s are not content for the stall watchdog.
 
 use kugetsu_protocol::Usage;
 use serde::Deserialize;
 
 use crate::conversation::ToolCall;
 use crate::llm::error::{ErrorOrigin, ErrorSource, LlmError, ReportedError, classify};
-use crate::llm::http::{StreamDecoder, decode_event};
+use crate::llm::http::{StreamDecoder, check_size, decode_event, line_too_long};
 use crate::llm::sse::{SseEvent, SseParser};
 use crate::llm::{Completion, StopReason};
 
@@ -38,6 +42,11 @@ pub(crate) struct MessageStream {
     received: bool,
     /// Whether `message_stop` arrived; later events are ignored.
     done: bool,
+    /// Bytes of text and tool-call arguments held, kept under
+    /// [`MAX_STREAM_BYTES`](crate::llm::MAX_STREAM_BYTES).
+    held: usize,
+    /// Events other than `ping` seen, for the stall watchdog.
+    content_events: u64,
 }
 
 #[derive(Debug)]
@@ -126,6 +135,8 @@ impl MessageStream {
             stop_reason: None,
             received: false,
             done: false,
+            held: 0,
+            content_events: 0,
         }
     }
 
@@ -156,6 +167,7 @@ impl MessageStream {
         }
         if kind != "ping" {
             self.received = true;
+            self.content_events += 1;
         }
         match kind {
             "message_start" => {
@@ -172,11 +184,11 @@ impl MessageStream {
                     text: None,
                 });
                 let index = event.index.unwrap_or(self.blocks.len() as u64);
-                self.open_block(index, block, on_text);
+                self.open_block(index, block, on_text)?;
             }
             "content_block_delta" => {
                 if let Some(delta) = event.delta {
-                    self.apply_delta(event.index, delta, on_text);
+                    self.apply_delta(event.index, delta, on_text)?;
                 }
             }
             "message_delta" => {
@@ -197,10 +209,34 @@ impl MessageStream {
         Ok(())
     }
 
-    fn open_block(&mut self, index: u64, block: ContentBlock, on_text: &mut dyn FnMut(&str)) {
+    /// Counts `more` bytes about to be held, failing past the cap.
+    fn hold(&mut self, more: usize, what: &'static str) -> Result<(), LlmError> {
+        self.held += more;
+        check_size(self.source.provider, what, self.held)
+    }
+
+    /// Whether the stream said how it ended: a stop reason or `message_stop`.
+    fn complete(&self) -> bool {
+        self.done || self.stop_reason.is_some()
+    }
+
+    fn truncated(&self) -> LlmError {
+        LlmError::Truncated {
+            provider: self.source.provider,
+            missing: "no stop_reason and no message_stop",
+        }
+    }
+
+    fn open_block(
+        &mut self,
+        index: u64,
+        block: ContentBlock,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(), LlmError> {
         let kind = match block.kind.as_deref() {
             Some("text") => {
                 if let Some(text) = block.text.filter(|t| !t.is_empty()) {
+                    self.hold(text.len(), "a response")?;
                     self.text.push_str(&text);
                     on_text(&text);
                 }
@@ -215,9 +251,16 @@ impl MessageStream {
             _ => BlockKind::Other,
         };
         self.blocks.push(OpenBlock { index, kind });
+        Ok(())
     }
 
-    fn apply_delta(&mut self, index: Option<u64>, delta: Delta, on_text: &mut dyn FnMut(&str)) {
+    fn apply_delta(
+        &mut self,
+        index: Option<u64>,
+        delta: Delta,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(), LlmError> {
+        let provider = self.source.provider;
         let block = match index {
             Some(index) => self.blocks.iter_mut().rev().find(|b| b.index == index),
             None => self.blocks.last_mut(),
@@ -232,6 +275,8 @@ impl MessageStream {
                 | None,
             ) => {
                 if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
+                    self.held += text.len();
+                    check_size(provider, "a response", self.held)?;
                     self.text.push_str(&text);
                     on_text(&text);
                 }
@@ -244,11 +289,19 @@ impl MessageStream {
                 }),
             ) => {
                 if let Some(piece) = delta.partial_json {
+                    check_size(
+                        provider,
+                        "a tool call's arguments",
+                        json.len() + piece.len(),
+                    )?;
                     json.push_str(&piece);
+                    self.held += piece.len();
+                    check_size(provider, "a response", self.held)?;
                 }
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -273,13 +326,26 @@ impl UsageParts {
 
 impl StreamDecoder for MessageStream {
     fn push(&mut self, bytes: &[u8], on_text: &mut dyn FnMut(&str)) -> Result<(), LlmError> {
-        self.sse.push(bytes, &mut self.events);
-        self.drain(on_text)
+        let pushed = self.sse.push(bytes, &mut self.events);
+        // Events completed before the line that was too long still count.
+        self.drain(on_text)?;
+        pushed.map_err(|e| line_too_long(self.source.provider, e))
     }
 
     fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, LlmError> {
-        self.sse.finish(&mut self.events);
-        self.drain(on_text)?;
+        self.sse
+            .finish(&mut self.events)
+            .map_err(|e| line_too_long(self.source.provider, e))?;
+        match self.drain(on_text) {
+            // What an abrupt end left of a last event: cut short if the stream is not
+            // complete without it, an ignorable tail if it is.
+            Err(LlmError::MalformedEvent { .. }) if self.complete() => {}
+            Err(LlmError::MalformedEvent { .. }) => return Err(self.truncated()),
+            other => other?,
+        }
+        if !self.complete() {
+            return Err(self.truncated());
+        }
         if !self.received {
             return Err(LlmError::MalformedStream {
                 provider: self.source.provider,
@@ -336,10 +402,8 @@ impl StreamDecoder for MessageStream {
         self.done
     }
 
-    fn tool_call_started(&self) -> bool {
-        self.blocks
-            .iter()
-            .any(|b| matches!(b.kind, BlockKind::ToolUse { .. }))
+    fn content_events(&self) -> u64 {
+        self.content_events
     }
 }
 
@@ -448,19 +512,54 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_cut_before_message_stop_keeps_what_arrived() {
+    fn a_stream_without_stop_reason_or_message_stop_is_truncated_wherever_it_ends() {
+        let bytes = TURN.as_bytes();
+        let stop = TURN.find("\"stop_reason\":\"tool_use\"").unwrap();
+        // Every cut before the stop reason, even right after a whole tool call: an
+        // interruption, so the call after it is never dropped and no partial call runs.
+        for cut in (0..stop).step_by(7) {
+            let error = decode(&[&bytes[..cut]]).0.unwrap_err();
+            assert!(
+                matches!(error, LlmError::Truncated { .. }),
+                "cut at {cut}: {error}"
+            );
+            assert!(error.is_retryable());
+        }
         let cut = TURN
             .split("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":2}")
             .next()
             .unwrap();
-        let completion = decode(&[cut.as_bytes()]).0.unwrap();
-        assert_eq!(completion.text, "Ich prüfe das → 🦀");
+        let (result, seen) = decode(&[cut.as_bytes()]);
         assert_eq!(
-            completion.tool_calls,
-            vec![call("toolu_01A", "read", "{\"path\": \"src/ü.rs\"}")]
+            result.unwrap_err().to_string(),
+            "the anthropic response stream ended early (no stop_reason and no message_stop)"
         );
-        assert_eq!(completion.stop, StopReason::ToolUse);
-        assert_eq!(completion.usage.input_tokens, 150);
+        assert_eq!(seen, "Ich prüfe das → 🦀");
+    }
+
+    #[test]
+    fn a_stop_reason_without_message_stop_is_complete() {
+        let without_stop = TURN.replace(
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            "",
+        );
+        assert_eq!(
+            decode(&[without_stop.as_bytes()]).0.unwrap(),
+            turn_completion()
+        );
+    }
+
+    #[test]
+    fn pings_are_not_content() {
+        let mut decoder = MessageStream::new(SOURCE);
+        let ping = b"event: ping\ndata: {\"type\": \"ping\"}\n\n: comment\n\n";
+        for _ in 0..5 {
+            decoder.push(ping, &mut |_| {}).unwrap();
+        }
+        assert_eq!(decoder.content_events(), 0);
+        let start = TURN.split("event: ping").next().unwrap();
+        decoder.push(start.as_bytes(), &mut |_| {}).unwrap();
+        assert_eq!(decoder.content_events(), 1);
     }
 
     #[test]
@@ -487,9 +586,10 @@ mod tests {
 
     #[test]
     fn empty_streams_are_errors() {
+        // Nothing but keep-alives before the end: an interruption, retried.
         for stream in ["", "event: ping\ndata: {\"type\":\"ping\"}\n\n", ": hi\n\n"] {
             let error = decode(&[stream.as_bytes()]).0.unwrap_err();
-            assert!(matches!(error, LlmError::MalformedStream { .. }), "{error}");
+            assert!(matches!(error, LlmError::Truncated { .. }), "{error}");
         }
     }
 

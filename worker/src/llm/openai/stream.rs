@@ -7,13 +7,18 @@
 //! `choices: []` carries `usage`; `data: [DONE]` ends the stream, and a chunk with `error`
 //! (or an `event: error`) fails it. Every field is optional: llama.cpp, vLLM, Ollama and
 //! OpenRouter each leave different ones out and add their own.
+//!
+//! A stream is complete once it carried a `finish_reason` or `[DONE]`; one that ends with
+//! neither is [`LlmError::Truncated`], whatever it held. Text and arguments together are
+//! capped at
+//! [`MAX_STREAM_BYTES`](crate::llm::MAX_STREAM_BYTES).
 
 use kugetsu_protocol::Usage;
 use serde::Deserialize;
 
 use crate::conversation::ToolCall;
 use crate::llm::error::{ErrorOrigin, ErrorSource, LlmError, ReportedError, classify};
-use crate::llm::http::{StreamDecoder, decode_event};
+use crate::llm::http::{StreamDecoder, check_size, decode_event, line_too_long};
 use crate::llm::sse::{SseEvent, SseParser};
 use crate::llm::{Completion, StopReason};
 
@@ -38,6 +43,11 @@ pub(crate) struct ChatStream {
     received: bool,
     /// Whether `[DONE]` arrived; later events are ignored.
     done: bool,
+    /// Bytes of text and tool-call arguments held, kept under
+    /// [`MAX_STREAM_BYTES`](crate::llm::MAX_STREAM_BYTES).
+    held: usize,
+    /// Events with data seen (comments are not events), for the stall watchdog.
+    content_events: u64,
 }
 
 /// A tool call being assembled from deltas.
@@ -106,6 +116,8 @@ impl ChatStream {
             finish_reason: None,
             received: false,
             done: false,
+            held: 0,
+            content_events: 0,
         }
     }
 
@@ -128,6 +140,7 @@ impl ChatStream {
         if self.done || data.is_empty() {
             return Ok(());
         }
+        self.content_events += 1;
         if data == "[DONE]" {
             self.done = true;
             return Ok(());
@@ -158,11 +171,12 @@ impl ChatStream {
             }
             if let Some(delta) = choice.delta {
                 if let Some(content) = delta.content.filter(|c| !c.is_empty()) {
+                    self.hold(content.len(), "a response")?;
                     self.text.push_str(&content);
                     on_text(&content);
                 }
                 for call in delta.tool_calls.unwrap_or_default() {
-                    self.merge_call(call);
+                    self.merge_call(call)?;
                 }
             }
             if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
@@ -180,7 +194,18 @@ impl ChatStream {
         )
     }
 
-    fn merge_call(&mut self, delta: ToolCallDelta) {
+    /// Counts `more` bytes about to be held, failing past the cap.
+    fn hold(&mut self, more: usize, what: &'static str) -> Result<(), LlmError> {
+        self.held += more;
+        check_size(self.source.provider, what, self.held)
+    }
+
+    /// Whether the stream said how it ended: a finish reason or `[DONE]`.
+    fn complete(&self) -> bool {
+        self.done || self.finish_reason.is_some()
+    }
+
+    fn merge_call(&mut self, delta: ToolCallDelta) -> Result<(), LlmError> {
         let id = delta.id.filter(|id| !id.is_empty());
         let slot = match (delta.index, &id) {
             (Some(index), _) => self.calls.iter().position(|c| c.index == Some(index)),
@@ -201,7 +226,7 @@ impl ChatStream {
             call.id = id;
         }
         let Some(function) = delta.function else {
-            return;
+            return Ok(());
         };
         if let Some(name) = function.name.filter(|n| !n.is_empty()) {
             // Names arrive whole on the first delta; some servers repeat them later.
@@ -211,23 +236,43 @@ impl ChatStream {
                 call.name.push_str(&name);
             }
         }
-        match function.arguments {
-            Some(serde_json::Value::String(piece)) => call.arguments.push_str(&piece),
-            Some(serde_json::Value::Null) | None => {}
-            Some(whole) => call.arguments.push_str(&whole.to_string()),
-        }
+        let piece = match function.arguments {
+            Some(serde_json::Value::String(piece)) => piece,
+            Some(serde_json::Value::Null) | None => return Ok(()),
+            Some(whole) => whole.to_string(),
+        };
+        check_size(
+            self.source.provider,
+            "a tool call's arguments",
+            call.arguments.len() + piece.len(),
+        )?;
+        call.arguments.push_str(&piece);
+        self.hold(piece.len(), "a response")
     }
 }
 
 impl StreamDecoder for ChatStream {
     fn push(&mut self, bytes: &[u8], on_text: &mut dyn FnMut(&str)) -> Result<(), LlmError> {
-        self.sse.push(bytes, &mut self.events);
-        self.drain(on_text)
+        let pushed = self.sse.push(bytes, &mut self.events);
+        // Events completed before the line that was too long still count.
+        self.drain(on_text)?;
+        pushed.map_err(|e| line_too_long(self.source.provider, e))
     }
 
     fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> Result<Completion, LlmError> {
-        self.sse.finish(&mut self.events);
-        self.drain(on_text)?;
+        self.sse
+            .finish(&mut self.events)
+            .map_err(|e| line_too_long(self.source.provider, e))?;
+        match self.drain(on_text) {
+            // What an abrupt end left of a last event: cut short if the stream is not
+            // complete without it, an ignorable tail if it is.
+            Err(LlmError::MalformedEvent { .. }) if self.complete() => {}
+            Err(LlmError::MalformedEvent { .. }) => return Err(self.truncated()),
+            other => other?,
+        }
+        if !self.complete() {
+            return Err(self.truncated());
+        }
         if !self.received {
             return Err(LlmError::MalformedStream {
                 provider: self.source.provider,
@@ -274,8 +319,17 @@ impl StreamDecoder for ChatStream {
         self.done
     }
 
-    fn tool_call_started(&self) -> bool {
-        !self.calls.is_empty()
+    fn content_events(&self) -> u64 {
+        self.content_events
+    }
+}
+
+impl ChatStream {
+    fn truncated(&self) -> LlmError {
+        LlmError::Truncated {
+            provider: self.source.provider,
+            missing: "no finish_reason and no [DONE]",
+        }
     }
 }
 
@@ -373,6 +427,7 @@ mod tests {
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"arguments\":\"}\"}}]}}]}\n\n",
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"b\",\"function\":{\"name\":\"read\",\"arguments\":{\"path\":\"x\"}}}]}}]}\n\n",
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"grep\"}}]}}]}\n\n",
+            "data: [DONE]\n\n",
         );
         let completion = decode(&[stream.as_bytes()]).0.unwrap();
         assert_eq!(
@@ -387,16 +442,39 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_cut_before_done_keeps_what_arrived() {
-        let stream = concat!(
-            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial\"}}]}\n\n",
-            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"ls\"}}]}}]}",
+    fn a_stream_without_finish_reason_or_done_is_truncated_wherever_it_ends() {
+        let bytes = TWO_CALLS.as_bytes();
+        let finish = TWO_CALLS.find("\"finish_reason\":\"tool_calls\"").unwrap();
+        // Every cut before the finish reason, even on an event boundary, even one that left
+        // only whole tool calls: an interruption, never a turn.
+        for cut in (0..finish).step_by(7) {
+            let error = decode(&[&bytes[..cut]]).0.unwrap_err();
+            assert!(
+                matches!(error, LlmError::Truncated { .. }),
+                "cut at {cut}: {error}"
+            );
+            assert!(error.is_retryable());
+        }
+        let (result, seen) =
+            decode(&[b"data: {\"choices\":[{\"delta\":{\"content\":\"half a\"}}]}\n\n"]);
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            "the openai response stream ended early (no finish_reason and no [DONE])"
         );
-        let (result, seen) = decode(&[stream.as_bytes()]);
-        let completion = result.unwrap();
-        assert_eq!(completion.text, "partial");
-        assert_eq!(seen, "partial");
-        assert_eq!(completion.tool_calls, vec![call("call_1", "ls", "{}")]);
+        assert_eq!(seen, "half a");
+    }
+
+    #[test]
+    fn a_finish_reason_without_done_is_complete() {
+        let without_done = TWO_CALLS.replace("data: [DONE]\r\n\r\n", "");
+        assert_eq!(
+            decode(&[without_done.as_bytes()]).0.unwrap(),
+            two_calls_completion()
+        );
+        // Cut inside the usage chunk that follows the finish reason: what arrived is whole.
+        let cut = TWO_CALLS.find("\"completion_tokens\"").unwrap();
+        let completion = decode(&[&TWO_CALLS.as_bytes()[..cut]]).0.unwrap();
+        assert_eq!(completion.tool_calls, two_calls_completion().tool_calls);
         assert_eq!(completion.stop, StopReason::ToolUse);
     }
 
@@ -419,13 +497,30 @@ mod tests {
 
     #[test]
     fn empty_streams_are_errors() {
-        for stream in ["", ": keep-alive\n\n", "data: [DONE]\n\n", "\n\n\n"] {
+        // Ended without a word: an interruption, retried.
+        for stream in ["", ": keep-alive\n\n", "\n\n\n"] {
             let error = decode(&[stream.as_bytes()]).0.unwrap_err();
             assert!(
-                matches!(error, LlmError::MalformedStream { .. }),
+                matches!(error, LlmError::Truncated { .. }),
                 "{stream:?}: {error}"
             );
         }
+        // Said it was done without saying anything: malformed.
+        let error = decode(&[b"data: [DONE]\n\n"]).0.unwrap_err();
+        assert!(matches!(error, LlmError::MalformedStream { .. }), "{error}");
+    }
+
+    #[test]
+    fn only_events_with_data_count_as_content() {
+        let mut decoder = ChatStream::new(SOURCE);
+        decoder
+            .push(b": keep-alive\n\n: more\n\n\n\n", &mut |_| {})
+            .unwrap();
+        assert_eq!(decoder.content_events(), 0);
+        decoder
+            .push(b"data: {\"choices\":[]}\n\n: keep-alive\n\n", &mut |_| {})
+            .unwrap();
+        assert_eq!(decoder.content_events(), 1);
     }
 
     #[test]

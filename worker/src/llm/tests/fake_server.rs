@@ -24,6 +24,13 @@ pub(crate) enum Reply {
     /// Sends the head and these pieces, then holds the connection open until the client
     /// goes away, and reports that on the channel given to [`FakeServer::watch_close`].
     Stall { pieces: Vec<Vec<u8>> },
+    /// Like [`Reply::Stall`], but writes `keep_alive` every `every` until the client goes away
+    /// (SSE comments, Anthropic pings: bytes that are not content).
+    KeepAlive {
+        pieces: Vec<Vec<u8>>,
+        keep_alive: Vec<u8>,
+        every: Duration,
+    },
 }
 
 impl Reply {
@@ -146,6 +153,24 @@ async fn serve(
             let _ = stream.shutdown().await;
         }
         Reply::Hangup => {}
+        Reply::KeepAlive {
+            pieces,
+            keep_alive,
+            every,
+        } => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n".to_owned();
+            write_pieces(&mut stream, head, &pieces).await;
+            // Until a write fails: the client closed the connection.
+            loop {
+                tokio::time::sleep(every).await;
+                if stream.write_all(&keep_alive).await.is_err() || stream.flush().await.is_err() {
+                    break;
+                }
+            }
+            if let Some(tx) = closed.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
         Reply::Stall { pieces } => {
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n".to_owned();
             write_pieces(&mut stream, head, &pieces).await;
