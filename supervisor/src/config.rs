@@ -45,6 +45,12 @@ pub struct Config {
     /// `sandbox_read`, `sandbox_write`, `sandbox_deny` (boxed: rarely set, and a config is
     /// carried by every prepared task).
     pub sandbox_paths: Box<SandboxPaths>,
+    /// `test_command`: what `kugetsu merge` runs on a merged result unless `--test` says
+    /// otherwise (`None`: no test).
+    pub test_command: Option<String>,
+    /// `steer_on_conflict`: whether the conflict radar tells the later of two overlapping
+    /// shadows about the other change.
+    pub steer_on_conflict: bool,
 }
 
 /// Paths the config adds to the sandbox's policy.
@@ -84,6 +90,8 @@ struct FileConfig {
     sandbox_read: Option<Vec<PathBuf>>,
     sandbox_write: Option<Vec<PathBuf>>,
     sandbox_deny: Option<Vec<PathBuf>>,
+    test_command: Option<String>,
+    steer_on_conflict: Option<bool>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -162,6 +170,8 @@ impl Config {
             max_restarts: file.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
             max_turns: file.max_turns.unwrap_or(DEFAULT_MAX_TURNS),
             context_window: file.context_window,
+            test_command: file.test_command.filter(|c| !c.trim().is_empty()),
+            steer_on_conflict: file.steer_on_conflict.unwrap_or(false),
             task_retention: match &file.task_retention {
                 None => Some(DEFAULT_TASK_RETENTION),
                 Some(text) => parse_retention(text)
@@ -229,6 +239,20 @@ impl Config {
         if let Some(v) = get("KUGETSU_SANDBOX_DENY") {
             self.sandbox_paths.deny = paths(&v);
         }
+        if let Some(v) = get("KUGETSU_TEST_COMMAND") {
+            self.test_command = Some(v);
+        }
+        if let Some(v) = get("KUGETSU_STEER_ON_CONFLICT") {
+            self.steer_on_conflict = match v.trim() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "KUGETSU_STEER_ON_CONFLICT={other:?} is not true or false"
+                    )));
+                }
+            };
+        }
         if let Some(v) = get("KUGETSU_TASK_RETENTION") {
             self.task_retention = parse_retention(&v)
                 .map_err(|e| CliError::Usage(format!("KUGETSU_TASK_RETENTION={v:?}: {e}")))?;
@@ -260,7 +284,9 @@ impl Config {
             model,
             compaction_model,
             context_window,
-            task_retention
+            task_retention,
+            test_command,
+            steer_on_conflict
         );
         changes
     }

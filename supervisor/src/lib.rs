@@ -27,6 +27,7 @@
 //! - [`task`]: one task's life, shared by `run` and the daemon.
 //! - [`daemon`]: `kugetsu serve`: actor, commands, connections, queue, reload, sd_notify.
 //! - [`cli`]: what a user types: arguments, run, demo, doctor, the daemon's clients, render.
+//! - [`land`]: `diff`, `merge` and the conflict radar: landing the shadows' work.
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`exit`]: exit codes and the error type that carries one.
@@ -35,5 +36,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod land;
 pub mod rpc;
 pub mod task;

@@ -1,7 +1,7 @@
 //! The daemon's JSON-RPC 2.0 vocabulary: one message per line over the Unix socket.
 //!
 //! Methods: `submit`, `list`, `get`, `events`, `cancel`, `steer`, `subscribe` (events then
-//! arrive as `event` notifications), `shutdown`, and `clean`; each is a [`Method`] type naming
+//! arrive as `event` notifications), `shutdown`, `clean`, `diff` and `merge`; each is a [`Method`] type naming
 //! its params and result, so the daemon and the client share one typed vocabulary. Errors carry
 //! a numeric code and, for the ones a client must act on, a stable message: [`QUEUE_FULL`] is
 //! always `"queue_full"`.
@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kugetsu_protocol::{EventEnvelope, Priority, Usage};
+
+pub use crate::land::api::{DiffParams, DiffResult, MergeParams, MergeReport, MergedMarker};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -216,6 +218,10 @@ methods! {
     Shutdown = "shutdown", ShutdownParams => Stopping;
     /// Remove finished tasks' worktrees (and records, with `purge`).
     Clean = "clean", CleanParams => Cleaned;
+    /// A task's changes against the commit it started from.
+    Diff = "diff", DiffParams => DiffResult;
+    /// Land finished tasks, in order, onto a branch.
+    Merge = "merge", MergeParams => MergeReport;
 }
 
 /// `submit`'s result.
@@ -443,4 +449,7 @@ pub struct TaskSummary {
     pub tool: Option<String>,
     pub result: Option<String>,
     pub error: Option<String>,
+    /// Where `kugetsu merge` landed it, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergedMarker>,
 }

@@ -294,7 +294,7 @@ fn table(tasks: &[TaskSummary]) -> String {
         out.push_str(&format!(
             "{:<14} {:<10} {:<7} {:>5} {:>8} {:<24} {}\n",
             task.id,
-            task.status.as_str(),
+            status_shown(task),
             format!("{:?}", task.priority).to_lowercase(),
             task.turns,
             mem,
@@ -315,6 +315,15 @@ fn table(tasks: &[TaskSummary]) -> String {
         tasks.len()
     ));
     out
+}
+
+/// The status column: a completed task that landed shows as `merged`.
+fn status_shown(task: &TaskSummary) -> &'static str {
+    if task.merged.is_some() {
+        "merged"
+    } else {
+        task.status.as_str()
+    }
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -346,6 +355,13 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(worktree) = &task.worktree {
         text.push_str(&format!("worktree  {worktree}\n"));
+    }
+    if let Some(merged) = &task.merged {
+        text.push_str(&format!(
+            "merged    into {} at {}\n",
+            merged.into,
+            merged.commit.get(..10).unwrap_or(&merged.commit)
+        ));
     }
     text.push_str(&format!(
         "created   {}\nturns     {}\ntokens    {} in / {} out\nrestarts  {}\nmem limit {} MiB\n",

@@ -372,6 +372,10 @@ impl Daemon {
                 let _ = reply.send(self.locate(&task));
             }
             Command::Forget { tasks } => self.table.forget(&tasks),
+            Command::Settings { reply } => {
+                let _ = reply.send((self.config.clone(), self.state.clone()));
+            }
+            Command::Merged { landed } => self.table.mark_merged(&landed),
             Command::Event(envelope) => {
                 if let Some(entry) = self.table.live.get_mut(&envelope.task) {
                     entry.progress.note_envelope(&envelope);

@@ -41,9 +41,15 @@ impl Daemon {
                 }))
             }
             // The connection serves these itself; reaching here is a bug, not bad input.
-            Call::Submit(_) | Call::Events(_) | Call::Subscribe(_) | Call::Clean(_) => Err(
-                RpcError::new(rpc::INTERNAL_ERROR, "request routed to the wrong place"),
-            ),
+            Call::Submit(_)
+            | Call::Events(_)
+            | Call::Subscribe(_)
+            | Call::Clean(_)
+            | Call::Diff(_)
+            | Call::Merge(_) => Err(RpcError::new(
+                rpc::INTERNAL_ERROR,
+                "request routed to the wrong place",
+            )),
         }
     }
 

@@ -154,6 +154,7 @@ mod tests {
             workdir: state.root.clone(),
             branch: None,
             base_commit: None,
+            base_ref: None,
             worktree: false,
             max_turns: 1,
             timeout_ms: None,

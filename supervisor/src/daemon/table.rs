@@ -11,7 +11,7 @@ use std::time::Duration;
 use kugetsu_protocol::{Event, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
-use crate::rpc::{TaskStatus, TaskSummary};
+use crate::rpc::{MergedMarker, TaskStatus, TaskSummary};
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::Progress;
 use crate::task::memory::Snapshot;
@@ -92,6 +92,7 @@ pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -
             .filter(|_| status == TaskStatus::Running),
         result: finished.and_then(|f| f.result.clone()),
         error: finished.and_then(|f| f.error.clone()),
+        merged: None,
     }
 }
 
@@ -168,6 +169,15 @@ impl Table {
         self.recent.retain(|s| !ids.contains(&s.id));
     }
 
+    /// Notes that these finished tasks landed (`kugetsu merge`).
+    pub fn mark_merged(&mut self, landed: &[(String, MergedMarker)]) {
+        for summary in &mut self.recent {
+            if let Some((_, marker)) = landed.iter().find(|(id, _)| *id == summary.id) {
+                summary.merged = Some(marker.clone());
+            }
+        }
+    }
+
     /// A finished task's summary: from memory if recent, else from disk.
     pub fn finished(&self, state: &StateDir, id: &str) -> Option<TaskSummary> {
         self.recent
@@ -194,5 +204,7 @@ pub fn load_finished(dir: &TaskDir) -> Option<TaskSummary> {
         last_seq: last.seq,
         ..Progress::default()
     };
-    Some(summarize(&record, &progress, status_of(finished.status)))
+    let mut summary = summarize(&record, &progress, status_of(finished.status));
+    summary.merged = crate::land::task::read_marker(dir);
+    Some(summary)
 }

@@ -12,6 +12,7 @@ mod file_races;
 mod fleet;
 mod hermes;
 mod journal_damage;
+mod land;
 mod providers;
 mod recovery;
 mod resume;
