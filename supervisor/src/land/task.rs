@@ -84,6 +84,59 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The task's commits that are on neither the branch it started from nor (once it
+    /// landed) anywhere else that matters: `base_ref..kugetsu/<id>`, or `base_commit..` when
+    /// it has no base branch. Empty once it landed (`merged.json`), and for a task without a
+    /// worktree (its work is in the user's checkout). A shadow commit its tools made that the
+    /// branch never took (still only in the task's private refs) counts too.
+    pub async fn unmerged(&self) -> Result<Vec<String>, String> {
+        if !self.record.worktree || self.merged().is_some() {
+            return Ok(Vec::new());
+        }
+        let store = Store::open(&self.record.repo).await?;
+        let branch = self.branch();
+        let mut tips = Vec::new();
+        if let Some(tip) = store.commit_of(&format!("refs/heads/{branch}")).await {
+            tips.push(tip);
+        }
+        if let Some(private) = self.private_tip(&store, &branch).await {
+            tips.push(private);
+        }
+        let base = match &self.record.base_ref {
+            Some(base_ref) => store.commit_of(&format!("refs/heads/{base_ref}")).await,
+            None => None,
+        }
+        .or_else(|| self.record.base_commit.clone());
+        let Some(base) = base else {
+            return Ok(tips);
+        };
+        let mut commits = Vec::new();
+        for tip in tips {
+            for commit in store.commits(&base, &tip).await? {
+                if !commits.contains(&commit) {
+                    commits.push(commit);
+                }
+            }
+        }
+        Ok(commits)
+    }
+
+    /// The commit the shadow's tools left in its private refs directory, when it names one
+    /// (read as data: only a plain commit id is taken).
+    async fn private_tip(&self, store: &Store, branch: &str) -> Option<String> {
+        let name = branch.rsplit('/').next().unwrap_or(branch);
+        let text = std::fs::read(self.dir.private_refs().join(name)).ok()?;
+        let text = String::from_utf8_lossy(&text[..text.len().min(256)])
+            .trim()
+            .to_owned();
+        if !matches!(text.len(), 40 | 64) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        store.commit_of(&text).await
+    }
+}
+
 /// A scratch index file of ours in the task dir, unique to this call (several readers may
 /// snapshot one worktree at once, and the task's own commit uses `commit-index`).
 fn scratch_index(dir: &TaskDir) -> PathBuf {
