@@ -146,6 +146,14 @@ pub enum Event {
         limit_bytes: u64,
         killed: bool,
     },
+    /// Emitted by the daemon's conflict radar after a turn end, when this task's changes
+    /// conflict with those of other live or unmerged tasks of the same repository (`with`:
+    /// their ids) or with new commits on the branch it started from (`with`: `["base"]`);
+    /// `files` are the paths that conflict. Sent again only when the overlap changes.
+    Conflict {
+        with: Vec<String>,
+        files: Vec<String>,
+    },
     /// The last event of a task.
     Finished(Finished),
 }
@@ -166,6 +174,7 @@ impl Event {
             Event::Steered { .. } => "steered",
             Event::Restarted { .. } => "restarted",
             Event::MemoryLimit { .. } => "memory_limit",
+            Event::Conflict { .. } => "conflict",
             Event::Finished(_) => "finished",
         }
     }
@@ -184,6 +193,7 @@ impl Event {
         "steered",
         "restarted",
         "memory_limit",
+        "conflict",
         "finished",
     ];
 }

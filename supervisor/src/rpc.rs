@@ -449,6 +449,10 @@ pub struct TaskSummary {
     pub tool: Option<String>,
     pub result: Option<String>,
     pub error: Option<String>,
+    /// What the conflict radar reported on it while it ran: per other task id (or `base`),
+    /// the conflicting files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, Vec<String>>,
     /// Where `kugetsu merge` landed it, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergedMarker>,

@@ -310,6 +310,23 @@ fn table(tasks: &[TaskSummary]) -> String {
         .iter()
         .filter(|t| t.status == TaskStatus::Queued)
         .count();
+    for task in tasks
+        .iter()
+        .filter(|t| !t.conflicts.is_empty() && t.merged.is_none())
+    {
+        for (with, files) in &task.conflicts {
+            let with = if with == crate::land::radar::BASE {
+                "new commits on its base"
+            } else {
+                with.as_str()
+            };
+            out.push_str(&format!(
+                "! {} conflicts with {with} in {}\n",
+                task.id,
+                clip(&files.join(", "), 80)
+            ));
+        }
+    }
     out.push_str(&format!(
         "{running} running, {queued} queued, {} total",
         tasks.len()
@@ -355,6 +372,9 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(worktree) = &task.worktree {
         text.push_str(&format!("worktree  {worktree}\n"));
+    }
+    for (with, files) in &task.conflicts {
+        text.push_str(&format!("conflict  with {with} in {}\n", files.join(", ")));
     }
     if let Some(merged) = &task.merged {
         text.push_str(&format!(

@@ -55,6 +55,8 @@ pub enum Command {
     Settings {
         reply: oneshot::Sender<(Config, StateDir)>,
     },
+    /// The conflict radar found an overlap to report on a task.
+    Conflict(crate::land::radar::Conflict),
     /// These finished tasks landed (`merge`).
     Merged {
         landed: Vec<(String, crate::rpc::MergedMarker)>,

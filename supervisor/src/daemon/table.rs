@@ -92,6 +92,7 @@ pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -
             .filter(|_| status == TaskStatus::Running),
         result: finished.and_then(|f| f.result.clone()),
         error: finished.and_then(|f| f.error.clone()),
+        conflicts: progress.conflicts.clone(),
         merged: None,
     }
 }

@@ -12,11 +12,13 @@
 //! - [`repo`]: the git operations (merge-tree, commit-tree, update-ref, writing a tree out).
 //! - [`diff`]: a task's changes against the commit it started from.
 //! - [`merge`]: landing tasks in order onto a branch, with a test command.
+//! - [`radar`]: the conflict radar, comparing running and unlanded tasks after each turn.
 //! - [`scratch`]: the scratch directory a test command runs in, under a shadow's sandbox.
 
 pub mod api;
 pub mod diff;
 pub mod merge;
+pub mod radar;
 pub mod repo;
 pub mod scratch;
 pub mod task;

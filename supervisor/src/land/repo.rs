@@ -80,6 +80,16 @@ impl Store {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
+    /// The best common ancestor of `a` and `b`.
+    pub async fn merge_base(&self, a: &str, b: &str) -> Result<String, String> {
+        self.git()
+            .args(["merge-base"])
+            .arg_ref(a)
+            .arg_ref(b)
+            .run()
+            .await
+    }
+
     /// Whether `ancestor` is reachable from `commit`.
     pub async fn is_ancestor(&self, ancestor: &str, commit: &str) -> bool {
         matches!(

@@ -259,3 +259,136 @@ async fn land_diff_shows_a_running_tasks_uncommitted_work_and_works_without_a_da
         .await;
     unknown.assert_code(2);
 }
+
+/// A model that runs `command`, waits at each gate in turn, then answers.
+fn gated_model(repo: &TestRepo, name: &str, command: &str, gates: &[&Gate]) -> String {
+    let mut script = Script::new().bash("Editing.", command);
+    for gate in gates {
+        script = script.bash("Waiting.", &gate.wait_command());
+    }
+    script
+        .text("Done.")
+        .write(&repo.root().join("scripts").join(format!("{name}.json")))
+}
+
+#[tokio::test]
+async fn land_radar_flags_two_running_shadows_on_the_same_lines_then_one_lands() {
+    let repo = TestRepo::with_files(FILES);
+    let daemon = Daemon::builder(&repo)
+        .config("steer_on_conflict = true\n")
+        .start()
+        .await;
+    let mut events = daemon.subscribe_all().await;
+    let gate = Gate::new(repo.root(), "gate");
+    let first_model = gated_model(&repo, "first", "sed -i 's/two/TWO/' a.txt", &[&gate]);
+    let second_model = gated_model(&repo, "second", "sed -i 's/two/deux/' a.txt", &[&gate]);
+    let other_model = gated_model(&repo, "other", "echo more >> b.txt", &[&gate]);
+    let first = daemon.submit(&["-m", &first_model], "first").await;
+    let second = daemon.submit(&["-m", &second_model], "second").await;
+    let other = daemon.submit(&["-m", &other_model], "other").await;
+
+    // Both overlapping shadows hear of it while they run, each naming the other.
+    let mut flagged: Vec<(String, Value)> = Vec::new();
+    while flagged.len() < 2 {
+        let event = events
+            .wait_event("conflict events", WAIT, |e| kind(e) == "conflict")
+            .await;
+        flagged.push((event["task"].as_str().unwrap().to_owned(), event));
+    }
+    for (task, event) in &flagged {
+        let expected = if *task == first { &second } else { &first };
+        assert!(*task == first || *task == second, "{event}");
+        assert_eq!(event["with"], json!([expected]), "{event}");
+        assert_eq!(event["files"], json!(["a.txt"]), "{event}");
+    }
+    // ps shows it while they run.
+    let running = summary(&daemon, &second).await;
+    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(running["conflicts"][&first], json!(["a.txt"]), "{running}");
+    let ps = daemon.cli(["ps"]).await;
+    assert!(
+        ps.stdout
+            .contains(&format!("! {second} conflicts with {first} in a.txt")),
+        "{}",
+        ps.stdout
+    );
+    assert!(summary(&daemon, &other).await.get("conflicts").is_none());
+
+    gate.open();
+    let later = daemon.wait_finished(&second, WAIT).await;
+    assert_eq!(later.status(), "completed", "{later:?}");
+    daemon.wait_finished(&first, WAIT).await;
+    daemon.wait_finished(&other, WAIT).await;
+    // The later shadow was told about the other change.
+    let steered: Vec<&Value> = later.0.iter().filter(|e| kind(e) == "steered").collect();
+    assert_eq!(steered.len(), 1, "{later:?}");
+    assert!(
+        steered[0]["text"].as_str().unwrap().contains(&first),
+        "{}",
+        steered[0]
+    );
+    let earlier = daemon.logs(&first).await;
+    assert!(
+        !earlier.0.iter().any(|e| kind(e) == "steered"),
+        "{earlier:?}"
+    );
+
+    let before = main_tip(&repo);
+    let out = daemon.cli(["merge", &first, &second, &other]).await;
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains(&format!("landed {first} on main")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("landed {other} on main")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains(&format!("refused {second} (conflict)")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("a.txt"), "{}", out.stderr);
+    assert_eq!(repo.git(&["show", "main:a.txt"]), "one\nTWO\nthree\n");
+    assert_eq!(repo.git(&["show", "main:b.txt"]), "alpha\nbeta\nmore\n");
+    let added = repo.git(&["rev-list", "--count", &format!("{before}..main")]);
+    assert_eq!(added.trim(), "2");
+}
+
+#[tokio::test]
+async fn land_radar_sees_new_commits_on_the_base() {
+    let repo = TestRepo::with_files(FILES);
+    let daemon = Daemon::builder(&repo).start().await;
+    let mut events = daemon.subscribe_all().await;
+    let edited = Gate::new(repo.root(), "edited");
+    let hold = Gate::new(repo.root(), "hold");
+    let model = gated_model(
+        &repo,
+        "task",
+        "sed -i 's/three/THREE/' a.txt",
+        &[&edited, &hold],
+    );
+    let id = daemon.submit(&["-m", &model], "task").await;
+    events
+        .wait_event("the edit's turn end", WAIT, |e| kind(e) == "turn_end")
+        .await;
+    // Someone commits to the same line on main meanwhile; the radar sees it at the next turn
+    // end.
+    repo.write("a.txt", "one\ntwo\ntrois\n");
+    repo.commit_all("a change on main");
+    edited.open();
+    let event = events
+        .wait_event("a conflict with the base", WAIT, |e| kind(e) == "conflict")
+        .await;
+    assert_eq!(event["task"], id.as_str(), "{event}");
+    assert_eq!(event["with"], json!(["base"]), "{event}");
+    assert_eq!(event["files"], json!(["a.txt"]), "{event}");
+    hold.open();
+    daemon.wait_finished(&id, WAIT).await;
+    let out = daemon.cli(["merge", &id]).await;
+    out.assert_code(1);
+    assert!(out.stderr.contains("conflict"), "{}", out.stderr);
+}
