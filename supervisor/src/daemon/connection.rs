@@ -10,7 +10,8 @@
 //!
 //! The slow parts of a request run here, not in the actor: a submission is validated and
 //! written to disk (record, live marker, `queued` event) before the actor is asked to queue it;
-//! logs are read from disk here; `clean` works on finished tasks' directories here.
+//! logs are read from disk here; `clean` works on finished tasks' directories here; `diff`
+//! and `merge` (git, and a test command) run here too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
