@@ -342,3 +342,20 @@ fn short(commit: &str) -> &str {
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").chars().take(72).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::valid_branch;
+
+    #[test]
+    fn branch_names_that_git_or_a_shell_would_misread_are_refused() {
+        for good in ["main", "release/1.2", "kugetsu/1m8s106ps6pxr", "feature-x"] {
+            assert!(valid_branch(good), "{good}");
+        }
+        for bad in [
+            "", "-x", "/main", "main/", "a..b", "a b", "a:b", "a~1", "x@{1}", "m.", "a\nb",
+        ] {
+            assert!(!valid_branch(bad), "{bad:?}");
+        }
+    }
+}

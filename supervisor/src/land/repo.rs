@@ -340,3 +340,134 @@ fn bytes_path(bytes: &[u8]) -> PathBuf {
     use std::os::unix::ffi::OsStrExt as _;
     PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::Command;
+
+    use super::*;
+
+    /// A fresh repository under the system temp dir, with git's own CLI for the setup.
+    fn repo(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kugetsu-land-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&dir, &["init", "-q", "-b", "main"]);
+        dir
+    }
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A tree of `(mode, path, content)` entries, all at the top level.
+    fn tree(dir: &Path, entries: &[(&str, &str, &str)]) -> String {
+        let mut listing = String::new();
+        for (mode, path, content) in entries {
+            let file = dir.join(".blob");
+            std::fs::write(&file, content).unwrap();
+            let id = sh(
+                dir,
+                &["hash-object", "-w", "--no-filters", file.to_str().unwrap()],
+            );
+            listing.push_str(&format!("{mode} blob {id}\t{path}\n"));
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s' \"$0\" | git -C '{}' mktree",
+                dir.display()
+            ))
+            .arg(listing)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn merges_report_conflicting_paths_and_trees_are_written_without_git() {
+        let dir = repo("merge");
+        let store = Store {
+            common: dir.join(".git"),
+        };
+        let base = tree(
+            &dir,
+            &[
+                ("100644", "a.txt", "one\ntwo\n"),
+                ("100644", "b.txt", "b\n"),
+            ],
+        );
+        let ours = tree(
+            &dir,
+            &[
+                ("100644", "a.txt", "one\nTWO\n"),
+                ("100644", "b.txt", "b\n"),
+            ],
+        );
+        let theirs = tree(
+            &dir,
+            &[
+                ("100644", "a.txt", "one\ndeux\n"),
+                ("100644", "b.txt", "B\n"),
+            ],
+        );
+        let other = tree(
+            &dir,
+            &[
+                ("100644", "a.txt", "one\ntwo\n"),
+                ("100644", "b.txt", "B\n"),
+            ],
+        );
+        assert_eq!(
+            store.merge(&base, &ours, &theirs).await.unwrap(),
+            Merge::Conflict(vec!["a.txt".to_owned()])
+        );
+        let Merge::Clean(merged) = store.merge(&base, &ours, &other).await.unwrap() else {
+            panic!("disjoint changes merge");
+        };
+        assert_eq!(
+            store.changed_paths(&base, &merged).await.unwrap(),
+            vec!["a.txt".to_owned(), "b.txt".to_owned()]
+        );
+
+        // Written out from blobs: content, the executable bit and links as they are.
+        let odd = tree(
+            &dir,
+            &[
+                ("100644", "a.txt", "one\nTWO\n"),
+                ("100755", "run.sh", "#!/bin/sh\n"),
+                ("120000", "link", "/etc/passwd"),
+            ],
+        );
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        store.write_tree(&odd, &out).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("a.txt")).unwrap(),
+            "one\nTWO\n"
+        );
+        let mode = std::fs::metadata(out.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(out.join("link")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
