@@ -147,6 +147,13 @@ impl Landing<'_> {
                 format!("task {id} did not start from a branch; say where with --into BRANCH"),
             ));
         };
+        if target.starts_with("kugetsu/") {
+            // A shadow's branch (and the worktree it is checked out in) is the shadow's.
+            return Err(self.refuse(
+                "error",
+                format!("task {id}: {target} is a shadow's branch; land on one of yours with --into BRANCH"),
+            ));
+        }
         let error = |e: String| self.refuse("error", format!("task {id}: {e}"));
         let store = Store::open(&record.repo).await.map_err(error)?;
         let Some(tip) = store.commit_of(&format!("refs/heads/{target}")).await else {

@@ -194,6 +194,13 @@ async fn land_leaves_a_dirty_checkout_alone() {
     );
     assert_eq!(repo.read("b.txt").as_deref(), Some("alpha\nbeta\n"));
 
+    // A shadow's branch is never a target.
+    let out = daemon
+        .cli(["merge", "--into", &format!("kugetsu/{id}"), &id])
+        .await;
+    out.assert_code(1);
+    assert!(out.stderr.contains("a shadow's branch"), "{}", out.stderr);
+
     // Elsewhere (a branch nobody has checked out) it lands, and the checkout is untouched.
     repo.git(&["branch", "release", &before]);
     let out = daemon.cli(["merge", "--into", "release", &id]).await;
