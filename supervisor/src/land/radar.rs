@@ -16,8 +16,9 @@
 //!
 //! No worktree, index or ref is touched (only objects are written). Turn ends that queue up
 //! while it works are coalesced, one look per task. Disjoint changes cost no merge at all.
-//! The radar knows the tasks whose turns ended since the daemon started; a task landed
-//! (`merged.json`) leaves its view.
+//! The radar knows the tasks whose turns ended since the daemon started and, from the first
+//! time it meets a repository, that repository's finished tasks that have not landed (by
+//! their branches); a task that landed (`merged.json`) leaves its view.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ use tokio::sync::mpsc;
 use crate::land::repo::{Merge, Store};
 use crate::land::task::Task;
 use crate::task::record::StateDir;
+
+/// How many of the state dir's newest tasks the radar reads when it first meets a repository.
+const SEED_LIMIT: usize = 500;
 
 /// The `with` entry for the task's own base branch.
 pub const BASE: &str = "base";
@@ -121,6 +125,7 @@ impl View {
             None => match Store::open(&repo).await {
                 Ok(store) => {
                     self.stores.insert(repo.clone(), store.clone());
+                    self.seed(state, &repo, &store, id).await;
                     store
                 }
                 Err(_) => return Vec::new(),
@@ -233,6 +238,62 @@ impl View {
             }
         }
         conflicts
+    }
+
+    /// The first time a repository comes up: its finished tasks that have not landed (the
+    /// newest [`SEED_LIMIT`] of the state dir), by their branches, so a task that ended before
+    /// the daemon started is compared too.
+    async fn seed(
+        &mut self,
+        state: &StateDir,
+        repo: &std::path::Path,
+        store: &Store,
+        except: &str,
+    ) {
+        for id in state.all_ids().into_iter().rev().take(SEED_LIMIT) {
+            if id == except || self.seen.contains_key(&id) {
+                continue;
+            }
+            let Ok(task) = Task::load(state, &id) else {
+                continue;
+            };
+            if task.record.repo != repo
+                || !task.record.worktree
+                || task.merged().is_some()
+                || !task.finished()
+            {
+                continue;
+            }
+            let Some(base) = task.record.base_commit.clone() else {
+                continue;
+            };
+            let Some(tip) = store
+                .commit_of(&format!("refs/heads/{}", task.branch()))
+                .await
+            else {
+                continue;
+            };
+            let (Ok(tree), Ok(paths)) = (
+                store.tree_of(&tip).await,
+                store.changed_paths(&base, &tip).await,
+            ) else {
+                continue;
+            };
+            if paths.is_empty() {
+                continue;
+            }
+            self.seen.insert(
+                id,
+                Seen {
+                    common: store.common().to_path_buf(),
+                    base,
+                    base_ref: task.record.base_ref.clone(),
+                    tree,
+                    paths: paths.into_iter().collect(),
+                    base_tip: None,
+                },
+            );
+        }
     }
 
     fn forget(&mut self, id: &str) {

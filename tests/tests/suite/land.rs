@@ -399,3 +399,27 @@ async fn land_radar_sees_new_commits_on_the_base() {
     out.assert_code(1);
     assert!(out.stderr.contains("conflict"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn land_radar_compares_with_a_task_that_finished_before_the_daemon_started() {
+    let repo = TestRepo::with_files(FILES);
+    let mut daemon = Daemon::builder(&repo).start().await;
+    let done = finished_task(&daemon, &repo, "done", "sed -i 's/two/TWO/' a.txt").await;
+    daemon.cli(["shutdown"]).await.assert_code(0);
+    daemon.wait_exit(WAIT).await;
+    daemon.restart().await;
+
+    let mut events = daemon.subscribe_all().await;
+    let gate = Gate::new(repo.root(), "gate");
+    let model = gated_model(&repo, "late", "sed -i 's/two/deux/' a.txt", &[&gate]);
+    let late = daemon.submit(&["-m", &model], "late").await;
+    let event = events
+        .wait_event("a conflict with the finished task", WAIT, |e| {
+            kind(e) == "conflict"
+        })
+        .await;
+    assert_eq!(event["task"], late.as_str(), "{event}");
+    assert_eq!(event["with"], json!([done]), "{event}");
+    gate.open();
+    daemon.wait_finished(&late, WAIT).await;
+}
