@@ -82,8 +82,7 @@ pub struct Daemon {
     warned_impossible: HashSet<String>,
     /// `task_retention` for the retention pass, which runs outside the actor.
     retention: tokio::sync::watch::Sender<Option<Duration>>,
-    /// The conflict radar, told of every turn end; its findings come back as
-    /// `Command::Conflict`.
+    /// The conflict radar, shown every event; its findings come back as `Command::Conflict`.
     radar: crate::land::radar::Radar,
 }
 
@@ -388,12 +387,7 @@ impl Daemon {
             Command::Merged { landed } => self.table.mark_merged(&landed),
             Command::Conflict(conflict) => self.on_conflict(conflict),
             Command::Event(envelope) => {
-                if matches!(
-                    envelope.event,
-                    kugetsu_protocol::Event::TurnEnd { .. } | kugetsu_protocol::Event::Finished(_)
-                ) {
-                    self.radar.changed(&envelope.task);
-                }
+                self.radar.observe(&envelope.task, &envelope.event);
                 if let Some(entry) = self.table.live.get_mut(&envelope.task) {
                     entry.progress.note_envelope(&envelope);
                     if entry.progress.starts > 0 {

@@ -1,8 +1,9 @@
 //! The conflict radar: while shadows run, whose changes would not merge with whose.
 //!
-//! The daemon hands the radar every `turn_end` and `finished` it sees ([`Radar::changed`]);
-//! the radar runs in one background task of its own, so the actor never waits on git. For a
-//! task whose turn ended it:
+//! The daemon shows the radar every event it sees ([`Radar::observe`]); a `turn_end` after a
+//! tool that may have changed files (`write`, `edit`, `bash`), and a `finished`, make it look
+//! at the task again. The radar runs in one background task of its own, so the actor never
+//! waits on git. For a task whose turn ended it:
 //! 1. hashes the worktree into a tree, filter-free ([`Task::tree_now`]), and reads the tip of
 //!    the branch it started from; when neither changed since its last look, that is all;
 //! 2. lists the paths the task changed against its base commit;
@@ -14,8 +15,8 @@
 //!    records a `conflict {with, files}` event on each live task concerned and, with
 //!    `steer_on_conflict`, steers the later of the two shadows with [`Conflict::note`].
 //!
-//! No worktree, index or ref is touched (only objects are written). Turn ends that queue up
-//! while it works are coalesced, one look per task. Disjoint changes cost no merge at all.
+//! No worktree, index or ref is touched (only objects are written). A task is looked at at
+//! most once per [`MIN_INTERVAL`]; turn ends meanwhile are coalesced into that one look. Disjoint changes cost no merge at all.
 //! The radar knows the tasks whose turns ended since the daemon started and, from the first
 //! time it meets a repository, that repository's finished tasks that have not landed (by
 //! their branches); a task that landed (`merged.json`) leaves its view.
@@ -23,11 +24,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use kugetsu_protocol::Event;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::land::repo::{Merge, Store};
 use crate::land::task::Task;
 use crate::task::record::StateDir;
+
+/// The least time between two looks at one task: a shadow that ends turns faster than this
+/// is looked at once per interval, with everything it changed meanwhile.
+const MIN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How many of the state dir's newest tasks the radar reads when it first meets a repository.
 const SEED_LIMIT: usize = 500;
@@ -48,11 +57,13 @@ pub struct Conflict {
     pub note: Option<String>,
 }
 
-/// The daemon's handle on the radar: cheap to clone; the radar stops once every handle is
-/// dropped.
-#[derive(Debug, Clone)]
+/// The daemon's handle on the radar; the radar stops once it is dropped.
+#[derive(Debug)]
 pub struct Radar {
     tx: mpsc::UnboundedSender<String>,
+    /// Tasks that ran a tool able to change files (`write`, `edit`, `bash`) since their last
+    /// look: a turn without one leaves the tree as it was, and costs nothing.
+    touched: std::collections::HashSet<String>,
 }
 
 impl Radar {
@@ -61,24 +72,69 @@ impl Radar {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         tokio::spawn(async move {
             let mut view = View::default();
-            while let Some(first) = rx.recv().await {
-                let mut pending = BTreeSet::from([first]);
-                while let Ok(more) = rx.try_recv() {
-                    pending.insert(more);
+            // Tasks waiting for their next look, and when they may have it.
+            let mut due: BTreeMap<String, Instant> = BTreeMap::new();
+            let mut last_look: HashMap<String, Instant> = HashMap::new();
+            loop {
+                let next = due.values().min().copied();
+                tokio::select! {
+                    message = rx.recv() => {
+                        let Some(id) = message else { return };
+                        let at = last_look.get(&id).map_or_else(Instant::now, |t| *t + MIN_INTERVAL);
+                        due.entry(id).or_insert(at);
+                        continue;
+                    }
+                    () = sleep_until_or_forever(next) => {}
                 }
-                for id in pending {
+                let now = Instant::now();
+                let ready: Vec<String> = due
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ready {
+                    due.remove(&id);
+                    last_look.insert(id.clone(), Instant::now());
                     for conflict in view.look(&state, &id).await {
                         report(conflict);
                     }
                 }
+                last_look.retain(|_, t| t.elapsed() < MIN_INTERVAL);
             }
         });
-        Radar { tx }
+        Radar {
+            tx,
+            touched: Default::default(),
+        }
     }
 
-    /// Task `id`'s tree may have changed (a turn ended, or it finished).
+    /// Notes one of task `id`'s events: a `turn_end` after a tool that may have changed
+    /// files, and a `finished`, make the radar look at the task again.
+    pub fn observe(&mut self, id: &str, event: &Event) {
+        match event {
+            Event::ToolEnd { tool, .. } if matches!(tool.as_str(), "write" | "edit" | "bash") => {
+                self.touched.insert(id.to_owned());
+            }
+            Event::TurnEnd { .. } if self.touched.remove(id) => self.changed(id),
+            Event::Finished(_) => {
+                self.touched.remove(id);
+                self.changed(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Task `id`'s tree may have changed.
     pub fn changed(&self, id: &str) {
         let _ = self.tx.send(id.to_owned());
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
