@@ -302,7 +302,8 @@ pub struct Stopping {
 pub struct Cleaned {
     /// Tasks whose worktree was removed (their branches stay).
     pub removed_worktrees: Vec<String>,
-    /// Worktrees kept because they hold work that is not committed, with why.
+    /// Worktrees kept because they hold work that is not committed, and records kept because
+    /// their branch holds commits that have not landed, with why.
     #[serde(default)]
     pub kept: Vec<Kept>,
     /// Task records removed (`purge`).
@@ -310,7 +311,7 @@ pub struct Cleaned {
     pub purged: Vec<String>,
 }
 
-/// A worktree `clean` or the retention policy left in place.
+/// A worktree or record `clean` or the retention policy left in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
     pub task: String,
