@@ -175,6 +175,14 @@ pub enum Event {
     },
     /// The shadow's next model request waits for the provider account's rate limit.
     RateLimited { provider: String, wait_ms: u64 },
+    /// Emitted by the daemon's conflict radar after a turn end, when this task's changes
+    /// conflict with those of other live or unmerged tasks of the same repository (`with`:
+    /// their ids) or with new commits on the branch it started from (`with`: `["base"]`);
+    /// `files` are the paths that conflict. Sent again only when the overlap changes.
+    Conflict {
+        with: Vec<String>,
+        files: Vec<String>,
+    },
     /// The last event of a task.
     Finished(Finished),
 }
@@ -197,6 +205,7 @@ impl Event {
             Event::Restarted { .. } => "restarted",
             Event::MemoryLimit { .. } => "memory_limit",
             Event::RateLimited { .. } => "rate_limited",
+            Event::Conflict { .. } => "conflict",
             Event::Finished(_) => "finished",
         }
     }
@@ -217,6 +226,7 @@ impl Event {
         "restarted",
         "memory_limit",
         "rate_limited",
+        "conflict",
         "finished",
     ];
 }

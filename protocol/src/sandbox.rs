@@ -215,3 +215,11 @@ pub struct SandboxReport {
     #[serde(default)]
     pub missing: Vec<Missing>,
 }
+
+/// The first argument of `kugetsu-worker` that runs its tool guard
+/// (`kugetsu-worker __tool-guard PARENT_PID PROGRAM ARGS...`): the one way anything, the
+/// worker's bash tool or the supervisor's test command, enters a shadow's sandbox.
+pub const GUARD_ARG: &str = "__tool-guard";
+
+/// The environment variable carrying a [`SandboxPolicy`] (as JSON) to the tool guard.
+pub const POLICY_VAR: &str = "KUGETSU_SANDBOX_POLICY";

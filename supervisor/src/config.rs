@@ -55,6 +55,12 @@ pub struct Config {
     /// `sandbox_read`, `sandbox_write`, `sandbox_deny` (boxed: rarely set, and a config is
     /// carried by every prepared task).
     pub sandbox_paths: Box<SandboxPaths>,
+    /// `test_command`: what `kugetsu merge` runs on a merged result unless `--test` says
+    /// otherwise (`None`: no test).
+    pub test_command: Option<String>,
+    /// `steer_on_conflict`: whether the conflict radar tells the later of two overlapping
+    /// shadows about the other change.
+    pub steer_on_conflict: bool,
     /// The governor, budgets and prices (boxed for the same reason).
     pub governance: Box<Governance>,
 }
@@ -153,6 +159,8 @@ struct FileConfig {
     budget_usd: Option<f64>,
     daily_budget_tokens: Option<u64>,
     daily_budget_usd: Option<f64>,
+    test_command: Option<String>,
+    steer_on_conflict: Option<bool>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -247,6 +255,8 @@ impl Config {
                 Some(text) => parse_stream_timeout(text)
                     .map_err(|e| CliError::Usage(format!("{origin}: stream_timeout: {e}")))?,
             },
+            test_command: file.test_command.filter(|c| !c.trim().is_empty()),
+            steer_on_conflict: file.steer_on_conflict.unwrap_or(false),
             task_retention: match &file.task_retention {
                 None => Some(DEFAULT_TASK_RETENTION),
                 Some(text) => parse_retention(text)
@@ -329,6 +339,20 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("KUGETSU_TEST_COMMAND") {
+            self.test_command = Some(v);
+        }
+        if let Some(v) = get("KUGETSU_STEER_ON_CONFLICT") {
+            self.steer_on_conflict = match v.trim() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "KUGETSU_STEER_ON_CONFLICT={other:?} is not true or false"
+                    )));
+                }
+            };
+        }
         if let Some(v) = get("KUGETSU_BUDGET_TOKENS") {
             self.governance.budget_tokens = Some(number("KUGETSU_BUDGET_TOKENS", &v)?);
         }
@@ -375,6 +399,8 @@ impl Config {
             context_window,
             stream_timeout,
             task_retention,
+            test_command,
+            steer_on_conflict,
             governance
         );
         changes

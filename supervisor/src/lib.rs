@@ -28,6 +28,7 @@
 //! - [`govern`]: the governor: shared rate limits per provider account, the daily budget.
 //! - [`daemon`]: `kugetsu serve`: actor, commands, connections, queue, reload, sd_notify.
 //! - [`cli`]: what a user types: arguments, run, demo, doctor, the daemon's clients, render.
+//! - [`land`]: `diff`, `merge` and the conflict radar: landing the shadows' work.
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`exit`]: exit codes and the error type that carries one.
@@ -37,5 +38,6 @@ pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod govern;
+pub mod land;
 pub mod rpc;
 pub mod task;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kugetsu_supervisor::cli::args::{Cli, Command};
-use kugetsu_supervisor::cli::{client, demo, doctor, run};
+use kugetsu_supervisor::cli::{client, demo, doctor, land, run};
 use kugetsu_supervisor::daemon;
 
 fn main() -> ExitCode {
@@ -59,6 +59,8 @@ fn main() -> ExitCode {
             Command::Top(args) => client::top(args).await,
             Command::Clean(args) => client::clean(args).await,
             Command::Shutdown(args) => client::shutdown(args).await,
+            Command::Diff(args) => land::diff(args).await,
+            Command::Merge(args) => land::merge(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
         }
     });

@@ -1,7 +1,7 @@
 //! The daemon's JSON-RPC 2.0 vocabulary: one message per line over the Unix socket.
 //!
 //! Methods: `submit`, `list`, `get`, `events`, `cancel`, `steer`, `subscribe` (events then
-//! arrive as `event` notifications), `shutdown`, and `clean`; each is a [`Method`] type naming
+//! arrive as `event` notifications), `shutdown`, `clean`, `diff` and `merge`; each is a [`Method`] type naming
 //! its params and result, so the daemon and the client share one typed vocabulary. Errors carry
 //! a numeric code and, for the ones a client must act on, a stable message: [`QUEUE_FULL`] is
 //! always `"queue_full"`.
@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kugetsu_protocol::{EventEnvelope, Priority, Usage};
+
+pub use crate::land::api::{DiffParams, DiffResult, MergeParams, MergeReport, MergedMarker};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -218,6 +220,10 @@ methods! {
     Shutdown = "shutdown", ShutdownParams => Stopping;
     /// Remove finished tasks' worktrees (and records, with `purge`).
     Clean = "clean", CleanParams => Cleaned;
+    /// A task's changes against the commit it started from.
+    Diff = "diff", DiffParams => DiffResult;
+    /// Land finished tasks, in order, onto a branch.
+    Merge = "merge", MergeParams => MergeReport;
 }
 
 /// `submit`'s result.
@@ -298,7 +304,8 @@ pub struct Stopping {
 pub struct Cleaned {
     /// Tasks whose worktree was removed (their branches stay).
     pub removed_worktrees: Vec<String>,
-    /// Worktrees kept because they hold work that is not committed, with why.
+    /// Worktrees kept because they hold work that is not committed, and records kept because
+    /// their branch holds commits that have not landed, with why.
     #[serde(default)]
     pub kept: Vec<Kept>,
     /// Task records removed (`purge`).
@@ -306,7 +313,7 @@ pub struct Cleaned {
     pub purged: Vec<String>,
 }
 
-/// A worktree `clean` or the retention policy left in place.
+/// A worktree or record `clean` or the retention policy left in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
     pub task: String,
@@ -486,4 +493,11 @@ pub struct TaskSummary {
     pub budget_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// What the conflict radar reported on it while it ran: per other task id (or `base`),
+    /// the conflicting files.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, Vec<String>>,
+    /// Where `kugetsu merge` landed it, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergedMarker>,
 }

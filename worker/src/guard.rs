@@ -26,7 +26,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 /// The first argument that selects guard mode.
-pub const GUARD_ARG: &str = "__tool-guard";
+pub const GUARD_ARG: &str = kugetsu_protocol::sandbox::GUARD_ARG;
 
 /// Runs the guard with `args` = `PARENT PROGRAM ARGS...`; never returns normally on the
 /// parent-death path.

@@ -5,6 +5,10 @@ Tools:
 - kugetsu_submit: queue a task on the kugetsu daemon; returns {"task": ID}.
 - kugetsu_status: one task's state, or the daemon's task list.
 - kugetsu_cancel: cancel a queued or running task.
+- kugetsu_steer: hand a message to a running task's model.
+- kugetsu_logs: a task's events so far (the last ones, without streamed text pieces).
+- kugetsu_diff: a task's changes against the commit it started from.
+- kugetsu_merge: land a finished task on a branch (the daemon's `merge`); returns its report.
 
 The binary is $KUGETSU_BIN, else `kugetsu` on PATH. The child gets an explicit environment
 (PATH, HOME, XDG_*, KUGETSU_*, OPENAI_*, ANTHROPIC_*, OPENROUTER_*), nothing else. Handlers
@@ -83,6 +87,70 @@ CANCEL_SCHEMA = {
         "required": ["task"],
     },
 }
+
+
+STEER_SCHEMA = {
+    "name": "kugetsu_steer",
+    "description": "Send a message to a running kugetsu task's agent; it reads it before its next step.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "task": {"type": "string", "description": "Task id."},
+            "text": {"type": "string", "description": "The message for the agent."},
+        },
+        "required": ["task", "text"],
+    },
+}
+
+LOGS_SCHEMA = {
+    "name": "kugetsu_logs",
+    "description": (
+        "A kugetsu task's events so far (turns, tool calls and results, conflicts, the final "
+        "event), as JSON; the most recent ones when there are many."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {"task": {"type": "string", "description": "Task id."}},
+        "required": ["task"],
+    },
+}
+
+DIFF_SCHEMA = {
+    "name": "kugetsu_diff",
+    "description": (
+        "The changes a kugetsu task made, as a unified diff against the commit it started from "
+        "(a running task's uncommitted work included)."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "task": {"type": "string", "description": "Task id."},
+            "stat": {"type": "boolean", "description": "Only a summary of the changed files."},
+        },
+        "required": ["task"],
+    },
+}
+
+MERGE_SCHEMA = {
+    "name": "kugetsu_merge",
+    "description": (
+        "Land a finished kugetsu task's commits on a branch (default: the branch it started "
+        "from), only if they merge cleanly and the configured test command passes. Returns "
+        "{landed, refused}; a refusal names the conflicting files or the failing test output."
+    ),
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "task": {"type": "string", "description": "Task id."},
+            "into": {"type": "string", "description": "Branch to land on (default: the task's base branch)."},
+        },
+        "required": ["task"],
+    },
+}
+
+# Most events kugetsu_logs returns (the last ones), and most diff text kugetsu_diff returns.
+MAX_LOG_EVENTS = 200
+MAX_DIFF_CHARS = 100_000
 
 
 def _binary():
@@ -254,6 +322,105 @@ def kugetsu_cancel(args=None, **_kwargs):
         return _error(f"kugetsu_cancel failed: {exc}")
 
 
+def kugetsu_steer(args=None, **_kwargs):
+    try:
+        args = _args(args) or {}
+        task = _text(args.get("task"))
+        text = _text(args.get("text"))
+        if not task or not text:
+            return _error("task and text are required")
+        result = _invoke(["steer", "--", task, text], timeout=60)
+        if isinstance(result, str):
+            return result
+        code, _stdout, stderr = result
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        return json.dumps({"task": task, "steered": True})
+    except Exception as exc:
+        return _error(f"kugetsu_steer failed: {exc}")
+
+
+def kugetsu_logs(args=None, **_kwargs):
+    try:
+        args = _args(args) or {}
+        task = _text(args.get("task"))
+        if not task:
+            return _error("task is required")
+        result = _invoke(["logs", "--json", "--", task], timeout=60)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        events = []
+        for line in stdout.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") != "text_delta":
+                events.append(event)
+        left_out = max(0, len(events) - MAX_LOG_EVENTS)
+        reply = {"task": task, "events": events[left_out:]}
+        if left_out:
+            reply["left_out"] = left_out
+        return json.dumps(reply)
+    except Exception as exc:
+        return _error(f"kugetsu_logs failed: {exc}")
+
+
+def kugetsu_diff(args=None, **_kwargs):
+    try:
+        args = _args(args) or {}
+        task = _text(args.get("task"))
+        if not task:
+            return _error("task is required")
+        argv = ["diff", "--json"] + (["--stat"] if args.get("stat") is True else [])
+        result = _invoke(argv + ["--", task], timeout=120)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        if code != 0:
+            return _error(_stderr_line(stderr), exit_code=code)
+        try:
+            reply = json.loads(stdout)
+        except ValueError:
+            return _error(f"unexpected output from kugetsu diff: {stdout.strip()[:200]}")
+        diff = reply.get("diff") or ""
+        if len(diff) > MAX_DIFF_CHARS:
+            reply["diff"] = diff[:MAX_DIFF_CHARS]
+            reply["truncated"] = True
+        return json.dumps(reply)
+    except Exception as exc:
+        return _error(f"kugetsu_diff failed: {exc}")
+
+
+def kugetsu_merge(args=None, **_kwargs):
+    try:
+        args = _args(args) or {}
+        task = _text(args.get("task"))
+        if not task:
+            return _error("task is required")
+        argv = ["merge", "--json"]
+        if _text(args.get("into")):
+            argv += ["--into", args["into"]]
+        # Merging runs the test command: give it the time a test suite takes.
+        result = _invoke(argv + ["--", task], timeout=3700)
+        if isinstance(result, str):
+            return result
+        code, stdout, stderr = result
+        # Exit 1 with a report is a refusal, which the report explains.
+        try:
+            reply = json.loads(stdout)
+        except ValueError:
+            return _error(_stderr_line(stderr), exit_code=code)
+        if not isinstance(reply, dict):
+            return _error(f"unexpected output from kugetsu merge: {stdout.strip()[:200]}")
+        return json.dumps(reply)
+    except Exception as exc:
+        return _error(f"kugetsu_merge failed: {exc}")
+
+
 def register(ctx):
     """Called by Hermes' plugin loader."""
     for schema, handler in (
@@ -261,6 +428,10 @@ def register(ctx):
         (SUBMIT_SCHEMA, kugetsu_submit),
         (STATUS_SCHEMA, kugetsu_status),
         (CANCEL_SCHEMA, kugetsu_cancel),
+        (STEER_SCHEMA, kugetsu_steer),
+        (LOGS_SCHEMA, kugetsu_logs),
+        (DIFF_SCHEMA, kugetsu_diff),
+        (MERGE_SCHEMA, kugetsu_merge),
     ):
         ctx.register_tool(
             name=schema["name"],

@@ -41,6 +41,10 @@ pub enum Command {
     Clean(CleanArgs),
     /// Stop the daemon.
     Shutdown(ShutdownArgs),
+    /// Show a task's changes against the commit it started from.
+    Diff(DiffArgs),
+    /// Land finished tasks, in order, onto a branch (tested, only if all holds).
+    Merge(MergeArgs),
     /// Check config, providers, git, limits and sandbox.
     Doctor(DoctorArgs),
 }
@@ -241,6 +245,43 @@ pub struct CleanArgs {
     /// Also delete the finished tasks' records and logs.
     #[arg(long)]
     pub purge: bool,
+}
+
+/// `kugetsu diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Only a summary of the changed files.
+    #[arg(long)]
+    pub stat: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The task id.
+    pub id: String,
+}
+
+/// `kugetsu merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// The branch to land on (default: the branch each task started from).
+    #[arg(long, value_name = "BRANCH")]
+    pub into: Option<String>,
+    /// One commit per task instead of its commits replayed one by one.
+    #[arg(long)]
+    pub squash: bool,
+    /// A command that must pass on each merged result (default: config `test_command`).
+    #[arg(long, value_name = "CMD")]
+    pub test: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The tasks, landed in this order.
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
 }
 
 /// `kugetsu shutdown`.

@@ -296,7 +296,7 @@ fn table(tasks: &[TaskSummary]) -> String {
         out.push_str(&format!(
             "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
             task.id,
-            task.status.as_str(),
+            status_shown(task),
             format!("{:?}", task.priority).to_lowercase(),
             task.turns,
             tokens_text(task.usage.tokens()),
@@ -325,6 +325,23 @@ fn table(tasks: &[TaskSummary]) -> String {
     } else {
         String::new()
     };
+    for task in tasks
+        .iter()
+        .filter(|t| !t.conflicts.is_empty() && t.merged.is_none())
+    {
+        for (with, files) in &task.conflicts {
+            let with = if with == crate::land::radar::BASE {
+                "new commits on its base"
+            } else {
+                with.as_str()
+            };
+            out.push_str(&format!(
+                "! {} conflicts with {with} in {}\n",
+                task.id,
+                clip(&files.join(", "), 80)
+            ));
+        }
+    }
     out.push_str(&format!(
         "{running} running{waiting}, {queued} queued, {} total",
         tasks.len()
@@ -346,6 +363,15 @@ fn tokens_text(n: u64) -> String {
         n if n < 10_000 => n.to_string(),
         n if n < 1_000_000 => format!("{:.1}k", n as f64 / 1e3),
         n => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+/// The status column: a completed task that landed shows as `merged`.
+fn status_shown(task: &TaskSummary) -> &'static str {
+    if task.merged.is_some() {
+        "merged"
+    } else {
+        task.status.as_str()
     }
 }
 
@@ -378,6 +404,16 @@ pub async fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(worktree) = &task.worktree {
         text.push_str(&format!("worktree  {worktree}\n"));
+    }
+    for (with, files) in &task.conflicts {
+        text.push_str(&format!("conflict  with {with} in {}\n", files.join(", ")));
+    }
+    if let Some(merged) = &task.merged {
+        text.push_str(&format!(
+            "merged    into {} at {}\n",
+            merged.into,
+            merged.commit.get(..10).unwrap_or(&merged.commit)
+        ));
     }
     text.push_str(&format!(
         "created   {}\nturns     {}\ntokens    {} in / {} out\n",

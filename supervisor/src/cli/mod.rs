@@ -5,11 +5,13 @@
 //! - [`demo`]: `kugetsu demo`, the offline showcase.
 //! - [`doctor`]: `kugetsu doctor`, environment checks.
 //! - [`client`]: the daemon's clients (`submit`, `ps`, `logs`, ...).
+//! - [`land`]: `diff` and `merge`, through the daemon or, without one, on the state dir.
 //! - [`render`]: the human progress view.
 
 pub mod args;
 pub mod client;
 pub mod demo;
 pub mod doctor;
+pub mod land;
 pub mod render;
 pub mod run;

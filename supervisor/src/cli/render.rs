@@ -170,6 +170,17 @@ impl Renderer {
                 let text = self.paint("35", &format!("  ↪ steered: {}", clip(text, 100)));
                 self.line(&text);
             }
+            Event::Conflict { with, files } => {
+                let text = self.paint(
+                    "33",
+                    &format!(
+                        "  ⚠ conflicts with {} in {}",
+                        with.join(", "),
+                        clip(&files.join(", "), 100)
+                    ),
+                );
+                self.line(&text);
+            }
             Event::Restarted { attempt, reason } => {
                 let text = self.paint(
                     "33",

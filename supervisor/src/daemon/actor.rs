@@ -88,6 +88,8 @@ pub struct Daemon {
     warned_impossible: HashSet<String>,
     /// `task_retention` for the retention pass, which runs outside the actor.
     retention: tokio::sync::watch::Sender<Option<Duration>>,
+    /// The conflict radar, shown every event; its findings come back as `Command::Conflict`.
+    radar: crate::land::radar::Radar,
 }
 
 /// Where `kugetsu serve` was told to find its config, socket and state.
@@ -151,6 +153,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     }
     let (commands, mut inbox) = mpsc::unbounded_channel();
     let config_retention = config.task_retention;
+    let state_for_radar = state.clone();
     let mut daemon = Daemon {
         queue: Queue::new(config.queue_capacity as usize),
         options: args.clone(),
@@ -172,6 +175,12 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         memory_held: false,
         warned_impossible: HashSet::new(),
         retention: tokio::sync::watch::Sender::new(config_retention),
+        radar: {
+            let commands = commands.clone();
+            crate::land::radar::Radar::spawn(state_for_radar, move |conflict| {
+                let _ = commands.send(Command::Conflict(conflict));
+            })
+        },
     };
     // Admission needs real numbers: never schedule on an empty snapshot.
     daemon.sampler.first_sample(Duration::from_secs(2)).await;
@@ -396,7 +405,13 @@ impl Daemon {
                 let _ = reply.send(self.locate(&task));
             }
             Command::Forget { tasks } => self.table.forget(&tasks),
+            Command::Settings { reply } => {
+                let _ = reply.send((self.config.clone(), self.state.clone()));
+            }
+            Command::Merged { landed } => self.table.mark_merged(&landed),
+            Command::Conflict(conflict) => self.on_conflict(conflict),
             Command::Event(envelope) => {
+                self.radar.observe(&envelope.task, &envelope.event);
                 if let Some(entry) = self.table.live.get_mut(&envelope.task) {
                     entry.progress.note_envelope(&envelope);
                     if entry.progress.starts > 0 {
@@ -421,6 +436,27 @@ impl Daemon {
                 self.schedule();
             }
             Command::Reload => self.reload(),
+        }
+    }
+
+    /// Records a radar finding on a live task and, with `steer_on_conflict`, steers it.
+    fn on_conflict(&mut self, conflict: crate::land::radar::Conflict) {
+        let Some(control) = self
+            .table
+            .live
+            .get(&conflict.task)
+            .and_then(|e| e.control.as_ref())
+        else {
+            return;
+        };
+        let _ = control.send(ShadowControl::Publish(kugetsu_protocol::Event::Conflict {
+            with: vec![conflict.with],
+            files: conflict.files,
+        }));
+        if self.config.steer_on_conflict
+            && let Some(note) = conflict.note
+        {
+            let _ = control.send(ShadowControl::Steer(note));
         }
     }
 

@@ -57,6 +57,16 @@ pub enum Command {
         task: String,
         reply: oneshot::Sender<Result<TaskDir, RpcError>>,
     },
+    /// The settings in effect and the state dir (for work done outside the actor, `merge`).
+    Settings {
+        reply: oneshot::Sender<(Config, StateDir)>,
+    },
+    /// The conflict radar found an overlap to report on a task.
+    Conflict(crate::land::radar::Conflict),
+    /// These finished tasks landed (`merge`).
+    Merged {
+        landed: Vec<(String, crate::rpc::MergedMarker)>,
+    },
     /// These finished tasks' records were removed (`clean --purge`, retention).
     Forget { tasks: Vec<String> },
     /// A running shadow published an event.

@@ -45,7 +45,9 @@ impl Daemon {
             | Call::Resume(_)
             | Call::Events(_)
             | Call::Subscribe(_)
-            | Call::Clean(_) => Err(RpcError::new(
+            | Call::Clean(_)
+            | Call::Diff(_)
+            | Call::Merge(_) => Err(RpcError::new(
                 rpc::INTERNAL_ERROR,
                 "request routed to the wrong place",
             )),

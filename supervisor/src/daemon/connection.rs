@@ -10,7 +10,8 @@
 //!
 //! The slow parts of a request run here, not in the actor: a submission is validated and
 //! written to disk (record, live marker, `queued` event) before the actor is asked to queue it;
-//! logs are read from disk here; `clean` works on finished tasks' directories here.
+//! logs are read from disk here; `clean` works on finished tasks' directories here; `diff`
+//! and `merge` (git, and a test command) run here too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -245,6 +246,13 @@ async fn serve_call(
             }
             answer(id, typed::<rpc::Clean>(Ok(cleaned)))
         }
+        Call::Diff(params) => {
+            let result = crate::land::diff::diff(&state, &params)
+                .await
+                .map_err(|e| RpcError::from_cli(&e));
+            answer(id, typed::<rpc::Diff>(result))
+        }
+        Call::Merge(params) => answer(id, typed::<rpc::Merge>(merge(params, daemon).await)),
         call => {
             let result = ask(daemon, |reply| Command::Call { call, reply })
                 .await
@@ -270,6 +278,28 @@ async fn ask<T>(
         .send(make(reply))
         .map_err(|_| RpcError::shutting_down())?;
     answer.await.map_err(|_| RpcError::shutting_down())
+}
+
+/// Lands tasks (slow: merges and a test command), then tells the actor what landed.
+async fn merge(
+    params: rpc::MergeParams,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<rpc::MergeReport, RpcError> {
+    let (config, state) = ask(daemon, |reply| Command::Settings { reply }).await?;
+    let report = crate::land::merge::merge(&state, &config, &params)
+        .await
+        .map_err(|e| RpcError::from_cli(&e))?;
+    let landed: Vec<_> = report
+        .landed
+        .iter()
+        .filter_map(|l| {
+            crate::land::task::read_marker(&state.task(&l.task)).map(|m| (l.task.clone(), m))
+        })
+        .collect();
+    if !landed.is_empty() {
+        let _ = daemon.send(Command::Merged { landed });
+    }
+    Ok(report)
 }
 
 /// Validates and creates a submitted task, then has the actor queue it.

@@ -1,9 +1,15 @@
 //! Removing what finished tasks leave behind: `kugetsu clean` and the `task_retention` policy.
 //!
-//! Both work on finished tasks' directories only (never a live one), and both keep work: a
-//! branch is never removed, and a worktree holding changes that are not committed stays where
-//! it is (reported as kept). Neither holds any of the daemon's state, so both run outside the
-//! actor.
+//! Both work on finished tasks' directories only (never a live one), and both keep work,
+//! reporting what they kept and why:
+//! - a branch is never removed;
+//! - a worktree holding changes that are not committed stays where it is (one whose work is
+//!   all committed holds nothing its branch does not, and goes);
+//! - a task whose branch holds commits that have not landed (not reachable from the branch it
+//!   started from, no `merged.json`), or whose shadow left commits its branch never took,
+//!   keeps its record, so `kugetsu diff` and `kugetsu merge` still find it.
+//!
+//! Neither holds any of the daemon's state, so both run outside the actor.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +20,8 @@ use crate::task::record::{Origin, StateDir, id_created_unix_ms};
 
 /// How often the retention policy looks for expired tasks.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How many kept tasks one retention pass names in the log.
+const KEPT_SHOWN: usize = 10;
 /// How long after start the first retention pass runs (start-up stays fast).
 const RETENTION_FIRST: Duration = Duration::from_secs(60);
 
@@ -77,6 +85,32 @@ pub async fn clean(state: &StateDir, purge: bool, older_than_ms: Option<u64>) ->
             }
         }
         if purge && worktree_gone {
+            let task = crate::land::task::Task {
+                dir: dir.clone(),
+                record: record.clone(),
+            };
+            match task.unmerged().await {
+                Ok(commits) if commits.is_empty() => {}
+                Ok(commits) => {
+                    let branch = task.branch();
+                    let plural = if commits.len() == 1 { "" } else { "s" };
+                    cleaned.kept.push(Kept {
+                        task: id.clone(),
+                        reason: format!(
+                            "its branch {branch} holds {} unmerged commit{plural} (land it with `kugetsu merge {id}`)",
+                            commits.len()
+                        ),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    cleaned.kept.push(Kept {
+                        task: id.clone(),
+                        reason: format!("cannot tell whether its commits landed: {e}"),
+                    });
+                    continue;
+                }
+            }
             match dir.remove() {
                 Ok(()) => cleaned.purged.push(id),
                 Err(e) => cleaned.kept.push(Kept {
@@ -118,10 +152,19 @@ pub fn spawn_retention(
             }
             if !cleaned.purged.is_empty() || !cleaned.kept.is_empty() {
                 eprintln!(
-                    "kugetsu: retention: removed {} old tasks; kept {} worktrees with uncommitted work",
+                    "kugetsu: retention: removed {} old tasks; kept {} with work not committed or not landed",
                     cleaned.purged.len(),
                     cleaned.kept.len()
                 );
+                for kept in cleaned.kept.iter().take(KEPT_SHOWN) {
+                    eprintln!("kugetsu: retention: kept {}: {}", kept.task, kept.reason);
+                }
+                if cleaned.kept.len() > KEPT_SHOWN {
+                    eprintln!(
+                        "kugetsu: retention: ... and {} more (`kugetsu clean` lists them)",
+                        cleaned.kept.len() - KEPT_SHOWN
+                    );
+                }
             }
             tokio::time::sleep(RETENTION_EVERY).await;
         }
@@ -154,6 +197,7 @@ mod tests {
             workdir: state.root.clone(),
             branch: None,
             base_commit: None,
+            base_ref: None,
             worktree: false,
             max_turns: 1,
             timeout_ms: None,

@@ -12,7 +12,7 @@ use kugetsu_protocol::{Event, FinishStatus, Finished};
 use tokio::sync::mpsc;
 
 use crate::govern::Governor;
-use crate::rpc::{TaskStatus, TaskSummary};
+use crate::rpc::{MergedMarker, TaskStatus, TaskSummary};
 use crate::task::control::{Resume, ShadowControl};
 use crate::task::events::Progress;
 use crate::task::memory::Snapshot;
@@ -107,6 +107,8 @@ pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -
         waiting: None,
         budget_tokens: record.budget_tokens,
         budget_usd: record.budget_usd,
+        conflicts: progress.conflicts.clone(),
+        merged: None,
     }
 }
 
@@ -184,6 +186,15 @@ impl Table {
         self.recent.retain(|s| !ids.contains(&s.id));
     }
 
+    /// Notes that these finished tasks landed (`kugetsu merge`).
+    pub fn mark_merged(&mut self, landed: &[(String, MergedMarker)]) {
+        for summary in &mut self.recent {
+            if let Some((_, marker)) = landed.iter().find(|(id, _)| *id == summary.id) {
+                summary.merged = Some(marker.clone());
+            }
+        }
+    }
+
     /// A finished task's summary: from memory if recent, else from disk.
     pub fn finished(&self, state: &StateDir, id: &str) -> Option<TaskSummary> {
         self.recent
@@ -210,5 +221,7 @@ pub fn load_finished(dir: &TaskDir) -> Option<TaskSummary> {
         last_seq: last.seq,
         ..Progress::default()
     };
-    Some(summarize(&record, &progress, status_of(finished.status)))
+    let mut summary = summarize(&record, &progress, status_of(finished.status));
+    summary.merged = crate::land::task::read_marker(dir);
+    Some(summary)
 }

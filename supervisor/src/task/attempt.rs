@@ -258,6 +258,7 @@ impl Attempt {
                 tracking.pending_steers.push_back(text.clone());
                 Step::Continue(vec![Effect::Steer(text)])
             }
+            Some(ShadowControl::Publish(event)) => Step::Continue(vec![Effect::Publish(event)]),
             Some(ShadowControl::Detach) | None => {
                 Step::End(vec![Effect::Shutdown], Outcome::Detached)
             }

@@ -5,7 +5,7 @@
 use crate::task::events::Progress;
 
 /// What the owner of a running task can ask of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ShadowControl {
     /// Stop the task: `finished` with status `cancelled`. A second `Cancel` kills at once.
     Cancel,
@@ -13,6 +13,9 @@ pub enum ShadowControl {
     Steer(String),
     /// Stop the worker but leave the task resumable (the daemon is shutting down).
     Detach,
+    /// Record an event the owner made about the task (the conflict radar's `conflict`) in
+    /// its log, in order with the worker's.
+    Publish(kugetsu_protocol::Event),
 }
 
 /// Where a run starts: which attempt, and whether the worker resumes from its journal.

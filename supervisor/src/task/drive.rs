@@ -209,6 +209,9 @@ async fn run_workers(
                         return end(&tracking, FinishStatus::Cancelled, "cancelled".to_owned());
                     }
                     Some(ShadowControl::Steer(text)) => tracking.pending_steers.push_back(text),
+                    Some(ShadowControl::Publish(event)) => {
+                        out.publish(event);
+                    }
                     Some(ShadowControl::Detach) | None => return None,
                 },
             }

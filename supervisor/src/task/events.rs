@@ -263,6 +263,9 @@ pub struct Progress {
     pub finished: Option<Finished>,
     /// The last `seq` seen.
     pub last_seq: u64,
+    /// What the conflict radar reported: per other task (or `base`), the conflicting files
+    /// it named last.
+    pub conflicts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Progress {
@@ -300,6 +303,11 @@ impl Progress {
             }
             Event::ToolStart { tool, .. } => self.tool = Some(tool.clone()),
             Event::ToolEnd { .. } => self.tool = None,
+            Event::Conflict { with, files } => {
+                for other in with {
+                    self.conflicts.insert(other.clone(), files.clone());
+                }
+            }
             Event::Finished(finished) => {
                 self.finished = Some(finished.clone());
                 self.pid = None;

@@ -58,15 +58,18 @@ const KEPT_VARS: [&str; 5] = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 /// Where a git call looks for the repository.
 #[derive(Debug, Clone, Copy)]
-enum Repo<'a> {
+pub(crate) enum Repo<'a> {
     /// `git -C dir`: the user's own checkout (trusted: the shadow cannot write it).
     Checkout(&'a Path),
     /// A shadow's worktree, by our records.
     Worktree(&'a Worktree),
+    /// The repository's shared git dir alone (`GIT_DIR`, no work tree): objects and refs,
+    /// never anyone's checkout.
+    Common(&'a Path),
 }
 
-/// One git invocation.
-struct Git<'a> {
+/// One git invocation (see the module doc for what every call is protected from).
+pub(crate) struct Git<'a> {
     repo: Repo<'a>,
     args: Vec<OsString>,
     env: Vec<(&'static str, OsString)>,
@@ -74,7 +77,7 @@ struct Git<'a> {
 }
 
 impl<'a> Git<'a> {
-    fn new(repo: Repo<'a>) -> Self {
+    pub(crate) fn new(repo: Repo<'a>) -> Self {
         Git {
             repo,
             args: Vec::new(),
@@ -83,7 +86,7 @@ impl<'a> Git<'a> {
         }
     }
 
-    fn args<I, S>(mut self, args: I) -> Self
+    pub(crate) fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
@@ -92,17 +95,17 @@ impl<'a> Git<'a> {
         self
     }
 
-    fn arg_ref(mut self, arg: &str) -> Self {
+    pub(crate) fn arg_ref(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
         self
     }
 
-    fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
+    pub(crate) fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
         self.env.push((key, value.into()));
         self
     }
 
-    fn stdin(mut self, input: Vec<u8>) -> Self {
+    pub(crate) fn stdin(mut self, input: Vec<u8>) -> Self {
         self.stdin = Some(input);
         self
     }
@@ -131,6 +134,9 @@ impl<'a> Git<'a> {
             Repo::Checkout(dir) => {
                 command.arg("-C").arg(dir);
             }
+            Repo::Common(common) => {
+                command.env("GIT_DIR", common).current_dir(common);
+            }
             Repo::Worktree(worktree) => {
                 command
                     .env("GIT_DIR", &worktree.admin)
@@ -157,13 +163,29 @@ impl<'a> Git<'a> {
     }
 
     /// Runs git and returns its stdout, or the first line of its stderr as the error.
-    async fn run(self) -> Result<String, String> {
+    pub(crate) async fn run(self) -> Result<String, String> {
         self.run_bytes()
             .await
             .map(|out| String::from_utf8_lossy(&out).trim_end().to_owned())
     }
 
-    async fn run_bytes(self) -> Result<Vec<u8>, String> {
+    pub(crate) async fn run_bytes(self) -> Result<Vec<u8>, String> {
+        let output = self.run_output().await?;
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            Err(first_line(&output.stderr))
+        }
+    }
+
+    /// Runs git and returns its exit code (`None`: killed by a signal) with its stdout, for
+    /// commands whose failure status carries an answer (`merge-tree` on a conflict).
+    pub(crate) async fn run_status(self) -> Result<(Option<i32>, Vec<u8>), String> {
+        let output = self.run_output().await?;
+        Ok((output.status.code(), output.stdout))
+    }
+
+    async fn run_output(self) -> Result<std::process::Output, String> {
         let mut child = self
             .command()
             .spawn()
@@ -189,18 +211,19 @@ impl<'a> Git<'a> {
                 ));
             }
         };
-        if output.status.success() {
-            Ok(output.stdout)
-        } else {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(stderr
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("git failed")
-                .trim()
-                .to_owned())
-        }
+        Ok(output)
     }
+}
+
+/// The first non-empty line of git's stderr, as an error.
+fn first_line(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("git failed")
+        .trim()
+        .to_owned()
 }
 
 /// The name of `branch`'s file inside `refs/heads/kugetsu/` (its last component).
@@ -257,6 +280,20 @@ pub async fn resolve_commit(repo: &Path, reference: &str) -> Result<String, CliE
             ))
         }
     })
+}
+
+/// The local branch `reference` names in `repo` (`HEAD` on a branch, `main`,
+/// `refs/heads/main`), without `refs/heads/`; `None` for a commit, a tag or a detached HEAD.
+pub async fn branch_of(repo: &Path, reference: &str) -> Option<String> {
+    if reference.starts_with('-') {
+        return None;
+    }
+    let full = git(repo, &["rev-parse", "--symbolic-full-name", reference])
+        .await
+        .ok()?;
+    full.strip_prefix("refs/heads/")
+        .filter(|b| !b.is_empty())
+        .map(str::to_owned)
 }
 
 /// The current branch of `dir`, if it is on one.
@@ -522,6 +559,12 @@ impl Worktree {
         Ok(split_z(&out))
     }
 
+    /// The worktree as it is on disk now (committed or not), hashed into a tree the same
+    /// filter-free way as [`Worktree::commit_all`]; no ref and no file of the worktree moves.
+    pub async fn tree_now(&self, branch: &str, scratch: &Path) -> Result<String, String> {
+        Ok(self.snapshot(branch, scratch).await?.tree)
+    }
+
     /// Hashes the worktree into a tree, leaving `scratch` removed.
     async fn snapshot(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
         let _ = std::fs::remove_file(scratch);
@@ -695,7 +738,8 @@ struct Snapshot {
     tree: String,
 }
 
-fn split_z(bytes: &[u8]) -> Vec<String> {
+/// NUL-separated paths as sorted, deduplicated strings.
+pub(crate) fn split_z(bytes: &[u8]) -> Vec<String> {
     let mut files: Vec<String> = bytes
         .split(|b| *b == 0)
         .filter(|p| !p.is_empty())
@@ -791,4 +835,63 @@ pub async fn uncommitted(
         .await?
         .uncommitted(branch, scratch)
         .await
+}
+
+/// `git diff` (the patch, or `--stat`) from `base` to the working tree of the user's
+/// checkout `dir` (a `--no-worktree` task's work).
+pub async fn checkout_diff(dir: &Path, base: &str, stat: bool) -> Result<String, String> {
+    git(
+        dir,
+        &[
+            "diff",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-color",
+            "--no-renames",
+            if stat { "--stat" } else { "--patch" },
+            base,
+        ],
+    )
+    .await
+}
+
+/// The tracked files of the user's checkout `dir` whose content differs from its `HEAD`
+/// (staged or not); untracked files are not counted.
+pub async fn checkout_changes(dir: &Path) -> Result<Vec<String>, String> {
+    let out = Git::new(Repo::Checkout(dir))
+        .args([
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=no",
+            "--ignore-submodules=all",
+        ])
+        .run_bytes()
+        .await?;
+    // Each record is `XY path`; a rename or copy adds its source as the next record.
+    let mut files = Vec::new();
+    let mut records = out.split(|b| *b == 0).filter(|r| !r.is_empty());
+    while let Some(record) = records.next() {
+        let record = String::from_utf8_lossy(record);
+        if let Some(path) = record.get(3..) {
+            files.push(path.to_owned());
+        }
+        if record.starts_with(['R', 'C']) {
+            records.next();
+        }
+    }
+    Ok(files)
+}
+
+/// Brings the user's clean checkout `dir` from commit `from` to `to`: git's two-tree
+/// `read-tree -m -u`, which updates the index and the files that differ and refuses, changing
+/// nothing, if that would overwrite a local change or an untracked file.
+pub async fn checkout_advance(dir: &Path, from: &str, to: &str) -> Result<(), String> {
+    Git::new(Repo::Checkout(dir))
+        .args(["read-tree", "-m", "-u"])
+        .arg_ref(from)
+        .arg_ref(to)
+        .run()
+        .await
+        .map(drop)
 }

@@ -81,6 +81,7 @@ pub async fn prepare(
     } else {
         Some(git::resolve_commit(&repo, request.base.as_deref().unwrap_or("HEAD")).await?)
     };
+    let base_ref = git::branch_of(&repo, request.base.as_deref().unwrap_or("HEAD")).await;
     let dir = state.create_task().map_err(|e| {
         CliError::Failed(format!(
             "cannot create a task directory under {}: {}",
@@ -102,6 +103,7 @@ pub async fn prepare(
         workdir,
         branch,
         base_commit,
+        base_ref,
         worktree: !request.no_worktree,
         max_turns: request.max_turns.unwrap_or(config.max_turns),
         timeout_ms: request

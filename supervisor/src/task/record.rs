@@ -75,6 +75,11 @@ pub struct TaskRecord {
     pub branch: Option<String>,
     /// The commit the task started from.
     pub base_commit: Option<String>,
+    /// The branch the task started from (`main` for `--base main` or a checkout on `main`),
+    /// where `kugetsu merge` lands it by default. Absent when it started from a detached HEAD
+    /// or a plain commit, and in records older than landing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ref: Option<String>,
     pub worktree: bool,
     pub max_turns: u32,
     /// `--timeout`, counted from the task's first start.
@@ -287,6 +292,11 @@ impl TaskDir {
         self.path.join("commit-index")
     }
 
+    /// `merged.json`: written once `kugetsu merge` landed the task (see `crate::land`).
+    pub fn merged_file(&self) -> PathBuf {
+        self.path.join("merged.json")
+    }
+
     /// Whether the task has a record at all.
     pub fn exists(&self) -> bool {
         self.record_file().is_file()
@@ -404,6 +414,7 @@ mod tests {
             workdir: root.clone(),
             branch: None,
             base_commit: None,
+            base_ref: None,
             worktree: false,
             max_turns: 3,
             timeout_ms: None,

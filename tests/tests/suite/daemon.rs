@@ -1291,8 +1291,26 @@ async fn daemon_clean_keeps_a_worktree_with_uncommitted_work() {
         "the uncommitted work is where it was"
     );
     assert!(!repo.worktree(&second).exists());
-    // The kept task is still known; the purged one is gone, its branch kept.
+    // The second's commit has not landed: its record stays (so diff and merge find it), and
+    // so does its branch.
+    assert!(
+        out.stderr.contains(&format!("kept {second}")) && out.stderr.contains("unmerged"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("removed the record"), "{}", out.stdout);
     daemon.cli(["show", "--json", &first]).await.assert_code(0);
+    daemon.cli(["show", "--json", &second]).await.assert_code(0);
+    let diff = daemon.cli(["diff", &second]).await;
+    diff.assert_code(0);
+    assert!(diff.stdout.contains("+made by a shadow"), "{}", diff.stdout);
+
+    // Once it landed, its record may go; its branch is kept all the same.
+    daemon.cli(["merge", &second]).await.assert_code(0);
+    let out = daemon.cli(["clean", "--purge"]).await;
+    out.assert_code(0);
+    assert!(out.stdout.contains(&second), "{}", out.stdout);
     assert!(repo.has_branch(&format!("kugetsu/{second}")));
     daemon.cli(["show", &second]).await.assert_code(2);
+    daemon.cli(["show", "--json", &first]).await.assert_code(0);
 }

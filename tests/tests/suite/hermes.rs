@@ -3,8 +3,10 @@
 
 use std::process::Stdio;
 
-use kugetsu_tests::TestRepo;
+use kugetsu_tests::events::kind;
+use kugetsu_tests::harness::daemon::WAIT;
 use kugetsu_tests::harness::{Script, bin_path};
+use kugetsu_tests::{Daemon, Gate, TestRepo};
 use serde_json::{Value, json};
 
 /// Loads the plugin with a recording `ctx`, calls `tool` with `args`, and returns what the
@@ -87,8 +89,12 @@ async fn kugetsu_run_returns_the_finished_event_of_a_real_run() {
         tools,
         [
             "kugetsu_cancel",
+            "kugetsu_diff",
+            "kugetsu_logs",
+            "kugetsu_merge",
             "kugetsu_run",
             "kugetsu_status",
+            "kugetsu_steer",
             "kugetsu_submit"
         ]
     );
@@ -192,4 +198,76 @@ async fn the_child_gets_only_the_allowed_environment() {
         "{env}"
     );
     assert!(!env.contains("UNRELATED_SECRET"), "{env}");
+}
+
+#[tokio::test]
+async fn steer_logs_diff_and_merge_drive_the_daemon() {
+    let repo = TestRepo::new();
+    // Where the plugin's child finds the daemon from KUGETSU_STATE_DIR alone.
+    let daemon = Daemon::builder(&repo)
+        .socket(repo.state_dir().join("kugetsu.sock"))
+        .start()
+        .await;
+    let gate = Gate::new(repo.root(), "gate");
+    let model = kugetsu_tests::Script::new()
+        .bash("Writing.", "echo from-a-shadow > shadow.txt")
+        .bash("Waiting.", &gate.wait_command())
+        .text("Done.")
+        .write(&repo.root().join("scripts").join("hermes.json"));
+    let id = daemon.submit(&["-m", &model], "Write a file.").await;
+    let mut events = daemon.rpc().await;
+    events.call("subscribe", json!({"task": id})).await.unwrap();
+    events
+        .wait_event("the write", WAIT, |e| kind(e) == "tool_end")
+        .await;
+
+    let (diff, _) = call_plugin(&repo, "kugetsu_diff", json!({"task": id}), &[]).await;
+    assert!(
+        diff["diff"].as_str().unwrap().contains("+from-a-shadow"),
+        "{diff}"
+    );
+    let (steered, _) = call_plugin(
+        &repo,
+        "kugetsu_steer",
+        json!({"task": id, "text": "also say hello"}),
+        &[],
+    )
+    .await;
+    assert_eq!(steered, json!({"task": id, "steered": true}));
+    gate.open();
+    assert_eq!(daemon.wait_finished(&id, WAIT).await.status(), "completed");
+
+    let (logs, _) = call_plugin(&repo, "kugetsu_logs", json!({"task": id}), &[]).await;
+    let kinds: Vec<&str> = logs["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"steered") && kinds.last() == Some(&"finished"),
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"text_delta"), "{kinds:?}");
+
+    let (merged, _) = call_plugin(&repo, "kugetsu_merge", json!({"task": id}), &[]).await;
+    assert_eq!(merged["landed"][0]["task"], id.as_str(), "{merged}");
+    assert_eq!(merged["landed"][0]["into"], "main", "{merged}");
+    assert_eq!(repo.git(&["show", "main:shadow.txt"]), "from-a-shadow\n");
+    // A refusal is a report, not an error; a finished task cannot be steered.
+    let (again, _) = call_plugin(&repo, "kugetsu_merge", json!({"task": id}), &[]).await;
+    assert_eq!(again["refused"][0]["reason"], "already_merged", "{again}");
+    let (late, _) = call_plugin(
+        &repo,
+        "kugetsu_steer",
+        json!({"task": id, "text": "too late"}),
+        &[],
+    )
+    .await;
+    assert!(
+        late["error"].as_str().unwrap().contains("already ended"),
+        "{late}"
+    );
+    let (missing, _) = call_plugin(&repo, "kugetsu_diff", json!({}), &[]).await;
+    assert_eq!(missing["error"], "task is required");
 }

@@ -13,6 +13,7 @@ mod fleet;
 mod governor;
 mod hermes;
 mod journal_damage;
+mod land;
 mod providers;
 mod recovery;
 mod resume;

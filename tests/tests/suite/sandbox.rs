@@ -357,11 +357,17 @@ async fn a_fork_storm_is_held_to_pids_limit() {
     let server = FakeLlm::openai();
     script(
         &server,
-        &[
-            "for i in $(seq 300); do sleep 20.9191 & done 2>&1 | sort | uniq -c | head -3; \
-           echo running=$(pgrep -c -f 20.9191)"
-                .to_owned(),
-        ],
+        // Python's spawns fail at once when the limit is hit (bash would retry each failed
+        // fork with growing sleeps and take minutes on a loaded machine).
+        &[r#"python3 -c 'import subprocess
+ok = 0
+for i in range(300):
+    try:
+        subprocess.Popen(["sleep", "20.9191"]); ok += 1
+    except OSError:
+        pass
+print("spawned=%d" % ok)'; echo running=$(pgrep -c -f 20.9191)"#
+            .to_owned()],
     );
     let out = repo
         .run()

@@ -23,7 +23,7 @@ use super::{landlock, namespaces};
 
 /// The environment variable that carries the policy (JSON) from the worker to the tool guard.
 /// The guard removes it before the tool's program starts.
-pub const POLICY_VAR: &str = "KUGETSU_SANDBOX_POLICY";
+pub const POLICY_VAR: &str = kugetsu_protocol::sandbox::POLICY_VAR;
 
 /// A sandbox half entered: what is left to do in the tool's process.
 #[derive(Debug)]
