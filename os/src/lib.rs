@@ -12,6 +12,7 @@
 
 pub mod allowlist;
 pub mod cgroup;
+pub mod crash;
 pub mod env;
 pub mod probe;
 pub mod process;

@@ -9,6 +9,7 @@ use kugetsu_supervisor::daemon;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    kugetsu_os::crash::arm();
     if matches!(
         cli.command,
         Command::Run(_) | Command::Demo(_) | Command::Serve(_)

@@ -535,6 +535,7 @@ async fn run_tool(
     );
     // The intent is durable before the tool can have any effect.
     session.tool_intent(call).map_err(|e| error_chain(&e))?;
+    kugetsu_os::crash::point("tool.intent");
     outbox.emit(Event::ToolStart {
         call_id: call.id.clone(),
         tool: call.name.clone(),
@@ -551,6 +552,7 @@ async fn run_tool(
             memory: None,
         },
     };
+    kugetsu_os::crash::point("tool.ran");
     session
         .tool_result(
             &call.id,

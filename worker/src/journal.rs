@@ -227,8 +227,10 @@ impl Journal {
         bytes.push(b'\n');
         // One write per record: a crash tears at most this line, which the reader drops.
         self.file.write_all(&bytes)?;
+        kugetsu_os::crash::point("journal.appended");
         if durability == Durability::Sync {
             self.file.sync_data()?;
+            kugetsu_os::crash::point("journal.synced");
         }
         self.next_seq += 1;
         Ok(())

@@ -11,9 +11,15 @@ fn main() -> ExitCode {
         return kugetsu_worker::guard::run(&args[2..]);
     }
     if std::env::args().nth(1).as_deref() == Some("--version") {
-        eprintln!("kugetsu-worker {}", env!("CARGO_PKG_VERSION"));
+        let crash = if kugetsu_os::crash::ENABLED {
+            " (crash points)"
+        } else {
+            ""
+        };
+        eprintln!("kugetsu-worker {}{crash}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    kugetsu_os::crash::arm();
     // One thread is plenty for one agent loop and keeps the idle footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

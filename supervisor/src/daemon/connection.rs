@@ -376,6 +376,7 @@ async fn submit(
         let _ = dir.remove();
         return Err(e);
     }
+    kugetsu_os::crash::point("queue.enqueued");
     Ok(Submitted { task: id })
 }
 

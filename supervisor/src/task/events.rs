@@ -103,11 +103,12 @@ impl EventLog {
             })
             .collect();
         let written = self.file.write_all(&bytes).and_then(|()| {
+            kugetsu_os::crash::point("events.written");
             if durable {
-                self.file.sync_data()
-            } else {
-                Ok(())
+                self.file.sync_data()?;
+                kugetsu_os::crash::point("events.synced");
             }
+            Ok(())
         });
         if let Err(e) = written
             && !self.warned

@@ -168,7 +168,9 @@ impl StateDir {
         let live = self.live();
         std::fs::create_dir_all(&live)?;
         std::fs::File::create(live.join(id))?.sync_all()?;
-        std::fs::File::open(&live)?.sync_all()
+        std::fs::File::open(&live)?.sync_all()?;
+        kugetsu_os::crash::point("live.marked");
+        Ok(())
     }
 
     /// Forgets the live marker of task `id` (it finished, or was removed).
@@ -328,7 +330,9 @@ impl TaskDir {
 
     /// Writes `task.json` atomically.
     pub fn save(&self, record: &TaskRecord) -> std::io::Result<()> {
-        write_json_atomic(&self.record_file(), record)
+        write_json_atomic(&self.record_file(), record)?;
+        kugetsu_os::crash::point("record.saved");
+        Ok(())
     }
 
     /// Removes the directory and everything in it.

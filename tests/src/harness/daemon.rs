@@ -851,6 +851,28 @@ impl RpcClient {
         .unwrap_or_else(|| panic!("the daemon closed the connection\n{}", self.context()))
     }
 
+    /// Like [`RpcClient::call`], but `None` instead of a panic when the daemon is gone (it
+    /// died, or closed the connection).
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Option<Result<Value, Value>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+            .to_string()
+            .into_bytes();
+        line.push(b'\n');
+        self.writer.write_all(&line).await.ok()?;
+        self.writer.flush().await.ok()?;
+        let response = self
+            .find(&format!("response to {id}"), WAIT, |m| {
+                m.get("method").is_none() && m["id"] == id
+            })
+            .await?;
+        Some(match (response.get("result"), response.get("error")) {
+            (Some(result), None) => Ok(result.clone()),
+            _ => Err(response.get("error").cloned().unwrap_or(Value::Null)),
+        })
+    }
+
     /// Calls `method`: its `result`, or its `error` object.
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.send(method, params).await;

@@ -5,6 +5,7 @@ mod cli;
 mod compaction;
 mod confinement;
 mod crash_loop;
+mod crash_points;
 mod daemon;
 mod errors;
 mod fake_server;
