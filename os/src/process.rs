@@ -208,23 +208,67 @@ pub fn kill_pids(pids: &[u32]) {
 pub fn reap(pids: &[u32], limit: Duration) {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let deadline = std::time::Instant::now() + limit;
-    let mut left: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&pid| parent_of(pid) == Some(std::process::id()))
-        .collect();
+    let me = std::process::id();
+    let mut left: Vec<u32> = pids.to_vec();
+    // A killed process's children are reparented to us only once their own parent is gone:
+    // one not yet ours is looked at again until it is, or it is gone from /proc.
     while !left.is_empty() && std::time::Instant::now() < deadline {
         left.retain(|&pid| {
             let Ok(raw) = i32::try_from(pid) else {
                 return false;
             };
-            matches!(
-                waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
-                Ok(WaitStatus::StillAlive)
-            )
+            match parent_of(pid) {
+                None => false,
+                Some(parent) if parent != me => true,
+                Some(_) => matches!(
+                    waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                ),
+            }
         });
         if !left.is_empty() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Our zombie children, for [`reap_lingering`] (from `/proc/self/task/*/children`: only our
+/// own children are looked at, not the whole process table).
+pub fn zombie_children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        out.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .filter(|&pid| stat_field(pid, 0).as_deref() == Some("Z")),
+        );
+    }
+    out
+}
+
+/// Reaps the zombies among `earlier` (from [`zombie_children`] a while ago) that are still
+/// our zombies now, except `keep`: whoever spawned a child reaps it within moments of its
+/// exit, so one that lingers is an adopted orphan nobody waits for.
+pub fn reap_lingering(earlier: &[u32], keep: &[u32]) -> usize {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let now = zombie_children();
+    let mut reaped = 0;
+    for pid in earlier {
+        if keep.contains(pid) || !now.contains(pid) {
+            continue;
+        }
+        if let Ok(raw) = i32::try_from(*pid)
+            && waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)).is_ok()
+        {
+            reaped += 1;
+        }
+    }
+    reaped
 }

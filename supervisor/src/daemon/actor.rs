@@ -227,11 +227,12 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let status = daemon.status_line();
     daemon.notifier.ready(&status);
 
-    let (mut sigterm, mut sigint) = match (
+    let (mut sigterm, mut sigint, mut sigchld) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::child()),
     ) {
-        (Ok(a), Ok(b)) => (a, b),
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         _ => {
             return Err(CliError::Failed(
                 "cannot install signal handlers".to_owned(),
@@ -240,10 +241,26 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Orphans adopted by this subreaper (tool processes of a worker that died) are reaped once
+    // seen as zombies on two ticks in a row; only looked for after a child exited.
+    let mut zombies: Vec<u32> = Vec::new();
+    let mut child_exited = false;
     loop {
         tokio::select! {
             Some(command) = inbox.recv() => daemon.handle(command),
+            _ = sigchld.recv() => child_exited = true,
             _ = tick.tick() => {
+                if child_exited || !zombies.is_empty() {
+                    child_exited = false;
+                    let workers: Vec<u32> = daemon
+                        .table
+                        .live
+                        .values()
+                        .filter_map(|e| e.progress.pid)
+                        .collect();
+                    kugetsu_os::process::reap_lingering(&zombies, &workers);
+                    zombies = kugetsu_os::process::zombie_children();
+                }
                 daemon.schedule();
                 let status = daemon.status_line();
                 daemon.notifier.status(&status);

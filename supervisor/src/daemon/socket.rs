@@ -19,14 +19,27 @@ pub async fn connect(path: &Path) -> std::io::Result<Stream> {
     Stream::connect(name).await
 }
 
-/// Binds the daemon's socket at `path`, mode 0600. Refuses when another daemon answers
-/// there; replaces a stale socket file left by a daemon that died.
+/// How long a socket that still accepts connections is watched before it counts as another
+/// daemon's.
+const LIVE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Binds the daemon's socket at `path`, mode 0600. Refuses when another daemon listens there;
+/// replaces a stale socket file left by a daemon that died.
+///
+/// A daemon killed while it was starting a worker leaves the listening socket open for a
+/// moment in the half-started child (between its fork and its exec, which closes it), so a
+/// socket that accepts a connection is tried again for [`LIVE_CHECK`]: only one that keeps
+/// accepting is another daemon.
 pub async fn bind(path: &Path) -> Result<Listener, CliError> {
-    if connect(path).await.is_ok() {
-        return Err(CliError::Usage(format!(
-            "a kugetsu daemon is already listening on {}",
-            path.display()
-        )));
+    let watched = std::time::Instant::now();
+    while connect(path).await.is_ok() {
+        if watched.elapsed() >= LIVE_CHECK {
+            return Err(CliError::Usage(format!(
+                "a kugetsu daemon is already listening on {}",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)

@@ -343,11 +343,30 @@ pub async fn add_worktree(
     let lock = worktree_lock(repo);
     let _held = lock.lock().await;
     let path_text = path.to_string_lossy();
-    let args = ["worktree", "add", "--quiet", &path_text, "-b", branch, base];
+    // A supervisor killed halfway through an earlier add may have left the branch (git makes
+    // it first), an empty directory, or an admin entry for a directory that is gone. Such a
+    // branch still points at the base (no shadow ran on it): check the worktree out again.
+    if path.is_dir() && std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none()) {
+        let _ = std::fs::remove_dir(path);
+    }
+    let leftover = !path.exists() && branch_exists(repo, branch).await;
+    if leftover {
+        let tip = resolve_commit(repo, branch).await.ok();
+        let base_commit = resolve_commit(repo, base).await.ok();
+        if tip.is_none() || tip != base_commit {
+            return Err(CliError::Failed(format!(
+                "git worktree add failed: a branch named '{branch}' already exists and does                  not point at the task's base"
+            )));
+        }
+        let _ = git(repo, &["worktree", "prune"]).await;
+    }
+    let fresh = ["worktree", "add", "--quiet", &path_text, "-b", branch, base];
+    let again = ["worktree", "add", "--quiet", &path_text, branch];
+    let args: &[&str] = if leftover { &again } else { &fresh };
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
-        let error = match git(repo, &args).await {
+        let error = match git(repo, args).await {
             Ok(_) => break,
             Err(error) => error,
         };
