@@ -286,8 +286,9 @@ fn hermes_python() -> Option<std::path::PathBuf> {
 
 /// A Hermes session in the real hermes-agent package: its plugin manager discovers and loads
 /// the plugin from `$HERMES_HOME/plugins` (enabled in `config.yaml`), the model's tool calls go
-/// through its tool registry, and the session's input queues are what `HermesCLI` hands the
-/// plugin manager (`_cli_ref`), which `ctx.inject_message` writes to. `mode`: `idle` (the agent
+/// through its tool registry, and the session is a real `HermesCLI`, handed to the plugin
+/// manager (`_cli_ref`) as its `run()` does: `ctx.inject_message` writes to its input queues
+/// (`_pending_input` when idle, `_interrupt_queue` mid-turn). `mode`: `idle` (the agent
 /// waits for input), `busy` (mid-turn; this session cancels its task instead of letting it
 /// finish), `gateway` (no CLI: `inject_message` delivers nothing) or `exit` (Hermes exits
 /// while its task runs on).
@@ -300,7 +301,7 @@ async fn hermes_session(
     let plugin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hermes/kugetsu");
     let home = repo.root().join(format!("hermes-{mode}"));
     let program = r#"
-import json, os, queue, sys, threading, time
+import json, os, sys, threading, time
 from pathlib import Path
 plugin, mode, gate, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 home = Path(os.environ["HERMES_HOME"])
@@ -314,13 +315,13 @@ discover_plugins()
 manager = get_plugin_manager()
 loaded = manager._plugins.get("kugetsu")
 assert loaded is not None and loaded.enabled, loaded and loaded.error
-class Cli:
-    def __init__(self, running):
-        self._agent_running = running
-        self._pending_input = queue.Queue()
-        self._interrupt_queue = queue.Queue()
-cli = None if mode == "gateway" else Cli(mode == "busy")
-manager._cli_ref = cli
+cli = None
+if mode != "gateway":
+    from cli import HermesCLI
+    cli = HermesCLI()
+    # What HermesCLI.run() does before its input loop, and what that loop sets during a turn.
+    manager._cli_ref = cli
+    cli._agent_running = mode == "busy"
 submitted = json.loads(registry.dispatch("kugetsu_submit", args))
 task = submitted["task"]
 time.sleep(0.5)
