@@ -471,7 +471,7 @@ def finish_note(event):
     """The note for a `finished` event: one short paragraph for the Hermes session."""
     task = event.get("task") or "?"
     status = event.get("status") or "finished"
-    parts = [f"[kugetsu] Task {task} {status}."]
+    parts = [f"[kugetsu] Task {task} finished: {status}."]
     if status == "completed":
         if _text(event.get("result")):
             # The shadow's words, framed as its report: the note arrives as a user message.
@@ -578,7 +578,7 @@ def _watch(task):
         threading.Thread(
             target=_watch_loop, args=(task, _inject), name=f"kugetsu-watch-{task}", daemon=True
         ).start()
-    except RuntimeError as exc:  # no more threads: the task runs on, without a note
+    except Exception as exc:  # no more threads, say: the task runs on, without a note
         _log.warning("kugetsu: cannot watch task %s: %s", task, exc)
 
 

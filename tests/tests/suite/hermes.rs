@@ -424,7 +424,7 @@ async fn a_submitted_task_ends_with_a_note_in_the_real_hermes_session() {
     assert_eq!(idle["early"], 0, "no note before the task ends: {idle}");
     let note = idle["note"].as_str().unwrap();
     assert!(
-        note.starts_with(&format!("[kugetsu] Task {id} completed.")),
+        note.starts_with(&format!("[kugetsu] Task {id} finished: completed.")),
         "{note}"
     );
     assert!(note.contains("\u{201c}Wrote note.txt.\u{201d}"), "{note}");
@@ -447,7 +447,7 @@ async fn a_submitted_task_ends_with_a_note_in_the_real_hermes_session() {
     let note = busy["note"].as_str().unwrap();
     assert!(
         note.starts_with(&format!(
-            "[kugetsu] Task {id} cancelled. Error: cancelled. Branch: kugetsu/{id}."
+            "[kugetsu] Task {id} finished: cancelled. Error: cancelled. Branch: kugetsu/{id}."
         )),
         "{note}"
     );
