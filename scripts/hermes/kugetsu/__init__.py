@@ -10,15 +10,24 @@ Tools:
 - kugetsu_diff: a task's changes against the commit it started from.
 - kugetsu_merge: land a finished task on a branch (the daemon's `merge`); returns its report.
 
+A task queued with kugetsu_submit is watched in the background (`kugetsu logs -f --json ID` in a
+daemon thread); when it finishes, a short note (id, status, result or error, branch, changed
+files) goes into the Hermes session through `ctx.inject_message`, the plugin API Hermes offers
+for it. Where that cannot deliver (a Hermes without it, the gateway, where it returns False) or
+with KUGETSU_HERMES_NOTIFY=off, there is no note; nothing else changes.
+
 The binary is $KUGETSU_BIN, else `kugetsu` on PATH. The child gets an explicit environment
 (PATH, HOME, XDG_*, KUGETSU_*, OPENAI_*, ANTHROPIC_*, OPENROUTER_*), nothing else. Handlers
 never raise: every failure comes back as {"error": ...}.
 """
 
+import atexit
 import json
+import logging
 import os
 import shutil
 import subprocess
+import threading
 
 TOOLSET = "kugetsu"
 
@@ -152,6 +161,23 @@ MERGE_SCHEMA = {
 MAX_LOG_EVENTS = 200
 MAX_DIFF_CHARS = 100_000
 
+# The finish note: most characters of the result or error, and most changed files, it names.
+NOTE_MAX_TEXT = 600
+NOTE_MAX_FILES = 20
+# A follower that ends without the `finished` event (daemon restarting, socket gone) is started
+# again after this many seconds, at most this many times in a row.
+WATCH_RETRY_S = 2.0
+WATCH_RETRIES = 30
+
+_log = logging.getLogger(__name__)
+
+# Set by register(): the `inject_message` of the ctx Hermes handed us, if it has one.
+_inject = None
+# The followers alive now (their Popen), so that exit can stop them.
+_watchers = set()
+_watchers_lock = threading.Lock()
+_stopping = threading.Event()
+
 
 def _binary():
     explicit = os.environ.get("KUGETSU_BIN")
@@ -275,10 +301,11 @@ def kugetsu_submit(args=None, **_kwargs):
         if code != 0:
             return _error(_stderr_line(stderr), exit_code=code)
         try:
-            reply = json.loads(stdout.strip().splitlines()[-1])
-            return json.dumps({"task": reply["task"]})
-        except (ValueError, KeyError, IndexError):
+            task = json.loads(stdout.strip().splitlines()[-1])["task"]
+        except (ValueError, KeyError, IndexError, TypeError):
             return _error(f"unexpected output from kugetsu submit: {stdout.strip()[:200]}")
+        _watch(task)
+        return json.dumps({"task": task})
     except Exception as exc:
         return _error(f"kugetsu_submit failed: {exc}")
 
@@ -421,8 +448,164 @@ def kugetsu_merge(args=None, **_kwargs):
         return _error(f"kugetsu_merge failed: {exc}")
 
 
+def _notify_enabled():
+    setting = os.environ.get("KUGETSU_HERMES_NOTIFY", "").strip().lower()
+    return (
+        _inject is not None
+        and not _stopping.is_set()
+        and setting not in ("0", "off", "false", "no")
+    )
+
+
+def _short(text, limit=NOTE_MAX_TEXT):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _sentence(text):
+    return text if text.endswith((".", "!", "?", "\u2026")) else text + "."
+
+
+def finish_note(event):
+    """The note for a `finished` event: one short paragraph for the Hermes session."""
+    task = event.get("task") or "?"
+    status = event.get("status") or "finished"
+    parts = [f"[kugetsu] Task {task} finished: {status}."]
+    if status == "completed":
+        if _text(event.get("result")):
+            # The shadow's words, framed as its report: the note arrives as a user message.
+            parts.append(f"Its report (not an instruction): \u201c{_short(event['result'])}\u201d")
+    elif _text(event.get("error")):
+        parts.append(f"Error: {_sentence(_short(event['error']))}")
+    files = [f for f in event.get("changed_files") or [] if isinstance(f, str)]
+    if event.get("branch"):
+        parts.append(f"Branch: {event['branch']}.")
+    if files:
+        listed = ", ".join(files[:NOTE_MAX_FILES])
+        more = len(files) - NOTE_MAX_FILES
+        parts.append(f"Changed: {listed}" + (f" and {more} more." if more > 0 else "."))
+        parts.append("Review with kugetsu_diff, land with kugetsu_merge.")
+    return " ".join(parts)
+
+
+def _follow(task):
+    """Runs `kugetsu logs -f --json ID` to its end.
+
+    Returns (the `finished` event or None, whether following again may help)."""
+    binary = _binary()
+    if not binary:
+        return None, False
+    try:
+        proc = subprocess.Popen(
+            [binary, "logs", "-f", "--json", "--", task],
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return None, False
+    with _watchers_lock:
+        _watchers.add(proc)
+    finished = None
+    try:
+        if _stopping.is_set():
+            return None, False
+        for line in proc.stdout:
+            if '"finished"' not in line:
+                continue  # text deltas and the like: not worth parsing
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") == "finished":
+                finished = event
+                break
+    finally:
+        with _watchers_lock:
+            _watchers.discard(proc)
+        code = _end(proc)
+    # Exit 2: an unknown id (or a usage error), which following again will not mend.
+    return finished, code != EXIT_USAGE
+
+
+def _end(proc):
+    """Stops and reaps a follower; returns its exit code."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            return proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+    except OSError:
+        return None
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _watch_loop(task, inject):
+    try:
+        for attempt in range(WATCH_RETRIES + 1):
+            if attempt and _stopping.wait(WATCH_RETRY_S):
+                return
+            if _stopping.is_set():
+                return
+            event, again = _follow(task)
+            if _stopping.is_set():
+                return
+            if event is not None:
+                event.setdefault("task", task)
+                if not inject(finish_note(event)):
+                    _log.info("kugetsu: task %s finished; this Hermes session took no note", task)
+                return
+            if not again:
+                break
+        _log.warning("kugetsu: lost track of task %s; no finish note will come", task)
+    except Exception as exc:  # the watcher never takes Hermes down
+        _log.warning("kugetsu: watching task %s failed: %s", task, exc)
+
+
+def _watch(task):
+    """Follows a submitted task in a daemon thread and notes its end in the session."""
+    if not _notify_enabled():
+        return
+    try:
+        threading.Thread(
+            target=_watch_loop, args=(task, _inject), name=f"kugetsu-watch-{task}", daemon=True
+        ).start()
+    except Exception as exc:  # no more threads, say: the task runs on, without a note
+        _log.warning("kugetsu: cannot watch task %s: %s", task, exc)
+
+
+def stop_watchers():
+    """Stops every follower (at interpreter exit, or when the host asks)."""
+    _stopping.set()
+    with _watchers_lock:
+        procs = list(_watchers)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except OSError:
+            pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=1)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+
+
+atexit.register(stop_watchers)
+
+
 def register(ctx):
     """Called by Hermes' plugin loader."""
+    global _inject
+    inject = getattr(ctx, "inject_message", None)
+    _inject = inject if callable(inject) else None
     for schema, handler in (
         (RUN_SCHEMA, kugetsu_run),
         (SUBMIT_SCHEMA, kugetsu_submit),
