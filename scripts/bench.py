@@ -25,13 +25,13 @@ FULL = dict(launch_runs=30, idle_copies=20, many=200, kills=15, cpu_shadows=100,
             spreads=(20, 200), stream_shadows=200, stream_warmup=2.0, stream_window=10.0,
             subscribers=3, stalled_bytes=3 << 20, stalled_time=120.0, stalled_rss_cap=4 << 30,
             peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0,
-            governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0)
+            governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0, chaos_kills=1000)
 SMOKE = dict(launch_runs=3, idle_copies=3, many=5, kills=2, cpu_shadows=3, cpu_window=1.0,
              journal=50, daemon_many=5, many_window=1.0, ps_runs=1, many_settle=20,
              spreads=(3, 5), stream_shadows=5, stream_warmup=0.5, stream_window=1.0,
              subscribers=3, stalled_bytes=256 << 10, stalled_time=15.0, stalled_rss_cap=1 << 30,
              peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3,
-             governor=((3, 600, 4),), governor_timeout=60.0)
+             governor=((3, 600, 4),), governor_timeout=60.0, chaos_kills=5)
 
 
 class Ctx:
@@ -327,6 +327,34 @@ def groups(s, r):
     ]
 
 
+def bench_chaos(kills):
+    """scripts/chaos with the release binaries: its JSON summary."""
+    out = subprocess.run([os.path.join(ROOT, "scripts", "chaos"), "--kills", str(kills), "--json",
+                          "--bin", REL], capture_output=True, text=True, timeout=3600)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"scripts/chaos printed no summary: {out.stderr[-500:]}")
+    return json.loads(lines[-1])
+
+
+def chaos_block(c):
+    out = ["\n## Chaos soak\n",
+           "`scripts/chaos` on the release binaries: tasks of three shell calls on a daemon "
+           "(max_shadows 8) while a killer SIGKILLs a random running worker every 0.1 s, and the "
+           "daemon itself for 5% of the kills (restarted on the same state). Checked: every "
+           "accepted task finished exactly once and completed, no step ran twice, journals read "
+           "back, tool_start/tool_end pair up, no process left after the daemon stopped, no zombie "
+           "left unreaped.\n"]
+    if c is None:
+        return out + ["not measured"]
+    if isinstance(c, Failed):
+        return out + [f"**error**: {c.error}"]
+    verdict = "all invariants held" if not c["violations"] else (
+        f"**{len(c['violations'])} violations**: " + "; ".join(c["violations"][:5]).replace("|", "/"))
+    return out + [f"{c['kills']} kills ({c['daemon_kills']} of the daemon) over {c['seconds']:.0f} s, "
+                  f"{c['tasks']} tasks, seed {c['seed']}: {verdict}."]
+
+
 def governor_block(runs):
     """The governor section: the same fleet on one rate-limited key, with and without it."""
     out = ["\n## Governor\n",
@@ -376,6 +404,7 @@ def report(ctx, s, r):
            "| what | budget | measured | how |\n|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out += governor_block(r.get("governor"))
+    out += chaos_block(r.get("chaos"))
     if isinstance(r["peers"], Failed):
         out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
         return "\n".join(out) + "\n"
@@ -412,7 +441,7 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
     ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
-    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "peers"],
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "chaos", "peers"],
                     help="run one daemon or peers part and print its raw figures as JSON")
     args = ap.parse_args()
     smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
@@ -449,6 +478,7 @@ def main():
         ("governor", "governor", lambda: [
             bench_daemon.bench_governor(ctx, n, rpm, burst, governed, s["governor_timeout"])
             for n, rpm, burst in s["governor"] for governed in (True, False)]),
+        ("chaos", "chaos", lambda: bench_chaos(s["chaos_kills"])),
         ("peers", "peers", lambda: bench_peers.run_peers(
             ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
     ]
