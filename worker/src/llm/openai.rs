@@ -107,11 +107,19 @@ struct ChatRequest<'a> {
     max_completion_tokens: Option<u32>,
     stream: bool,
     stream_options: StreamOptions,
+    /// OpenRouter's usage accounting: the last chunk then carries `usage.cost`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageAccounting>,
 }
 
 #[derive(Debug, Serialize)]
 struct StreamOptions {
     include_usage: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct UsageAccounting {
+    include: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,6 +194,7 @@ impl<'a> ChatRequest<'a> {
             stream_options: StreamOptions {
                 include_usage: true,
             },
+            usage: (kind == ProviderKind::OpenRouter).then_some(UsageAccounting { include: true }),
         }
     }
 }
@@ -314,6 +323,11 @@ mod tests {
             serde_json::to_value(ChatRequest::new("q", ProviderKind::Ollama, &request)).unwrap();
         assert_eq!(ollama["max_tokens"], 100);
         assert!(ollama.get("max_completion_tokens").is_none());
+        assert!(ollama.get("usage").is_none());
+        let openrouter =
+            serde_json::to_value(ChatRequest::new("q", ProviderKind::OpenRouter, &request))
+                .unwrap();
+        assert_eq!(openrouter["usage"], json!({"include": true}));
     }
 
     #[test]

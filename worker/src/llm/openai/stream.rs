@@ -421,6 +421,22 @@ mod tests {
     }
 
     #[test]
+    fn openrouters_own_cost_is_kept_and_nonsense_is_not() {
+        let stream = |cost: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"hi\"}},\"finish_reason\":\"stop\"}}]}}\n\n\
+                 data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":2,\"cost\":{cost}}}}}\n\n\
+                 data: [DONE]\n\n"
+            )
+        };
+        let usage = |cost: &str| decode(&[stream(cost).as_bytes()]).0.unwrap().usage;
+        assert_eq!(usage("0.00042").cost_usd, Some(0.00042));
+        assert_eq!(usage("-1").cost_usd, None);
+        assert_eq!(usage("null").cost_usd, None);
+        assert_eq!(usage("0.00042").input_tokens, 10);
+    }
+
+    #[test]
     fn calls_without_index_follow_their_ids() {
         let stream = concat!(
             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"id\":\"a\",\"function\":{\"name\":\"ls\",\"arguments\":\"{\"}}]}}]}\n\n",
