@@ -370,6 +370,11 @@ pub async fn add_worktree(
             Ok(_) => break,
             Err(error) => error,
         };
+        // A `worktree add` of a supervisor killed a moment ago may still have been running
+        // (it finishes on its own) and made this very worktree: that one is as good as ours.
+        if made_for(repo, path, branch).await {
+            break;
+        }
         let untouched = !path.exists() && !branch_exists(repo, branch).await;
         if attempt >= 4 || !untouched {
             return Err(CliError::Failed(format!(
@@ -383,6 +388,19 @@ pub async fn add_worktree(
         .await
         .map(drop)
         .map_err(CliError::Failed)
+}
+
+/// Whether `path` is a registered worktree of `repo` checked out on `branch` (read from its
+/// admin files, nothing run inside it).
+async fn made_for(repo: &Path, path: &Path, branch: &str) -> bool {
+    if !path.join(".git").is_file() {
+        return false;
+    }
+    let Ok(worktree) = Worktree::open(repo, path).await else {
+        return false;
+    };
+    std::fs::read_to_string(worktree.admin.join("HEAD"))
+        .is_ok_and(|head| head.trim_end() == format!("ref: refs/heads/{branch}"))
 }
 
 async fn branch_exists(repo: &Path, branch: &str) -> bool {
