@@ -28,11 +28,20 @@ use kugetsu_protocol::error_chain;
 
 /// Output token budget of one assistant turn.
 const MAX_OUTPUT_TOKENS: u32 = 8192;
-/// Marks an error string that is a budget pause, not a failure.
-const PAUSED: &str = "\u{0}paused:";
-
 /// How often a request that overflowed the context is pruned and retried.
 const OVERFLOW_RETRIES: u32 = 2;
+
+/// Why the loop stopped early: an error, or a budget that the next request would pass.
+enum Stop {
+    Failed(String),
+    Paused(String),
+}
+
+impl From<String> for Stop {
+    fn from(error: String) -> Stop {
+        Stop::Failed(error)
+    }
+}
 
 /// How the loop itself ended.
 enum LoopEnd {
@@ -263,10 +272,8 @@ async fn agent_loop(
 ) -> LoopEnd {
     match agent_turns(task, outbox, control, session, running).await {
         Ok(end) => end,
-        Err(error) => match error.strip_prefix(PAUSED) {
-            Some(reason) => LoopEnd::Paused(reason.to_owned()),
-            None => LoopEnd::Failed(error),
-        },
+        Err(Stop::Failed(error)) => LoopEnd::Failed(error),
+        Err(Stop::Paused(reason)) => LoopEnd::Paused(reason),
     }
 }
 
@@ -276,7 +283,7 @@ async fn agent_turns(
     control: &mut Control,
     session: &mut Session,
     running: &mut RunningTool,
-) -> Result<LoopEnd, String> {
+) -> Result<LoopEnd, Stop> {
     let mut setup = setup(task, &control.gate)?;
     let mut compactor = Compactor::default();
     let journal_err = |e: crate::session::JournalError| error_chain(&e);
@@ -343,7 +350,7 @@ async fn ask_model(
     control: &mut Control,
     session: &mut Session,
     setup: &mut Setup,
-) -> Result<crate::llm::Completion, String> {
+) -> Result<crate::llm::Completion, Stop> {
     let mut attempt = 0;
     loop {
         control.phase.send_replace(Phase::WaitingModel);
@@ -372,12 +379,12 @@ async fn ask_model(
                 let target =
                     (setup.budget.window as f64 * context::PRUNE_TO / f64::from(attempt)) as u64;
                 if !prune_now(outbox, session, setup, target)? {
-                    return Err(overflow_error(&e));
+                    return Err(overflow_error(&e).into());
                 }
             }
-            Err(e) if e.is_context_overflow() => return Err(overflow_error(&e)),
-            Err(LlmError::Paused(reason)) => return Err(format!("{PAUSED}{reason}")),
-            Err(e) => return Err(format!("model request failed: {}", error_chain(&e))),
+            Err(e) if e.is_context_overflow() => return Err(overflow_error(&e).into()),
+            Err(LlmError::Paused(reason)) => return Err(Stop::Paused(reason)),
+            Err(e) => return Err(format!("model request failed: {}", error_chain(&e)).into()),
         }
     }
 }
