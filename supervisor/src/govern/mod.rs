@@ -710,6 +710,7 @@ impl Governor {
             request,
             deadline,
             charged: None,
+            waited: false,
             done: false,
         }
     }
@@ -760,6 +761,8 @@ pub struct Ticket {
     deadline: Option<Instant>,
     /// When this ticket's reservation is covered, once it made one.
     charged: Option<Instant>,
+    /// Whether it had to wait.
+    waited: bool,
     done: bool,
 }
 
@@ -790,13 +793,14 @@ impl Ticket {
             Poll::Ready(_) => {
                 self.done = true;
                 state.waiting.remove(&self.task);
-                if let Some(account) = state.accounts.get_mut(&self.request.account)
-                    && self.charged.is_some_and(|at| at > now)
+                if self.waited
+                    && let Some(account) = state.accounts.get_mut(&self.request.account)
                 {
                     account.stats.waited += 1;
                 }
             }
             Poll::Wait { reason, .. } => {
+                self.waited = true;
                 state.waiting.insert(self.task.clone(), reason.clone());
             }
         }
@@ -836,5 +840,166 @@ impl Drop for Ticket {
         {
             account.uncharge(Charge::of(&self.request), Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: u64) -> PermitRequest {
+        PermitRequest {
+            id,
+            provider: "openai".to_owned(),
+            account: "openai http://x key:1".to_owned(),
+            input_tokens: 100,
+            max_output_tokens: 1000,
+        }
+    }
+
+    fn state(settings: Settings) -> State {
+        State::new(settings, None)
+    }
+
+    fn on() -> Settings {
+        Settings {
+            enabled: true,
+            ..Settings::default()
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> RateHeaders {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn poll(s: &mut State, id: u64, deadline: Option<Instant>, now: Instant) -> Poll {
+        let mut charged = None;
+        s.poll(
+            "t",
+            &request(id),
+            deadline,
+            &mut charged,
+            now,
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn the_first_request_goes_alone_until_its_headers_arrive() {
+        let mut s = state(on());
+        let t0 = Instant::now();
+        assert_eq!(poll(&mut s, 1, None, t0), Poll::Ready(Answer::Grant));
+        assert!(matches!(poll(&mut s, 2, None, t0), Poll::Wait { .. }));
+        s.head(
+            "t",
+            1,
+            200,
+            &headers(&[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "59"),
+            ]),
+            t0,
+        );
+        assert_eq!(poll(&mut s, 2, None, t0), Poll::Ready(Answer::Grant));
+    }
+
+    #[test]
+    fn a_429_holds_the_whole_account_and_a_wait_past_the_deadline_is_refused() {
+        let mut s = state(on());
+        let t0 = Instant::now();
+        assert_eq!(poll(&mut s, 1, None, t0), Poll::Ready(Answer::Grant));
+        s.head("t", 1, 429, &headers(&[("retry-after", "30")]), t0);
+        s.end("t", 1, None, t0);
+        let Poll::Wait {
+            until,
+            reason,
+            rate_limited,
+        } = poll(&mut s, 2, None, t0)
+        else {
+            panic!("not held");
+        };
+        assert!(
+            rate_limited && reason.contains("retry-after 30.0 s"),
+            "{reason}"
+        );
+        assert_eq!(until, t0 + Duration::from_secs(30));
+        let Poll::Ready(Answer::Deny {
+            reason,
+            pause: false,
+        }) = poll(&mut s, 3, Some(t0 + Duration::from_secs(10)), t0)
+        else {
+            panic!("a wait past the deadline was not refused");
+        };
+        assert!(reason.contains("past the task's deadline"), "{reason}");
+        let stats = s
+            .accounts
+            .values()
+            .next()
+            .map(|a| a.stats)
+            .unwrap_or_default();
+        assert_eq!((stats.granted, stats.throttled), (1, 1));
+        // Once the hold is over the account is open again, at half its concurrency.
+        assert_eq!(
+            poll(&mut s, 4, None, t0 + Duration::from_secs(31)),
+            Poll::Ready(Answer::Grant)
+        );
+    }
+
+    #[test]
+    fn requests_line_up_at_the_rate_the_headers_give() {
+        let mut s = state(on());
+        let t0 = Instant::now();
+        assert_eq!(poll(&mut s, 1, None, t0), Poll::Ready(Answer::Grant));
+        // One a second, none left.
+        s.head(
+            "t",
+            1,
+            200,
+            &headers(&[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "0"),
+            ]),
+            t0,
+        );
+        let waits: Vec<Duration> = (2..5)
+            .map(|id| match poll(&mut s, id, None, t0) {
+                Poll::Wait { until, .. } => until - t0,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        for (i, wait) in waits.iter().enumerate() {
+            let expected = (i + 1) as f64;
+            assert!((wait.as_secs_f64() - expected).abs() < 1e-3, "{waits:?}");
+        }
+    }
+
+    #[test]
+    fn the_daily_budget_holds_requests_until_it_is_raised() {
+        let mut settings = Settings::default();
+        settings.daily_tokens = Some(1000);
+        let mut s = state(settings.clone());
+        let t0 = Instant::now();
+        assert_eq!(poll(&mut s, 1, None, t0), Poll::Ready(Answer::Grant));
+        let usage = Usage {
+            input_tokens: 900,
+            output_tokens: 200,
+            cost_usd: None,
+        };
+        s.end("t", 1, Some(usage), t0);
+        let Poll::Wait {
+            reason,
+            rate_limited: false,
+            ..
+        } = poll(&mut s, 2, None, t0)
+        else {
+            panic!("not held by the daily budget");
+        };
+        assert!(reason.contains("daily budget of 1000 tokens"), "{reason}");
+        settings.daily_tokens = Some(5000);
+        s.settings = settings;
+        assert_eq!(poll(&mut s, 2, None, t0), Poll::Ready(Answer::Grant));
     }
 }
