@@ -978,8 +978,10 @@ mod tests {
 
     #[test]
     fn the_daily_budget_holds_requests_until_it_is_raised() {
-        let mut settings = Settings::default();
-        settings.daily_tokens = Some(1000);
+        let mut settings = Settings {
+            daily_tokens: Some(1000),
+            ..Settings::default()
+        };
         let mut s = state(settings.clone());
         let t0 = Instant::now();
         assert_eq!(poll(&mut s, 1, None, t0), Poll::Ready(Answer::Grant));
