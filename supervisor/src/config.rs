@@ -16,6 +16,12 @@ pub const DEFAULT_MAX_SHADOWS: u32 = 20;
 pub const DEFAULT_QUEUE_CAPACITY: u32 = 1000;
 /// Default per-shadow memory limit: 512 MiB.
 pub const DEFAULT_MEM_LIMIT: u64 = 512 * 1024 * 1024;
+/// Smallest `mem_limit` accepted: a worker alone needs some tens of MiB.
+pub const MIN_MEM_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest `mem_limit` accepted: 1 PiB, more than any single host has. Limits between the
+/// host's memory and this are accepted, and such a task waits with the reason shown in `ps`
+/// and `show` (a config may be shared by hosts of different sizes).
+pub const MAX_MEM_LIMIT: u64 = 1 << 50;
 /// Default restarts allowed within the restart window.
 pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// Default turn budget of a task.
@@ -202,9 +208,13 @@ impl Config {
             .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
         let mem_limit = match file.mem_limit {
             None => None,
-            Some(SizeValue::Bytes(n)) => Some(n),
+            Some(SizeValue::Bytes(n)) => Some(
+                check_mem_limit(n)
+                    .map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
+            ),
             Some(SizeValue::Text(t)) => Some(
-                parse_size(&t).map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
+                parse_mem_limit(&t)
+                    .map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
             ),
         };
         let sandbox = match &file.sandbox {
@@ -263,8 +273,47 @@ impl Config {
                     .map_err(|e| CliError::Usage(format!("{origin}: task_retention: {e}")))?,
             },
         };
+        config
+            .check_counts()
+            .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         config.apply_env(env)?;
+        config.check_counts().map_err(CliError::Usage)?;
         Ok(config)
+    }
+
+    /// Refuses counts that would leave the daemon unable to do anything, naming the key.
+    fn check_counts(&self) -> Result<(), String> {
+        for (key, value, why) in [
+            (
+                "max_shadows",
+                u64::from(self.max_shadows),
+                "no task could ever run",
+            ),
+            (
+                "queue_capacity",
+                u64::from(self.queue_capacity),
+                "every submission would be refused",
+            ),
+            (
+                "max_turns",
+                u64::from(self.max_turns),
+                "no task could take a turn",
+            ),
+            ("pids_limit", self.pids_limit, "no tool could start"),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} = 0 is refused: {why} (at least 1)"));
+            }
+        }
+        if let Some(window) = self.context_window
+            && window < MIN_CONTEXT_WINDOW
+        {
+            return Err(format!(
+                "context_window = {window} is refused: a prompt alone needs more (at least \
+                 {MIN_CONTEXT_WINDOW} tokens)"
+            ));
+        }
+        Ok(())
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
@@ -288,7 +337,7 @@ impl Config {
             self.queue_capacity = number("KUGETSU_QUEUE_CAPACITY", &v)?;
         }
         if let Some(v) = get("KUGETSU_MEM_LIMIT") {
-            self.mem_limit = parse_size(&v)
+            self.mem_limit = parse_mem_limit(&v)
                 .map_err(|e| CliError::Usage(format!("KUGETSU_MEM_LIMIT={v:?}: {e}")))?;
         }
         if let Some(v) = get("KUGETSU_MAX_RESTARTS") {
@@ -557,6 +606,32 @@ pub fn socket_path(
     }
 }
 
+/// Smallest `context_window` accepted, in tokens.
+pub const MIN_CONTEXT_WINDOW: u64 = 1024;
+
+/// Parses a `mem_limit` (a size, see [`parse_size`]) within
+/// [`MIN_MEM_LIMIT`]..=[`MAX_MEM_LIMIT`].
+pub fn parse_mem_limit(text: &str) -> Result<u64, String> {
+    check_mem_limit(parse_size(text)?)
+}
+
+/// Checks a `mem_limit` in bytes against [`MIN_MEM_LIMIT`]..=[`MAX_MEM_LIMIT`].
+pub fn check_mem_limit(bytes: u64) -> Result<u64, String> {
+    if bytes < MIN_MEM_LIMIT {
+        return Err(format!(
+            "{bytes} bytes is too small: a worker alone needs more (at least {} MiB)",
+            MIN_MEM_LIMIT >> 20
+        ));
+    }
+    if bytes > MAX_MEM_LIMIT {
+        return Err(format!(
+            "{bytes} bytes is more than any host has (at most {} TiB)",
+            MAX_MEM_LIMIT >> 40
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Parses a size such as `512MiB`, `512M`, `1.5G`, `1GiB`, `4096` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -630,6 +705,61 @@ mod tests {
                 .starts_with("KUGETSU_STREAM_TIMEOUT=\"0\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_the_key_named() {
+        assert_eq!(parse_mem_limit("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_mem_limit("64TiB"), Ok(64 << 40));
+        for bad in [
+            "18446744073709551615",
+            "18446744073709551614",
+            "2048TiB",
+            "1k",
+            "1",
+        ] {
+            assert!(parse_mem_limit(bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_mem_limit(u64::MAX)
+                .unwrap_err()
+                .contains("more than any host")
+        );
+        let dir =
+            std::env::temp_dir().join(format!("kugetsu-config-absurd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for (text, key) in [
+            ("max_shadows = 0\n", "max_shadows"),
+            ("queue_capacity = 0\n", "queue_capacity"),
+            ("max_turns = 0\n", "max_turns"),
+            ("pids_limit = 0\n", "pids_limit"),
+            ("context_window = 3\n", "context_window"),
+            ("mem_limit = 9223372036854775807\n", "mem_limit"),
+            ("mem_limit = \"18446744073709551615\"\n", "mem_limit"),
+            ("mem_limit = 1\n", "mem_limit"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(Some(&path), &|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{text}: {error}");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
+        std::fs::write(&path, "").unwrap();
+        for (var, key) in [
+            ("KUGETSU_MAX_SHADOWS", "max_shadows"),
+            ("KUGETSU_QUEUE_CAPACITY", "queue_capacity"),
+            ("KUGETSU_MAX_TURNS", "max_turns"),
+        ] {
+            let env = |k: &str| (k == var).then(|| "0".to_owned());
+            let error = Config::load(Some(&path), &env).unwrap_err().to_string();
+            assert!(error.contains(key), "{var}: {error}");
+        }
+        let env = |k: &str| (k == "KUGETSU_MEM_LIMIT").then(|| "99999TiB".to_owned());
+        let error = Config::load(Some(&path), &env).unwrap_err().to_string();
+        assert!(error.contains("KUGETSU_MEM_LIMIT"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -398,6 +398,16 @@ async fn resume(
         )
     };
     let prepared = match prepare::reopen(&params.task, &state, &config, &env, budget)
+    if let Some(limit) = params.mem_limit {
+        crate::config::check_mem_limit(limit)
+            .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("mem_limit: {e}")))?;
+    }
+    if params.max_turns == Some(0) {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            "max_turns must be at least 1".to_owned(),
+        ));
+    }
         .await
         .map_err(|e| RpcError::from_cli(&e))?
     {
