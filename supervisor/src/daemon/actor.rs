@@ -500,12 +500,10 @@ impl Daemon {
             };
             if limit.saturating_add(MEMORY_RESERVE) > snapshot.total {
                 if self.warned_impossible.insert(id.clone()) {
-                    eprintln!(
-                        "kugetsu: holding queued tasks: task {id} needs {} MiB + {} MiB reserve and this host has {} MiB in all; it waits until cancelled",
-                        limit >> 20,
-                        MEMORY_RESERVE >> 20,
-                        snapshot.total >> 20
-                    );
+                    eprintln!("kugetsu: holding queued tasks: task {id} {reason}");
+                }
+                if let Some(entry) = self.table.live.get_mut(&id) {
+                    entry.held = Some(reason);
                 }
                 impossible.push(id);
                 continue;
@@ -535,6 +533,12 @@ impl Daemon {
     fn start(&mut self, id: &str) {
         let Some(entry) = self.table.live.get_mut(id) else {
             return;
+                let reason = format!(
+                    "can never start here: mem_limit {} MiB + {} MiB reserve exceeds this host's {} MiB in all; cancel it or resubmit with a smaller --mem-limit",
+                    limit >> 20,
+                    MEMORY_RESERVE >> 20,
+                    snapshot.total >> 20
+                );
         };
         let (control, mut controls) = mpsc::unbounded_channel();
         for text in entry.pending_steers.drain(..) {
@@ -546,6 +550,9 @@ impl Daemon {
         let resume = entry.resume;
         let fleet = Fleet {
             sampler: self.sampler.clone(),
+            if let Some(entry) = self.table.live.get_mut(&id) {
+                entry.held = None;
+            }
             governor: self.governor.clone(),
         };
         let commands = self.commands.clone();

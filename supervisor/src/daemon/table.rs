@@ -36,6 +36,9 @@ pub struct Entry {
     pub control: Option<mpsc::UnboundedSender<ShadowControl>>,
     /// Steers that arrived while the task was queued.
     pub pending_steers: Vec<String>,
+    /// Why the scheduler holds this queued task aside for good (it can never be admitted
+    /// here, e.g. its `mem_limit` exceeds the host's memory); shown as `waiting`.
+    pub held: Option<String>,
 }
 
 impl Entry {
@@ -48,6 +51,7 @@ impl Entry {
             progress,
             control: None,
             pending_steers: Vec::new(),
+            held: None,
         }
     }
 
@@ -70,7 +74,9 @@ impl Entry {
                     summary.waiting = Some(reason);
                 }
             }
-            TaskStatus::Queued => summary.waiting = governor.daily_spent(),
+            TaskStatus::Queued => {
+                summary.waiting = self.held.clone().or_else(|| governor.daily_spent());
+            }
             _ => {}
         }
         summary

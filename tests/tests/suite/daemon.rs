@@ -262,6 +262,40 @@ async fn daemon_holds_a_task_the_host_has_no_memory_for() {
         .await;
     let tasks = daemon.ps().await;
     assert_eq!(with_status(&tasks, "queued"), [huge.as_str()], "{tasks:#?}");
+    // It says why, in `ps` (its summary and the table) and in `show`.
+    let waiting = tasks[0]["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("can never start here") && waiting.contains("mem_limit"),
+        "{tasks:#?}"
+    );
+    let ps = daemon.cli(["ps"]).await;
+    ps.assert_code(0);
+    assert!(
+        ps.stdout
+            .contains(&format!("queued task {huge} can never start here")),
+        "{}",
+        ps.stdout
+    );
+    let show = daemon.cli(["show", &huge]).await;
+    show.assert_code(0);
+    assert!(
+        show.stdout.contains("waiting   can never start here"),
+        "{}",
+        show.stdout
+    );
+    // An absurd limit is refused at once, naming it.
+    let refused = daemon
+        .cli([
+            "submit",
+            "-m",
+            &quick,
+            "--mem-limit",
+            "18446744073709551615",
+            "No.",
+        ])
+        .await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--mem-limit"), "{}", refused.stderr);
 
     daemon.kill9().await;
     let mark = daemon.stderr_mark();
