@@ -566,6 +566,64 @@ async fn daemon_kills_a_tool_over_mem_limit_and_the_task_still_completes() {
     );
 }
 
+/// Many sleeping tool processes share nearly all their pages: counted by PSS they fit a
+/// modest limit, though their RSS summed per process is far over it (issue 13: 500 sleeps were
+/// counted as 585 MiB and killed). Neither the worker's watch nor the supervisor's sampler
+/// kills them.
+#[tokio::test]
+async fn daemon_counts_shared_pages_of_many_sleeping_tools_once() {
+    const SLEEPERS: usize = 300;
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo)
+        .config("mem_limit = \"256MiB\"\n")
+        .start()
+        .await;
+    // The sleeps end by themselves: long enough for many samples of both the worker (every
+    // 100 ms) and the supervisor (every 500 ms), short enough for a test.
+    let model = Script::new()
+        .bash(
+            "Sleeping in crowds.",
+            &format!("for i in $(seq {SLEEPERS}); do sleep 8.5353 & done; wait; echo all slept"),
+        )
+        .text("Done.")
+        .write(&repo.root().join("scripts/crowd.json"));
+    let id = daemon.submit(&["-m", &model], "Sleep a lot.").await;
+    let deadline = Instant::now() + WAIT;
+    let sleepers = || {
+        procs::matching("sleep 8.5353")
+            .into_iter()
+            .filter(|p| p.cmdline == "sleep 8.5353")
+            .collect::<Vec<_>>()
+    };
+    while sleepers().len() < SLEEPERS {
+        assert!(Instant::now() < deadline, "{}", daemon.context(Some(&id)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The test means something only if the per-process RSS sum is over the limit.
+    let rss: u64 = sleepers()
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/statm", p.pid)).ok())
+        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 4096;
+    assert!(
+        rss > 256 * MIB,
+        "{SLEEPERS} sleeps have only {} MiB of RSS",
+        rss / MIB
+    );
+    let events = daemon.wait_finished(&id, WAIT).await;
+    procs::wait_until_gone("8.5353", Duration::from_secs(10)).await;
+    assert!(
+        events.of_type("memory_limit").is_empty(),
+        "RSS {} MiB: {events:?}",
+        rss / MIB
+    );
+    let bash = events.tool_end_of("bash", 0);
+    assert_eq!(bash["ok"], true, "{bash}");
+    assert!(str_of(bash, "output").contains("all slept"), "{bash}");
+    assert_eq!(events.status(), "completed", "{events:?}");
+}
+
 // 5. Containment: processes that leave the tool's process group and session.
 #[tokio::test]
 async fn daemon_leaves_no_setsid_escapee_behind_after_finish_or_cancel() {
