@@ -889,6 +889,94 @@ async fn daemon_answers_bad_input_with_json_rpc_errors_and_never_dies() {
     assert!(rpc.call("list", json!({})).await.unwrap()["tasks"].is_array());
 }
 
+/// Queued tasks whose `task.json` was damaged, removed or forged (an `id` of `../../..`)
+/// while the daemon was down are not dropped silently: the log names each and its file, and
+/// each ends `failed` with the reason in its own events, shown by `ps` and `show` — also after
+/// another restart. The rest of the queue runs.
+#[tokio::test]
+async fn daemon_reports_damaged_records_of_queued_tasks_and_runs_the_rest() {
+    let repo = TestRepo::new();
+    let mut daemon = Daemon::builder(&repo)
+        .config("max_shadows = 1\n")
+        .start()
+        .await;
+    let gate = Gate::new(repo.root(), "gate");
+    let blocker = blocker_model(&repo, &gate, "blocker");
+    let quick = bash_model(&repo, "quick", "echo quick");
+    let mut events = daemon.subscribe_all().await;
+    let first = daemon.submit(&["-m", &blocker], "Hold the pool.").await;
+    wait_tasks(&mut events, "started", 1, std::slice::from_ref(&first)).await;
+    let garbled = daemon.submit(&["-m", &quick], "garbled").await;
+    let missing = daemon.submit(&["-m", &quick], "missing").await;
+    let forged = daemon.submit(&["-m", &quick], "forged").await;
+    let fine = daemon.submit(&["-m", &quick], "fine").await;
+    drop(events);
+    daemon.kill9().await;
+
+    let tasks_dir = daemon.state_dir().join("tasks");
+    let record = |id: &str| tasks_dir.join(id).join("task.json");
+    std::fs::write(record(&garbled), b"{\"id\": \"trunc").unwrap();
+    std::fs::remove_file(record(&missing)).unwrap();
+    let mut claimed: Value =
+        serde_json::from_slice(&std::fs::read(record(&forged)).unwrap()).unwrap();
+    claimed["id"] = json!("../../..");
+    std::fs::write(record(&forged), claimed.to_string()).unwrap();
+
+    let mark = daemon.stderr_mark();
+    daemon.restart().await;
+    let log = daemon.stderr()[mark..].to_owned();
+    for id in [&garbled, &missing, &forged] {
+        assert!(
+            log.contains(&format!("queued task {id}")),
+            "{id} not reported:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(&record(&forged).display().to_string()) && log.contains("../../.."),
+        "{log}"
+    );
+    assert!(
+        log.contains(&record(&garbled).display().to_string()),
+        "{log}"
+    );
+    gate.open();
+    assert_eq!(
+        daemon.wait_finished(&fine, WAIT).await.status(),
+        "completed"
+    );
+    assert_eq!(
+        daemon.wait_finished(&first, WAIT).await.status(),
+        "completed"
+    );
+    for round in ["after the restart", "after one more"] {
+        let tasks = daemon.ps().await;
+        let failed = with_status(&tasks, "failed");
+        for id in [&garbled, &missing, &forged] {
+            assert!(failed.contains(&id.as_str()), "{round}: {id}: {tasks:#?}");
+            let task = tasks.iter().find(|t| t["id"] == **id).unwrap();
+            let error = task["error"].as_str().unwrap_or_default();
+            assert!(error.contains("damaged task record"), "{round}: {task}");
+        }
+        let show = daemon.cli(["show", &forged]).await;
+        show.assert_code(0);
+        assert!(show.stdout.contains("../../.."), "{round}: {}", show.stdout);
+        let events = std::fs::read_to_string(
+            daemon
+                .state_dir()
+                .join("tasks")
+                .join(&garbled)
+                .join("events.jsonl"),
+        )
+        .unwrap();
+        let last: Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+        assert_eq!(last["type"], "finished", "{last}");
+        assert_eq!(last["status"], "failed", "{last}");
+        daemon.kill9().await;
+        daemon.restart().await;
+    }
+    daemon.assert_alive();
+}
+
 // 9. Clients.
 #[tokio::test]
 async fn daemon_clients_without_a_daemon_exit_2_with_one_line() {
