@@ -164,12 +164,16 @@ async fn read_requests(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let work = match parse(&line) {
-            Ok((id, call)) => tokio::spawn(serve_call(id, call, daemon.clone(), state.clone())),
-            Err((id, error)) => {
-                let ready = answer(id, Err(error));
+        let work = match serde_json::from_slice::<Value>(&line) {
+            Err(e) => {
+                let error = RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}"));
+                let ready = answer(Some(Value::Null), Err(error));
                 tokio::spawn(async { ready })
             }
+            Ok(Value::Array(batch)) => {
+                tokio::spawn(serve_batch(batch, daemon.clone(), state.clone()))
+            }
+            Ok(value) => start(value, daemon, state),
         };
         if pending.send(work).await.is_err() {
             break;
@@ -179,14 +183,91 @@ async fn read_requests(
     let _ = responder.await;
 }
 
-/// Decodes one request line; on failure, the id to answer with and the error.
-fn parse(line: &[u8]) -> Result<(Option<Value>, Call), (Option<Value>, RpcError)> {
-    let value = serde_json::from_slice::<Value>(line).map_err(|e| {
-        (
+/// Starts serving one request (or answers at once why it is not one).
+fn start(
+    value: Value,
+    daemon: &mpsc::UnboundedSender<Command>,
+    state: &StateDir,
+) -> JoinHandle<Answer> {
+    match parse(value) {
+        Ok((id, call)) => tokio::spawn(serve_call(id, call, daemon.clone(), state.clone())),
+        Err((id, error)) => {
+            let ready = answer(id, Err(error));
+            tokio::spawn(async { ready })
+        }
+    }
+}
+
+/// Serves a JSON-RPC batch: its requests run concurrently and their responses go out as one
+/// array line, in the batch's order (notifications leave no entry; a batch of notifications
+/// only gets no line at all). An empty batch, or one over [`rpc::MAX_BATCH`], gets one
+/// Invalid Request error. `subscribe` is refused inside a batch: its events could not follow
+/// a response that is part of an array.
+async fn serve_batch(
+    batch: Vec<Value>,
+    daemon: mpsc::UnboundedSender<Command>,
+    state: StateDir,
+) -> Answer {
+    if batch.is_empty() || batch.len() > rpc::MAX_BATCH {
+        let why = if batch.is_empty() {
+            "empty batch".to_owned()
+        } else {
+            format!(
+                "batch of {} requests (at most {})",
+                batch.len(),
+                rpc::MAX_BATCH
+            )
+        };
+        return answer(
             Some(Value::Null),
-            RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}")),
-        )
-    })?;
+            Err(RpcError::new(rpc::INVALID_REQUEST, why)),
+        );
+    }
+    let work: Vec<JoinHandle<Answer>> = batch
+        .into_iter()
+        .map(|value| {
+            if value.get("method").and_then(Value::as_str) == Some(rpc::Subscribe::NAME) {
+                let id = match parse(value) {
+                    Ok((id, _)) | Err((id, _)) => id,
+                };
+                let error = RpcError::new(
+                    rpc::INVALID_REQUEST,
+                    "subscribe cannot be part of a batch; send it on its own line",
+                );
+                let ready = answer(id, Err(error));
+                return tokio::spawn(async { ready });
+            }
+            start(value, &daemon, &state)
+        })
+        .collect();
+    let mut line = vec![b'['];
+    let mut any = false;
+    for handle in work {
+        let Ok(Answer {
+            response: Some(Out::Owned(mut bytes)),
+            ..
+        }) = handle.await
+        else {
+            continue;
+        };
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        if any {
+            line.push(b',');
+        }
+        line.extend_from_slice(&bytes);
+        any = true;
+    }
+    line.extend_from_slice(b"]\n");
+    Answer {
+        response: any.then_some(Out::Owned(line)),
+        then: None,
+    }
+}
+
+/// Decodes one request; on failure, the id to answer with and the error.
+fn parse(value: Value) -> Result<(Option<Value>, Call), (Option<Value>, RpcError)> {
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let request = match serde_json::from_value::<rpc::Request>(value) {
         Ok(request) if request.jsonrpc == "2.0" => request,
@@ -317,6 +398,16 @@ async fn submit(
             ),
         ));
     }
+    if let Some(limit) = params.mem_limit {
+        crate::config::check_mem_limit(limit)
+            .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("mem_limit: {e}")))?;
+    }
+    if params.max_turns == Some(0) {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            "max_turns must be at least 1".to_owned(),
+        ));
+    }
     let request = TaskRequest {
         prompt: params.prompt,
         repo: params.repo,
@@ -398,16 +489,6 @@ async fn resume(
         )
     };
     let prepared = match prepare::reopen(&params.task, &state, &config, &env, budget)
-    if let Some(limit) = params.mem_limit {
-        crate::config::check_mem_limit(limit)
-            .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("mem_limit: {e}")))?;
-    }
-    if params.max_turns == Some(0) {
-        return Err(RpcError::new(
-            rpc::INVALID_PARAMS,
-            "max_turns must be at least 1".to_owned(),
-        ));
-    }
         .await
         .map_err(|e| RpcError::from_cli(&e))?
     {

@@ -850,7 +850,7 @@ async fn daemon_answers_bad_input_with_json_rpc_errors_and_never_dies() {
         &br#"{"jsonrpc":"1.0","id":7,"method":"list"}"#[..],
         br#"{"id":8,"method":"list"}"#,
         br#"{"jsonrpc":"2.0","id":9}"#,
-        b"[1, 2, 3]",
+        b"[]",
         b"\"a string\"",
         b"42",
     ] {
@@ -975,6 +975,73 @@ async fn daemon_reports_damaged_records_of_queued_tasks_and_runs_the_rest() {
         daemon.restart().await;
     }
     daemon.assert_alive();
+}
+
+/// JSON-RPC 2.0 batches: an array of requests gets an array of responses (notifications
+/// leave no entry, invalid members get an Invalid Request each, `subscribe` is refused inside
+/// one); `"id": null` is a request and gets an answer with `id: null`.
+#[tokio::test]
+async fn daemon_answers_batches_and_null_ids_as_json_rpc_says() {
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo).start().await;
+    let mut rpc = daemon.rpc().await;
+
+    rpc.send_line(br#"{"jsonrpc":"2.0","id":null,"method":"list"}"#)
+        .await;
+    let response = rpc.next_response().await;
+    assert_eq!(response["id"], Value::Null, "{response}");
+    assert!(response["result"]["tasks"].is_array(), "{response}");
+
+    rpc.send_line(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"list"},
+             {"jsonrpc":"2.0","method":"list"},
+             {"jsonrpc":"2.0","id":"two","method":"get","params":{"task":"nope"}},
+             7,
+             {"jsonrpc":"2.0","id":3,"method":"frobnicate"},
+             {"jsonrpc":"2.0","id":4,"method":"subscribe"}]"#
+            .iter()
+            .filter(|b| **b != b'\n')
+            .copied()
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    )
+    .await;
+    let response = rpc.next_response().await;
+    let answers = response.as_array().unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(answers.len(), 5, "{response}");
+    assert_eq!(answers[0]["id"], 1, "{response}");
+    assert!(answers[0]["result"]["tasks"].is_array(), "{response}");
+    assert_eq!(answers[1]["id"], "two", "{response}");
+    assert_eq!(answers[1]["error"]["code"], -32004, "{response}");
+    assert_eq!(answers[2]["id"], Value::Null, "{response}");
+    assert_eq!(answers[2]["error"]["code"], -32600, "{response}");
+    assert_eq!(answers[3]["id"], 3, "{response}");
+    assert_eq!(answers[3]["error"]["code"], -32601, "{response}");
+    assert_eq!(answers[4]["id"], 4, "{response}");
+    assert_eq!(answers[4]["error"]["code"], -32600, "{response}");
+
+    rpc.send_line(b"[1, 2, 3]").await;
+    let response = rpc.next_response().await;
+    let answers = response.as_array().unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(answers.len(), 3, "{response}");
+    for answer in answers {
+        assert_eq!(answer["error"]["code"], -32600, "{response}");
+        assert_eq!(answer["id"], Value::Null, "{response}");
+    }
+
+    // A batch of notifications only gets nothing; the next request is answered as usual.
+    rpc.send_line(br#"[{"jsonrpc":"2.0","method":"list"},{"jsonrpc":"2.0","method":"list"}]"#)
+        .await;
+    assert!(rpc.call("list", json!({})).await.unwrap()["tasks"].is_array());
+
+    let over = format!(
+        "[{}]",
+        vec![r#"{"jsonrpc":"2.0","method":"list"}"#; 1025].join(",")
+    );
+    rpc.send_line(over.as_bytes()).await;
+    let response = rpc.next_response().await;
+    assert_eq!(response["error"]["code"], -32600, "{response}");
+    assert_eq!(response["id"], Value::Null, "{response}");
 }
 
 // 9. Clients.
