@@ -786,4 +786,85 @@ mod tests {
         assert!(Config::load(Some(&path), &bad).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Property tests (issue 13 point 6); `PROPTEST_CASES` sets the number of cases.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A TOML value of any shape a user might write.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                (0u64..5).prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[0-9]{0,22}(\\.[0-9]{0,3})?( ?[kKmMgGtTpP]i?[bB]?)?"
+                    .prop_map(|t| format!("{t:?}")),
+                "[0-9]{1,4}(ms|s|m|h|d)".prop_map(|t| format!("{t:?}")),
+                "[ -~]{0,12}".prop_map(|t| format!("{t:?}")),
+                Just("[1, \"a\"]".to_owned()),
+                Just("{ rpm = 0 }".to_owned()),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop::sample::select(vec![
+                    "max_shadows", "queue_capacity", "mem_limit", "max_restarts", "max_turns",
+                    "context_window", "stream_timeout", "task_retention", "sandbox", "network",
+                    "pids_limit", "budget_tokens", "budget_usd", "daily_budget_usd", "governor",
+                    "model", "test_command", "steer_on_conflict", "sandbox_read",
+                ])
+                .prop_map(str::to_owned),
+                1 => "[a-z_]{1,12}",
+            ]
+        }
+
+        fn load(text: &[u8]) -> Result<Config, CliError> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &|_| None)
+        }
+
+        proptest! {
+            /// Sizes never panic, and an accepted `mem_limit` is within its bounds.
+            #[test]
+            fn sizes_never_panic_and_limits_stay_in_bounds(text in "\\PC{0,24}") {
+                let _ = parse_size(&text);
+                let _ = parse_stream_timeout(&text);
+                let _ = parse_retention(&text);
+                if let Ok(limit) = parse_mem_limit(&text) {
+                    prop_assert!((MIN_MEM_LIMIT..=MAX_MEM_LIMIT).contains(&limit));
+                }
+            }
+
+            /// Any config of known and unknown keys loads or is refused with a message, and a
+            /// config that loads holds only usable values.
+            #[test]
+            fn any_config_loads_usable_or_is_refused(
+                lines in prop::collection::vec((key(), value()), 0..8),
+            ) {
+                let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                match load(text.as_bytes()) {
+                    Ok(config) => {
+                        prop_assert!(config.max_shadows >= 1);
+                        prop_assert!(config.queue_capacity >= 1);
+                        prop_assert!(config.max_turns >= 1);
+                        prop_assert!(config.pids_limit >= 1);
+                        prop_assert!((MIN_MEM_LIMIT..=MAX_MEM_LIMIT).contains(&config.mem_limit));
+                        prop_assert!(config.stream_timeout >= MIN_STREAM_TIMEOUT);
+                        prop_assert!(config.stream_timeout <= MAX_STREAM_TIMEOUT);
+                    }
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            /// Arbitrary bytes as a config file never panic.
+            #[test]
+            fn any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+                let _ = load(&bytes);
+            }
+        }
+    }
 }

@@ -655,3 +655,134 @@ async fn forward(params: SubscribeParams, replay: Replay, mut feed: Feed, out: m
         let _ = out.send(encode(&notice)).await;
     }
 }
+
+/// Property tests of the JSON-RPC layer (issue 13 point 6); `PROPTEST_CASES` sets the number
+/// of cases.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z_0-9./]{0,10}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            "[a-z_]{0,8}",
+                            prop::sample::select(vec!["task", "prompt", "repo", "after_seq"])
+                                .prop_map(str::to_owned),
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    const METHODS: [&str; 12] = [
+        "submit",
+        "list",
+        "get",
+        "events",
+        "cancel",
+        "steer",
+        "resume",
+        "subscribe",
+        "shutdown",
+        "clean",
+        "diff",
+        "merge",
+    ];
+
+    /// Something shaped like a request, each member possibly missing or wrong.
+    fn request() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop_oneof![Just(Value::from("2.0")), json()]),
+            prop::option::of(json()),
+            prop::option::of(prop_oneof![
+                prop::sample::select(METHODS.to_vec()).prop_map(Value::from),
+                json(),
+            ]),
+            prop::option::of(json()),
+        )
+            .prop_map(|(jsonrpc, id, method, params)| {
+                let mut object = serde_json::Map::new();
+                for (key, value) in [
+                    ("jsonrpc", jsonrpc),
+                    ("id", id),
+                    ("method", method),
+                    ("params", params),
+                ] {
+                    if let Some(value) = value {
+                        object.insert(key.to_owned(), value);
+                    }
+                }
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        /// Any message decodes to a call or to a JSON-RPC error, never a panic; the answer
+        /// carries the request's id (`null` kept as `null`), and only a message without an
+        /// id goes unanswered.
+        #[test]
+        fn any_message_gets_a_call_or_a_json_rpc_error(value in prop_oneof![request(), json()]) {
+            let id = value.get("id").cloned();
+            match parse(value.clone()) {
+                Ok((answered, _call)) => {
+                    prop_assert_eq!(value["jsonrpc"].as_str(), Some("2.0"));
+                    prop_assert_eq!(answered, id);
+                }
+                Err((answered, error)) => {
+                    prop_assert!(
+                        [
+                            rpc::INVALID_REQUEST,
+                            rpc::METHOD_NOT_FOUND,
+                            rpc::INVALID_PARAMS,
+                        ]
+                        .contains(&error.code),
+                        "{error:?}"
+                    );
+                    // Unanswered only when it was a well-formed notification.
+                    if answered.is_none() {
+                        prop_assert!(id.is_none());
+                    }
+                    if let Some(id) = &id && error.code != rpc::INVALID_REQUEST {
+                        prop_assert_eq!(answered.as_ref(), Some(id));
+                    }
+                }
+            }
+        }
+
+        /// Every method decodes arbitrary params to a call or an Invalid Params error.
+        #[test]
+        fn any_params_decode_or_are_refused(
+            method in prop::sample::select(METHODS.to_vec()),
+            params in prop::option::of(json()),
+        ) {
+            if let Err(error) = Call::parse(method, params) {
+                prop_assert_eq!(error.code, rpc::INVALID_PARAMS);
+            }
+        }
+
+        /// Arbitrary bytes on a line never panic the decoder.
+        #[test]
+        fn any_line_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = parse(value);
+            }
+        }
+    }
+}
