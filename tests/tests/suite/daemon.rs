@@ -924,6 +924,10 @@ async fn daemon_reports_damaged_records_of_queued_tasks_and_runs_the_rest() {
 
     let mark = daemon.stderr_mark();
     daemon.restart().await;
+    // The socket is bound before recovery runs; "serving on" follows it.
+    daemon
+        .wait_for_stderr(mark, "kugetsu: serving on", Duration::from_secs(10))
+        .await;
     let log = daemon.stderr()[mark..].to_owned();
     for id in [&garbled, &missing, &forged] {
         assert!(
