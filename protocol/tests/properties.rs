@@ -1,4 +1,4 @@
-//! Property tests of the JSON-lines codec (issue 13 point 6: fuzzing on the stable toolchain).
+//! Property tests of the JSON-lines codec: fuzzing that runs on the stable toolchain.
 //!
 //! Each property runs 256 cases by default (a few seconds in all); `PROPTEST_CASES=100000`
 //! runs a long fuzzing session instead. A failing case is shrunk and saved under

@@ -787,7 +787,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Property tests (issue 13 point 6); `PROPTEST_CASES` sets the number of cases.
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
     mod properties {
         use super::*;
         use proptest::prelude::*;

@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(read(&path).unwrap().records.len(), 2);
     }
 
-    /// Property tests (issue 13 point 6); `PROPTEST_CASES` sets the number of cases.
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
     mod properties {
         use super::*;
         use proptest::prelude::*;

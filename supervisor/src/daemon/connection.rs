@@ -656,8 +656,7 @@ async fn forward(params: SubscribeParams, replay: Replay, mut feed: Feed, out: m
     }
 }
 
-/// Property tests of the JSON-RPC layer (issue 13 point 6); `PROPTEST_CASES` sets the number
-/// of cases.
+/// Property tests of the JSON-RPC layer; `PROPTEST_CASES` sets the number of cases.
 #[cfg(test)]
 mod properties {
     use super::*;

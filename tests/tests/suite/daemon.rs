@@ -567,7 +567,7 @@ async fn daemon_kills_a_tool_over_mem_limit_and_the_task_still_completes() {
 }
 
 /// Many sleeping tool processes share nearly all their pages: counted by PSS they fit a
-/// modest limit, though their RSS summed per process is far over it (issue 13: 500 sleeps were
+/// modest limit, though their RSS summed per process is far over it (500 sleeps were once
 /// counted as 585 MiB and killed). Neither the worker's watch nor the supervisor's sampler
 /// kills them.
 #[tokio::test]

@@ -308,7 +308,7 @@ mod tests {
     }
 }
 
-/// Property tests (issue 13 point 6), and the helpers the stream decoders' properties share.
+/// Property tests, and the helpers the stream decoders' properties share.
 /// `PROPTEST_CASES` sets the number of cases (256 by default).
 #[cfg(test)]
 pub(crate) mod properties {

@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(stop("refusal"), StopReason::Other("refusal".into()));
     }
 
-    /// Property tests (issue 13 point 6); `PROPTEST_CASES` sets the number of cases.
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
     mod properties {
         use super::*;
         use crate::llm::sse::properties::{pieces, sizes};

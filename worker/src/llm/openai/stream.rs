@@ -571,7 +571,7 @@ mod tests {
         assert_eq!(decoder.finish(&mut |_| {}).unwrap().text, "a");
     }
 
-    /// Property tests (issue 13 point 6); `PROPTEST_CASES` sets the number of cases.
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
     mod properties {
         use super::*;
         use crate::llm::sse::properties::{pieces, sizes};
