@@ -103,6 +103,27 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// The proportional set size of `pid` in bytes (`Pss:` of `/proc/PID/smaps_rollup`): its
+/// private pages plus its share of each page it shares, so summing it over many processes
+/// that map the same pages (500 forks of one shell) counts those pages once. `None` where the
+/// kernel has no `smaps_rollup` (before 4.14) or the process is gone; callers fall back to RSS.
+pub fn proportional_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    parse_pss(&text)
+}
+
+/// The `Pss:` line of a `smaps_rollup`, in bytes.
+pub fn parse_pss(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line["Pss:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Every living descendant of `root` (children, grandchildren, ...), read from `/proc`.
 pub fn descendants(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -271,4 +292,22 @@ pub fn reap_lingering(earlier: &[u32], keep: &[u32]) -> usize {
         }
     }
     reaped
+}
+
+#[cfg(test)]
+mod pss_tests {
+    use super::*;
+
+    #[test]
+    fn pss_is_read_in_bytes() {
+        let rollup = "55d0-7ff [rollup]\nRss:                3940 kB\nPss:                 811 kB\n\
+                      Pss_Anon:            304 kB\n";
+        assert_eq!(parse_pss(rollup), Some(811 * 1024));
+        assert_eq!(parse_pss("Rss: 3 kB\n"), None);
+        assert_eq!(parse_pss("Pss: lots kB\n"), None);
+        if std::path::Path::new("/proc/self/smaps_rollup").exists() {
+            let pss = proportional_bytes(std::process::id()).unwrap();
+            assert!(pss > 0);
+        }
+    }
 }

@@ -16,6 +16,12 @@ pub const DEFAULT_MAX_SHADOWS: u32 = 20;
 pub const DEFAULT_QUEUE_CAPACITY: u32 = 1000;
 /// Default per-shadow memory limit: 512 MiB.
 pub const DEFAULT_MEM_LIMIT: u64 = 512 * 1024 * 1024;
+/// Smallest `mem_limit` accepted: a worker alone needs some tens of MiB.
+pub const MIN_MEM_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest `mem_limit` accepted: 1 PiB, more than any single host has. Limits between the
+/// host's memory and this are accepted, and such a task waits with the reason shown in `ps`
+/// and `show` (a config may be shared by hosts of different sizes).
+pub const MAX_MEM_LIMIT: u64 = 1 << 50;
 /// Default restarts allowed within the restart window.
 pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// Default turn budget of a task.
@@ -202,9 +208,13 @@ impl Config {
             .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
         let mem_limit = match file.mem_limit {
             None => None,
-            Some(SizeValue::Bytes(n)) => Some(n),
+            Some(SizeValue::Bytes(n)) => Some(
+                check_mem_limit(n)
+                    .map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
+            ),
             Some(SizeValue::Text(t)) => Some(
-                parse_size(&t).map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
+                parse_mem_limit(&t)
+                    .map_err(|e| CliError::Usage(format!("{origin}: mem_limit: {e}")))?,
             ),
         };
         let sandbox = match &file.sandbox {
@@ -263,8 +273,47 @@ impl Config {
                     .map_err(|e| CliError::Usage(format!("{origin}: task_retention: {e}")))?,
             },
         };
+        config
+            .check_counts()
+            .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         config.apply_env(env)?;
+        config.check_counts().map_err(CliError::Usage)?;
         Ok(config)
+    }
+
+    /// Refuses counts that would leave the daemon unable to do anything, naming the key.
+    fn check_counts(&self) -> Result<(), String> {
+        for (key, value, why) in [
+            (
+                "max_shadows",
+                u64::from(self.max_shadows),
+                "no task could ever run",
+            ),
+            (
+                "queue_capacity",
+                u64::from(self.queue_capacity),
+                "every submission would be refused",
+            ),
+            (
+                "max_turns",
+                u64::from(self.max_turns),
+                "no task could take a turn",
+            ),
+            ("pids_limit", self.pids_limit, "no tool could start"),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} = 0 is refused: {why} (at least 1)"));
+            }
+        }
+        if let Some(window) = self.context_window
+            && window < MIN_CONTEXT_WINDOW
+        {
+            return Err(format!(
+                "context_window = {window} is refused: a prompt alone needs more (at least \
+                 {MIN_CONTEXT_WINDOW} tokens)"
+            ));
+        }
+        Ok(())
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CliError> {
@@ -288,7 +337,7 @@ impl Config {
             self.queue_capacity = number("KUGETSU_QUEUE_CAPACITY", &v)?;
         }
         if let Some(v) = get("KUGETSU_MEM_LIMIT") {
-            self.mem_limit = parse_size(&v)
+            self.mem_limit = parse_mem_limit(&v)
                 .map_err(|e| CliError::Usage(format!("KUGETSU_MEM_LIMIT={v:?}: {e}")))?;
         }
         if let Some(v) = get("KUGETSU_MAX_RESTARTS") {
@@ -557,6 +606,32 @@ pub fn socket_path(
     }
 }
 
+/// Smallest `context_window` accepted, in tokens.
+pub const MIN_CONTEXT_WINDOW: u64 = 1024;
+
+/// Parses a `mem_limit` (a size, see [`parse_size`]) within
+/// [`MIN_MEM_LIMIT`]..=[`MAX_MEM_LIMIT`].
+pub fn parse_mem_limit(text: &str) -> Result<u64, String> {
+    check_mem_limit(parse_size(text)?)
+}
+
+/// Checks a `mem_limit` in bytes against [`MIN_MEM_LIMIT`]..=[`MAX_MEM_LIMIT`].
+pub fn check_mem_limit(bytes: u64) -> Result<u64, String> {
+    if bytes < MIN_MEM_LIMIT {
+        return Err(format!(
+            "{bytes} bytes is too small: a worker alone needs more (at least {} MiB)",
+            MIN_MEM_LIMIT >> 20
+        ));
+    }
+    if bytes > MAX_MEM_LIMIT {
+        return Err(format!(
+            "{bytes} bytes is more than any host has (at most {} TiB)",
+            MAX_MEM_LIMIT >> 40
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Parses a size such as `512MiB`, `512M`, `1.5G`, `1GiB`, `4096` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -633,6 +708,61 @@ mod tests {
     }
 
     #[test]
+    fn absurd_values_are_refused_with_the_key_named() {
+        assert_eq!(parse_mem_limit("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_mem_limit("64TiB"), Ok(64 << 40));
+        for bad in [
+            "18446744073709551615",
+            "18446744073709551614",
+            "2048TiB",
+            "1k",
+            "1",
+        ] {
+            assert!(parse_mem_limit(bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_mem_limit(u64::MAX)
+                .unwrap_err()
+                .contains("more than any host")
+        );
+        let dir =
+            std::env::temp_dir().join(format!("kugetsu-config-absurd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for (text, key) in [
+            ("max_shadows = 0\n", "max_shadows"),
+            ("queue_capacity = 0\n", "queue_capacity"),
+            ("max_turns = 0\n", "max_turns"),
+            ("pids_limit = 0\n", "pids_limit"),
+            ("context_window = 3\n", "context_window"),
+            ("mem_limit = 9223372036854775807\n", "mem_limit"),
+            ("mem_limit = \"18446744073709551615\"\n", "mem_limit"),
+            ("mem_limit = 1\n", "mem_limit"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(Some(&path), &|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{text}: {error}");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
+        std::fs::write(&path, "").unwrap();
+        for (var, key) in [
+            ("KUGETSU_MAX_SHADOWS", "max_shadows"),
+            ("KUGETSU_QUEUE_CAPACITY", "queue_capacity"),
+            ("KUGETSU_MAX_TURNS", "max_turns"),
+        ] {
+            let env = |k: &str| (k == var).then(|| "0".to_owned());
+            let error = Config::load(Some(&path), &env).unwrap_err().to_string();
+            assert!(error.contains(key), "{var}: {error}");
+        }
+        let env = |k: &str| (k == "KUGETSU_MEM_LIMIT").then(|| "99999TiB".to_owned());
+        let error = Config::load(Some(&path), &env).unwrap_err().to_string();
+        assert!(error.contains("KUGETSU_MEM_LIMIT"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn env_overrides_file_and_bad_values_are_rejected() {
         let dir = std::env::temp_dir().join(format!("kugetsu-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -655,5 +785,86 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         assert!(Config::load(Some(&path), &bad).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A TOML value of any shape a user might write.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                (0u64..5).prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[0-9]{0,22}(\\.[0-9]{0,3})?( ?[kKmMgGtTpP]i?[bB]?)?"
+                    .prop_map(|t| format!("{t:?}")),
+                "[0-9]{1,4}(ms|s|m|h|d)".prop_map(|t| format!("{t:?}")),
+                "[ -~]{0,12}".prop_map(|t| format!("{t:?}")),
+                Just("[1, \"a\"]".to_owned()),
+                Just("{ rpm = 0 }".to_owned()),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop::sample::select(vec![
+                    "max_shadows", "queue_capacity", "mem_limit", "max_restarts", "max_turns",
+                    "context_window", "stream_timeout", "task_retention", "sandbox", "network",
+                    "pids_limit", "budget_tokens", "budget_usd", "daily_budget_usd", "governor",
+                    "model", "test_command", "steer_on_conflict", "sandbox_read",
+                ])
+                .prop_map(str::to_owned),
+                1 => "[a-z_]{1,12}",
+            ]
+        }
+
+        fn load(text: &[u8]) -> Result<Config, CliError> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &|_| None)
+        }
+
+        proptest! {
+            /// Sizes never panic, and an accepted `mem_limit` is within its bounds.
+            #[test]
+            fn sizes_never_panic_and_limits_stay_in_bounds(text in "\\PC{0,24}") {
+                let _ = parse_size(&text);
+                let _ = parse_stream_timeout(&text);
+                let _ = parse_retention(&text);
+                if let Ok(limit) = parse_mem_limit(&text) {
+                    prop_assert!((MIN_MEM_LIMIT..=MAX_MEM_LIMIT).contains(&limit));
+                }
+            }
+
+            /// Any config of known and unknown keys loads or is refused with a message, and a
+            /// config that loads holds only usable values.
+            #[test]
+            fn any_config_loads_usable_or_is_refused(
+                lines in prop::collection::vec((key(), value()), 0..8),
+            ) {
+                let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                match load(text.as_bytes()) {
+                    Ok(config) => {
+                        prop_assert!(config.max_shadows >= 1);
+                        prop_assert!(config.queue_capacity >= 1);
+                        prop_assert!(config.max_turns >= 1);
+                        prop_assert!(config.pids_limit >= 1);
+                        prop_assert!((MIN_MEM_LIMIT..=MAX_MEM_LIMIT).contains(&config.mem_limit));
+                        prop_assert!(config.stream_timeout >= MIN_STREAM_TIMEOUT);
+                        prop_assert!(config.stream_timeout <= MAX_STREAM_TIMEOUT);
+                    }
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            /// Arbitrary bytes as a config file never panic.
+            #[test]
+            fn any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+                let _ = load(&bytes);
+            }
+        }
     }
 }

@@ -42,13 +42,22 @@ pub const INVALID_STATE: i64 = -32005;
 #[derive(Debug, Deserialize)]
 pub struct Request {
     pub jsonrpc: String,
-    /// Absent for notifications (which get no response).
-    #[serde(default)]
+    /// Absent for notifications (which get no response). A present `null` is a request
+    /// (JSON-RPC 2.0 allows it, though discouraged) and is answered with `id: null`.
+    #[serde(default, deserialize_with = "present")]
     pub id: Option<Value>,
     pub method: String,
     #[serde(default)]
     pub params: Option<Value>,
 }
+
+/// Reads a member that is there, even as `null`, as `Some` (absence is the `default`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// Most requests one batch may hold; a longer batch is refused whole with [`INVALID_REQUEST`].
+pub const MAX_BATCH: usize = 1024;
 
 /// A request as sent by a client.
 #[derive(Debug, Serialize)]
@@ -500,4 +509,22 @@ pub struct TaskSummary {
     /// Where `kugetsu merge` landed it, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergedMarker>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_id_is_a_request_and_a_missing_one_a_notification() {
+        let request: Request =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","id":null,"method":"list"}"#).unwrap();
+        assert_eq!(request.id, Some(Value::Null));
+        let request: Request =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","id":7,"method":"list"}"#).unwrap();
+        assert_eq!(request.id, Some(Value::from(7)));
+        let notification: Request =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","method":"list"}"#).unwrap();
+        assert_eq!(notification.id, None);
+    }
 }

@@ -389,4 +389,107 @@ mod tests {
             .unwrap();
         assert_eq!(read(&path).unwrap().records.len(), 2);
     }
+
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..16).prop_map(String::from_iter)
+        }
+
+        fn record() -> impl Strategy<Value = Record> {
+            prop_oneof![
+                text().prop_map(|prompt| Record::Task { prompt }),
+                (text(), text()).prop_map(|(call_id, args)| Record::ToolIntent {
+                    call_id,
+                    tool: "bash".to_owned(),
+                    args,
+                }),
+                (text(), any::<bool>(), text()).prop_map(|(call_id, ok, output)| {
+                    Record::ToolResult {
+                        call_id,
+                        tool: "bash".to_owned(),
+                        ok,
+                        output,
+                        truncated: false,
+                    }
+                }),
+                text().prop_map(|text| Record::Steer { text }),
+                (any::<u32>(), any::<u32>()).prop_map(|(turn, tokens)| Record::TurnEnd {
+                    turn,
+                    usage: Usage {
+                        input_tokens: u64::from(tokens),
+                        output_tokens: 1,
+                        cost_usd: None,
+                    },
+                }),
+            ]
+        }
+
+        /// The journal lines `records` are written as.
+        fn written(records: &[Record]) -> Vec<u8> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal.jsonl");
+            let mut journal = Journal::create(&path).unwrap();
+            for record in records {
+                journal.append(record, Durability::Lazy).unwrap();
+            }
+            std::fs::read(&path).unwrap()
+        }
+
+        proptest! {
+            /// Arbitrary bytes never panic, and the valid prefix reads back as itself.
+            #[test]
+            fn any_bytes_give_a_prefix_that_reads_back_clean(
+                bytes in prop::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let replay = read_from(&bytes[..]).unwrap();
+                prop_assert!(replay.valid_len as usize <= bytes.len());
+                let again = read_from(&bytes[..replay.valid_len as usize]).unwrap();
+                prop_assert_eq!(again.records, replay.records);
+                prop_assert_eq!(again.tail, Tail::Clean);
+            }
+
+            /// A journal cut anywhere, or with any one byte changed, reads back as exactly the
+            /// records before the damaged line, and says which line that was.
+            #[test]
+            fn damage_keeps_exactly_the_records_before_it(
+                records in prop::collection::vec(record(), 1..8),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..=255,
+                truncate in any::<bool>(),
+            ) {
+                let mut bytes = written(&records);
+                let ends: Vec<usize> = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'\n')
+                    .map(|(i, _)| i + 1)
+                    .collect();
+                let at = at.index(bytes.len());
+                // The records whose lines end before the damage are the ones kept.
+                let kept = ends.iter().filter(|&&end| end <= at).count();
+                if truncate {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] ^= flip;
+                }
+                let replay = read_from(&bytes[..]).unwrap();
+                prop_assert_eq!(&replay.records[..], &records[..kept]);
+                let expected_len = if kept == 0 { 0 } else { ends[kept - 1] };
+                prop_assert_eq!(replay.valid_len as usize, expected_len);
+                if truncate && at == expected_len {
+                    prop_assert_eq!(replay.tail, Tail::Clean);
+                } else {
+                    let damaged_line = matches!(
+                        replay.tail,
+                        Tail::Damaged { line, .. } if line == kept as u64 + 1
+                    );
+                    prop_assert!(damaged_line, "{:?}", replay.tail);
+                }
+            }
+        }
+    }
 }

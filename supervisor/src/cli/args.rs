@@ -325,7 +325,7 @@ pub struct TaskOptions {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
     /// Memory limit of the shadow, e.g. 512MiB.
-    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_mem_limit)]
     pub mem_limit: Option<u64>,
     #[command(flatten)]
     pub confine: SandboxArgs,

@@ -346,12 +346,22 @@ fn table(tasks: &[TaskSummary]) -> String {
         "{running} running{waiting}, {queued} queued, {} total",
         tasks.len()
     ));
-    if let Some(reason) = tasks.iter().find_map(|t| {
-        (t.status == TaskStatus::Queued)
-            .then_some(t.waiting.as_deref())
-            .flatten()
-    }) {
-        out.push_str(&format!("\nqueued tasks wait: {reason}"));
+    // One line per distinct reason: a held task's reason names it, a shared one (the daily
+    // budget) is said once.
+    let mut said: Vec<&str> = Vec::new();
+    for task in tasks.iter().filter(|t| t.status == TaskStatus::Queued) {
+        let Some(reason) = task.waiting.as_deref() else {
+            continue;
+        };
+        if said.contains(&reason) {
+            continue;
+        }
+        said.push(reason);
+        if reason.starts_with("can never start") {
+            out.push_str(&format!("\nqueued task {} {reason}", task.id));
+        } else {
+            out.push_str(&format!("\nqueued tasks wait: {reason}"));
+        }
     }
     out
 }

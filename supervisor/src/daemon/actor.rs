@@ -310,10 +310,7 @@ impl Daemon {
                     continue;
                 }
                 Err(e) => {
-                    eprintln!(
-                        "kugetsu: warning: {}; the task is left on disk and not run",
-                        kugetsu_protocol::error_chain(&e)
-                    );
+                    self.report_damaged(&id, &e).await;
                     continue;
                 }
             };
@@ -354,6 +351,45 @@ impl Daemon {
         if queued + resumed > 0 {
             eprintln!("kugetsu: recovered {queued} queued and {resumed} running tasks");
         }
+    }
+
+    /// A live task whose record cannot be used: said in the log, and ended as `failed` with
+    /// the reason in its own `events.jsonl` (so `ps`, `show` and `logs` tell it too), never run
+    /// and never dropped silently. Its directory stays on disk for inspection.
+    async fn report_damaged(&mut self, id: &str, error: &crate::task::record::RecordError) {
+        let why = kugetsu_protocol::error_chain(error);
+        let dir = self.state.task(id);
+        let finished = Progress::default().finished(
+            kugetsu_protocol::FinishStatus::Failed,
+            format!("damaged task record, not run: {why}"),
+        );
+        let written = if dir.path().is_dir() {
+            let path = dir.events_file();
+            let event = kugetsu_protocol::Event::Finished(finished.clone());
+            let task = id.to_owned();
+            tokio::task::spawn_blocking(move || {
+                events::EventLog::open(&path, &task).map(|mut log| log.publish(event))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+        } else {
+            None
+        };
+        match written {
+            Some(_) => eprintln!(
+                "kugetsu: error: queued task {id}: {why}; marked failed in {} and not run",
+                dir.events_file().display()
+            ),
+            None => eprintln!(
+                "kugetsu: error: queued task {id}: {why}; its directory {} is gone or \
+                 unwritable, so it is not run",
+                dir.path().display()
+            ),
+        }
+        self.table
+            .remember_damaged(crate::daemon::table::damaged_summary(id, &finished));
+        self.state.unmark_live(id);
     }
 
     async fn migrate_to_live_markers(&self) -> Vec<String> {
@@ -516,16 +552,23 @@ impl Daemon {
                 continue;
             };
             if limit.saturating_add(MEMORY_RESERVE) > snapshot.total {
+                let reason = format!(
+                    "can never start here: mem_limit {} MiB + {} MiB reserve exceeds this host's {} MiB in all; cancel it or resubmit with a smaller --mem-limit",
+                    limit >> 20,
+                    MEMORY_RESERVE >> 20,
+                    snapshot.total >> 20
+                );
                 if self.warned_impossible.insert(id.clone()) {
-                    eprintln!(
-                        "kugetsu: holding queued tasks: task {id} needs {} MiB + {} MiB reserve and this host has {} MiB in all; it waits until cancelled",
-                        limit >> 20,
-                        MEMORY_RESERVE >> 20,
-                        snapshot.total >> 20
-                    );
+                    eprintln!("kugetsu: holding queued tasks: task {id} {reason}");
+                }
+                if let Some(entry) = self.table.live.get_mut(&id) {
+                    entry.held = Some(reason);
                 }
                 impossible.push(id);
                 continue;
+            }
+            if let Some(entry) = self.table.live.get_mut(&id) {
+                entry.held = None;
             }
             if snapshot.available < limit.saturating_add(MEMORY_RESERVE) {
                 if !self.memory_held {

@@ -164,12 +164,16 @@ async fn read_requests(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let work = match parse(&line) {
-            Ok((id, call)) => tokio::spawn(serve_call(id, call, daemon.clone(), state.clone())),
-            Err((id, error)) => {
-                let ready = answer(id, Err(error));
+        let work = match serde_json::from_slice::<Value>(&line) {
+            Err(e) => {
+                let error = RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}"));
+                let ready = answer(Some(Value::Null), Err(error));
                 tokio::spawn(async { ready })
             }
+            Ok(Value::Array(batch)) => {
+                tokio::spawn(serve_batch(batch, daemon.clone(), state.clone()))
+            }
+            Ok(value) => start(value, daemon, state),
         };
         if pending.send(work).await.is_err() {
             break;
@@ -179,14 +183,91 @@ async fn read_requests(
     let _ = responder.await;
 }
 
-/// Decodes one request line; on failure, the id to answer with and the error.
-fn parse(line: &[u8]) -> Result<(Option<Value>, Call), (Option<Value>, RpcError)> {
-    let value = serde_json::from_slice::<Value>(line).map_err(|e| {
-        (
+/// Starts serving one request (or answers at once why it is not one).
+fn start(
+    value: Value,
+    daemon: &mpsc::UnboundedSender<Command>,
+    state: &StateDir,
+) -> JoinHandle<Answer> {
+    match parse(value) {
+        Ok((id, call)) => tokio::spawn(serve_call(id, call, daemon.clone(), state.clone())),
+        Err((id, error)) => {
+            let ready = answer(id, Err(error));
+            tokio::spawn(async { ready })
+        }
+    }
+}
+
+/// Serves a JSON-RPC batch: its requests run concurrently and their responses go out as one
+/// array line, in the batch's order (notifications leave no entry; a batch of notifications
+/// only gets no line at all). An empty batch, or one over [`rpc::MAX_BATCH`], gets one
+/// Invalid Request error. `subscribe` is refused inside a batch: its events could not follow
+/// a response that is part of an array.
+async fn serve_batch(
+    batch: Vec<Value>,
+    daemon: mpsc::UnboundedSender<Command>,
+    state: StateDir,
+) -> Answer {
+    if batch.is_empty() || batch.len() > rpc::MAX_BATCH {
+        let why = if batch.is_empty() {
+            "empty batch".to_owned()
+        } else {
+            format!(
+                "batch of {} requests (at most {})",
+                batch.len(),
+                rpc::MAX_BATCH
+            )
+        };
+        return answer(
             Some(Value::Null),
-            RpcError::new(rpc::PARSE_ERROR, format!("parse error: {e}")),
-        )
-    })?;
+            Err(RpcError::new(rpc::INVALID_REQUEST, why)),
+        );
+    }
+    let work: Vec<JoinHandle<Answer>> = batch
+        .into_iter()
+        .map(|value| {
+            if value.get("method").and_then(Value::as_str) == Some(rpc::Subscribe::NAME) {
+                let id = match parse(value) {
+                    Ok((id, _)) | Err((id, _)) => id,
+                };
+                let error = RpcError::new(
+                    rpc::INVALID_REQUEST,
+                    "subscribe cannot be part of a batch; send it on its own line",
+                );
+                let ready = answer(id, Err(error));
+                return tokio::spawn(async { ready });
+            }
+            start(value, &daemon, &state)
+        })
+        .collect();
+    let mut line = vec![b'['];
+    let mut any = false;
+    for handle in work {
+        let Ok(Answer {
+            response: Some(Out::Owned(mut bytes)),
+            ..
+        }) = handle.await
+        else {
+            continue;
+        };
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        if any {
+            line.push(b',');
+        }
+        line.extend_from_slice(&bytes);
+        any = true;
+    }
+    line.extend_from_slice(b"]\n");
+    Answer {
+        response: any.then_some(Out::Owned(line)),
+        then: None,
+    }
+}
+
+/// Decodes one request; on failure, the id to answer with and the error.
+fn parse(value: Value) -> Result<(Option<Value>, Call), (Option<Value>, RpcError)> {
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let request = match serde_json::from_value::<rpc::Request>(value) {
         Ok(request) if request.jsonrpc == "2.0" => request,
@@ -315,6 +396,16 @@ async fn submit(
                 "repo must be an absolute path, not {}",
                 params.repo.display()
             ),
+        ));
+    }
+    if let Some(limit) = params.mem_limit {
+        crate::config::check_mem_limit(limit)
+            .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("mem_limit: {e}")))?;
+    }
+    if params.max_turns == Some(0) {
+        return Err(RpcError::new(
+            rpc::INVALID_PARAMS,
+            "max_turns must be at least 1".to_owned(),
         ));
     }
     let request = TaskRequest {
@@ -563,5 +654,135 @@ async fn forward(params: SubscribeParams, replay: Replay, mut feed: Feed, out: m
             "params": ended,
         });
         let _ = out.send(encode(&notice)).await;
+    }
+}
+
+/// Property tests of the JSON-RPC layer; `PROPTEST_CASES` sets the number of cases.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z_0-9./]{0,10}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            "[a-z_]{0,8}",
+                            prop::sample::select(vec!["task", "prompt", "repo", "after_seq"])
+                                .prop_map(str::to_owned),
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    const METHODS: [&str; 12] = [
+        "submit",
+        "list",
+        "get",
+        "events",
+        "cancel",
+        "steer",
+        "resume",
+        "subscribe",
+        "shutdown",
+        "clean",
+        "diff",
+        "merge",
+    ];
+
+    /// Something shaped like a request, each member possibly missing or wrong.
+    fn request() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop_oneof![Just(Value::from("2.0")), json()]),
+            prop::option::of(json()),
+            prop::option::of(prop_oneof![
+                prop::sample::select(METHODS.to_vec()).prop_map(Value::from),
+                json(),
+            ]),
+            prop::option::of(json()),
+        )
+            .prop_map(|(jsonrpc, id, method, params)| {
+                let mut object = serde_json::Map::new();
+                for (key, value) in [
+                    ("jsonrpc", jsonrpc),
+                    ("id", id),
+                    ("method", method),
+                    ("params", params),
+                ] {
+                    if let Some(value) = value {
+                        object.insert(key.to_owned(), value);
+                    }
+                }
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        /// Any message decodes to a call or to a JSON-RPC error, never a panic; the answer
+        /// carries the request's id (`null` kept as `null`), and only a message without an
+        /// id goes unanswered.
+        #[test]
+        fn any_message_gets_a_call_or_a_json_rpc_error(value in prop_oneof![request(), json()]) {
+            let id = value.get("id").cloned();
+            match parse(value.clone()) {
+                Ok((answered, _call)) => {
+                    prop_assert_eq!(value["jsonrpc"].as_str(), Some("2.0"));
+                    prop_assert_eq!(answered, id);
+                }
+                Err((answered, error)) => {
+                    prop_assert!(
+                        [
+                            rpc::INVALID_REQUEST,
+                            rpc::METHOD_NOT_FOUND,
+                            rpc::INVALID_PARAMS,
+                        ]
+                        .contains(&error.code),
+                        "{error:?}"
+                    );
+                    // Unanswered only when it was a well-formed notification.
+                    if answered.is_none() {
+                        prop_assert!(id.is_none());
+                    }
+                    if let Some(id) = &id && error.code != rpc::INVALID_REQUEST {
+                        prop_assert_eq!(answered.as_ref(), Some(id));
+                    }
+                }
+            }
+        }
+
+        /// Every method decodes arbitrary params to a call or an Invalid Params error.
+        #[test]
+        fn any_params_decode_or_are_refused(
+            method in prop::sample::select(METHODS.to_vec()),
+            params in prop::option::of(json()),
+        ) {
+            if let Err(error) = Call::parse(method, params) {
+                prop_assert_eq!(error.code, rpc::INVALID_PARAMS);
+            }
+        }
+
+        /// Arbitrary bytes on a line never panic the decoder.
+        #[test]
+        fn any_line_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = parse(value);
+            }
+        }
     }
 }

@@ -36,6 +36,9 @@ pub struct Entry {
     pub control: Option<mpsc::UnboundedSender<ShadowControl>>,
     /// Steers that arrived while the task was queued.
     pub pending_steers: Vec<String>,
+    /// Why the scheduler holds this queued task aside for good (it can never be admitted
+    /// here, e.g. its `mem_limit` exceeds the host's memory); shown as `waiting`.
+    pub held: Option<String>,
 }
 
 impl Entry {
@@ -48,6 +51,7 @@ impl Entry {
             progress,
             control: None,
             pending_steers: Vec::new(),
+            held: None,
         }
     }
 
@@ -70,7 +74,9 @@ impl Entry {
                     summary.waiting = Some(reason);
                 }
             }
-            TaskStatus::Queued => summary.waiting = governor.daily_spent(),
+            TaskStatus::Queued => {
+                summary.waiting = self.held.clone().or_else(|| governor.daily_spent());
+            }
             _ => {}
         }
         summary
@@ -152,6 +158,11 @@ impl Table {
         }
     }
 
+    /// Remembers a task whose record is damaged, as finished (see [`damaged_summary`]).
+    pub fn remember_damaged(&mut self, summary: TaskSummary) {
+        self.remember(summary);
+    }
+
     /// The recent finished tasks, oldest first, read from disk the first time.
     pub fn recent(&mut self, state: &StateDir) -> Vec<TaskSummary> {
         if !self.recent_loaded {
@@ -208,7 +219,18 @@ impl Table {
 /// A finished daemon task's summary, read from its directory (`None` for tasks that are not
 /// the daemon's, not finished, or unreadable).
 pub fn load_finished(dir: &TaskDir) -> Option<TaskSummary> {
-    let record = dir.load().ok()?;
+    let record = match dir.load() {
+        Ok(record) => record,
+        // A damaged record still shows, if its events say how it ended (the daemon writes a
+        // `failed` when it finds the damage on a live task).
+        Err(_) => {
+            let last = crate::task::events::read_last(&dir.events_file())?;
+            let Event::Finished(finished) = &last.event else {
+                return None;
+            };
+            return Some(damaged_summary(dir.id(), finished));
+        }
+    };
     if record.origin != Origin::Daemon {
         return None;
     }
@@ -224,4 +246,38 @@ pub fn load_finished(dir: &TaskDir) -> Option<TaskSummary> {
     let mut summary = summarize(&record, &progress, status_of(finished.status));
     summary.merged = crate::land::task::read_marker(dir);
     Some(summary)
+}
+
+/// The summary of a finished task whose `task.json` is damaged or missing: what its id and
+/// its `finished` event tell, the rest left empty (`model` is `?`).
+pub fn damaged_summary(id: &str, finished: &Finished) -> TaskSummary {
+    let created = crate::task::record::id_created_unix_ms(id)
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    TaskSummary {
+        id: id.to_owned(),
+        status: status_of(finished.status),
+        priority: kugetsu_protocol::Priority::Normal,
+        model: "?".to_owned(),
+        prompt: String::new(),
+        repo: std::path::PathBuf::new(),
+        branch: None,
+        worktree: None,
+        created: humantime::format_rfc3339_seconds(created).to_string(),
+        pid: None,
+        attempt: 0,
+        turns: finished.turns,
+        usage: finished.usage,
+        restarts: finished.restarts,
+        rss_bytes: None,
+        mem_limit: 0,
+        tool: None,
+        result: finished.result.clone(),
+        error: finished.error.clone(),
+        waiting: None,
+        budget_tokens: None,
+        budget_usd: None,
+        conflicts: Default::default(),
+        merged: None,
+    }
 }

@@ -4,6 +4,12 @@
 //! [`SAMPLE_INTERVAL`] while anyone listens, and publishes an immutable [`Snapshot`] through a
 //! `watch` channel. Each running shadow reads the latest snapshot to account its worker and the
 //! tool processes below it; the pool reads it to decide whether a shadow may start.
+//!
+//! A worker is counted by its RSS; each process below it by its PSS (`Pss:` of
+//! `/proc/PID/smaps_rollup`, read only when the tree is walked, i.e. while a tool runs), so
+//! pages shared by many tool processes (forks of one shell, one library mapped by all) count
+//! once in all instead of once per process. Where `smaps_rollup` is missing (kernels before
+//! 4.14), RSS is summed, which errs high.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// One process in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcMem {
+    /// Resident bytes: RSS for a worker, PSS (else RSS) for a tool process.
     pub rss: u64,
     pub parent: Option<u32>,
 }
@@ -381,13 +388,13 @@ async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
                     .into_iter()
                     .filter_map(|(pid, parent)| {
                         let proc = system.process(sysinfo::Pid::from_u32(pid))?;
-                        Some((
-                            pid,
-                            ProcMem {
-                                rss: proc.memory(),
-                                parent,
-                            },
-                        ))
+                        // The worker is counted by RSS; its tools by PSS (see the module docs).
+                        let rss = match parent {
+                            None => proc.memory(),
+                            Some(_) => kugetsu_os::process::proportional_bytes(pid)
+                                .unwrap_or_else(|| proc.memory()),
+                        };
+                        Some((pid, ProcMem { rss, parent }))
                     })
                     .collect();
             }

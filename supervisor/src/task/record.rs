@@ -201,29 +201,36 @@ fn ids_in(dir: &Path) -> Option<Vec<String>> {
     Some(ids)
 }
 
-/// Why a task's record could not be loaded.
+/// Why a task's record could not be loaded. Each names the file, so a log line says which
+/// record to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// There is no such task (no `task.json`).
     #[error("no task {id}")]
     Missing { id: String },
     /// `task.json` exists but cannot be read.
-    #[error("task {id}: cannot read task.json")]
+    #[error("task {id}: cannot read {}", path.display())]
     Io {
         id: String,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// `task.json` is not a task record.
-    #[error("task {id}: unreadable task.json")]
+    #[error("task {id}: {} is damaged", path.display())]
     Corrupt {
         id: String,
+        path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
     /// `task.json` names another task than its directory (copied, or tampered with).
-    #[error("task {id}: task.json belongs to task {claimed:?}")]
-    Mismatch { id: String, claimed: String },
+    #[error("task {id}: {} belongs to task {claimed:?}, not to its directory", path.display())]
+    Mismatch {
+        id: String,
+        path: PathBuf,
+        claimed: String,
+    },
 }
 
 /// One task's directory, `<state_dir>/tasks/<id>/`, and the files in it.
@@ -307,21 +314,22 @@ impl TaskDir {
     /// Reads `task.json`, checking that it belongs to this directory.
     pub fn load(&self) -> Result<TaskRecord, RecordError> {
         let id = self.id.clone();
-        let bytes = match std::fs::read(self.record_file()) {
+        let path = self.record_file();
+        let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RecordError::Missing { id });
             }
-            Err(source) => return Err(RecordError::Io { id, source }),
+            Err(source) => return Err(RecordError::Io { id, path, source }),
         };
-        let record: TaskRecord =
-            serde_json::from_slice(&bytes).map_err(|source| RecordError::Corrupt {
-                id: id.clone(),
-                source,
-            })?;
+        let record: TaskRecord = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(source) => return Err(RecordError::Corrupt { id, path, source }),
+        };
         if record.id != self.id {
             return Err(RecordError::Mismatch {
                 id,
+                path,
                 claimed: record.id,
             });
         }
@@ -441,7 +449,13 @@ mod tests {
         let mut forged = record;
         forged.id = "../../..".to_owned();
         other.save(&forged).unwrap();
-        assert!(matches!(other.load(), Err(RecordError::Mismatch { .. })));
+        let error = other.load().unwrap_err();
+        assert!(matches!(error, RecordError::Mismatch { .. }), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains(&other.record_file().display().to_string()) && text.contains("../../.."),
+            "{text}"
+        );
         std::fs::write(other.record_file(), b"{not json").unwrap();
         assert!(matches!(other.load(), Err(RecordError::Corrupt { .. })));
         assert!(matches!(

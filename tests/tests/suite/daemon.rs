@@ -262,6 +262,40 @@ async fn daemon_holds_a_task_the_host_has_no_memory_for() {
         .await;
     let tasks = daemon.ps().await;
     assert_eq!(with_status(&tasks, "queued"), [huge.as_str()], "{tasks:#?}");
+    // It says why, in `ps` (its summary and the table) and in `show`.
+    let waiting = tasks[0]["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("can never start here") && waiting.contains("mem_limit"),
+        "{tasks:#?}"
+    );
+    let ps = daemon.cli(["ps"]).await;
+    ps.assert_code(0);
+    assert!(
+        ps.stdout
+            .contains(&format!("queued task {huge} can never start here")),
+        "{}",
+        ps.stdout
+    );
+    let show = daemon.cli(["show", &huge]).await;
+    show.assert_code(0);
+    assert!(
+        show.stdout.contains("waiting   can never start here"),
+        "{}",
+        show.stdout
+    );
+    // An absurd limit is refused at once, naming it.
+    let refused = daemon
+        .cli([
+            "submit",
+            "-m",
+            &quick,
+            "--mem-limit",
+            "18446744073709551615",
+            "No.",
+        ])
+        .await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--mem-limit"), "{}", refused.stderr);
 
     daemon.kill9().await;
     let mark = daemon.stderr_mark();
@@ -532,6 +566,64 @@ async fn daemon_kills_a_tool_over_mem_limit_and_the_task_still_completes() {
     );
 }
 
+/// Many sleeping tool processes share nearly all their pages: counted by PSS they fit a
+/// modest limit, though their RSS summed per process is far over it (500 sleeps were once
+/// counted as 585 MiB and killed). Neither the worker's watch nor the supervisor's sampler
+/// kills them.
+#[tokio::test]
+async fn daemon_counts_shared_pages_of_many_sleeping_tools_once() {
+    const SLEEPERS: usize = 300;
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo)
+        .config("mem_limit = \"256MiB\"\n")
+        .start()
+        .await;
+    // The sleeps end by themselves: long enough for many samples of both the worker (every
+    // 100 ms) and the supervisor (every 500 ms), short enough for a test.
+    let model = Script::new()
+        .bash(
+            "Sleeping in crowds.",
+            &format!("for i in $(seq {SLEEPERS}); do sleep 8.5353 & done; wait; echo all slept"),
+        )
+        .text("Done.")
+        .write(&repo.root().join("scripts/crowd.json"));
+    let id = daemon.submit(&["-m", &model], "Sleep a lot.").await;
+    let deadline = Instant::now() + WAIT;
+    let sleepers = || {
+        procs::matching("sleep 8.5353")
+            .into_iter()
+            .filter(|p| p.cmdline == "sleep 8.5353")
+            .collect::<Vec<_>>()
+    };
+    while sleepers().len() < SLEEPERS {
+        assert!(Instant::now() < deadline, "{}", daemon.context(Some(&id)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The test means something only if the per-process RSS sum is over the limit.
+    let rss: u64 = sleepers()
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/statm", p.pid)).ok())
+        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 4096;
+    assert!(
+        rss > 256 * MIB,
+        "{SLEEPERS} sleeps have only {} MiB of RSS",
+        rss / MIB
+    );
+    let events = daemon.wait_finished(&id, WAIT).await;
+    procs::wait_until_gone("8.5353", Duration::from_secs(10)).await;
+    assert!(
+        events.of_type("memory_limit").is_empty(),
+        "RSS {} MiB: {events:?}",
+        rss / MIB
+    );
+    let bash = events.tool_end_of("bash", 0);
+    assert_eq!(bash["ok"], true, "{bash}");
+    assert!(str_of(bash, "output").contains("all slept"), "{bash}");
+    assert_eq!(events.status(), "completed", "{events:?}");
+}
+
 // 5. Containment: processes that leave the tool's process group and session.
 #[tokio::test]
 async fn daemon_leaves_no_setsid_escapee_behind_after_finish_or_cancel() {
@@ -758,7 +850,7 @@ async fn daemon_answers_bad_input_with_json_rpc_errors_and_never_dies() {
         &br#"{"jsonrpc":"1.0","id":7,"method":"list"}"#[..],
         br#"{"id":8,"method":"list"}"#,
         br#"{"jsonrpc":"2.0","id":9}"#,
-        b"[1, 2, 3]",
+        b"[]",
         b"\"a string\"",
         b"42",
     ] {
@@ -795,6 +887,165 @@ async fn daemon_answers_bad_input_with_json_rpc_errors_and_never_dies() {
     let mut fresh = daemon.rpc().await;
     assert!(fresh.call("list", json!({})).await.unwrap()["tasks"].is_array());
     assert!(rpc.call("list", json!({})).await.unwrap()["tasks"].is_array());
+}
+
+/// Queued tasks whose `task.json` was damaged, removed or forged (an `id` of `../../..`)
+/// while the daemon was down are not dropped silently: the log names each and its file, and
+/// each ends `failed` with the reason in its own events, shown by `ps` and `show` — also after
+/// another restart. The rest of the queue runs.
+#[tokio::test]
+async fn daemon_reports_damaged_records_of_queued_tasks_and_runs_the_rest() {
+    let repo = TestRepo::new();
+    let mut daemon = Daemon::builder(&repo)
+        .config("max_shadows = 1\n")
+        .start()
+        .await;
+    let gate = Gate::new(repo.root(), "gate");
+    let blocker = blocker_model(&repo, &gate, "blocker");
+    let quick = bash_model(&repo, "quick", "echo quick");
+    let mut events = daemon.subscribe_all().await;
+    let first = daemon.submit(&["-m", &blocker], "Hold the pool.").await;
+    wait_tasks(&mut events, "started", 1, std::slice::from_ref(&first)).await;
+    let garbled = daemon.submit(&["-m", &quick], "garbled").await;
+    let missing = daemon.submit(&["-m", &quick], "missing").await;
+    let forged = daemon.submit(&["-m", &quick], "forged").await;
+    let fine = daemon.submit(&["-m", &quick], "fine").await;
+    drop(events);
+    daemon.kill9().await;
+
+    let tasks_dir = daemon.state_dir().join("tasks");
+    let record = |id: &str| tasks_dir.join(id).join("task.json");
+    std::fs::write(record(&garbled), b"{\"id\": \"trunc").unwrap();
+    std::fs::remove_file(record(&missing)).unwrap();
+    let mut claimed: Value =
+        serde_json::from_slice(&std::fs::read(record(&forged)).unwrap()).unwrap();
+    claimed["id"] = json!("../../..");
+    std::fs::write(record(&forged), claimed.to_string()).unwrap();
+
+    let mark = daemon.stderr_mark();
+    daemon.restart().await;
+    // The socket is bound before recovery runs; "serving on" follows it.
+    daemon
+        .wait_for_stderr(mark, "kugetsu: serving on", Duration::from_secs(10))
+        .await;
+    let log = daemon.stderr()[mark..].to_owned();
+    for id in [&garbled, &missing, &forged] {
+        assert!(
+            log.contains(&format!("queued task {id}")),
+            "{id} not reported:\n{log}"
+        );
+    }
+    assert!(
+        log.contains(&record(&forged).display().to_string()) && log.contains("../../.."),
+        "{log}"
+    );
+    assert!(
+        log.contains(&record(&garbled).display().to_string()),
+        "{log}"
+    );
+    gate.open();
+    assert_eq!(
+        daemon.wait_finished(&fine, WAIT).await.status(),
+        "completed"
+    );
+    assert_eq!(
+        daemon.wait_finished(&first, WAIT).await.status(),
+        "completed"
+    );
+    for round in ["after the restart", "after one more"] {
+        let tasks = daemon.ps().await;
+        let failed = with_status(&tasks, "failed");
+        for id in [&garbled, &missing, &forged] {
+            assert!(failed.contains(&id.as_str()), "{round}: {id}: {tasks:#?}");
+            let task = tasks.iter().find(|t| t["id"] == **id).unwrap();
+            let error = task["error"].as_str().unwrap_or_default();
+            assert!(error.contains("damaged task record"), "{round}: {task}");
+        }
+        let show = daemon.cli(["show", &forged]).await;
+        show.assert_code(0);
+        assert!(show.stdout.contains("../../.."), "{round}: {}", show.stdout);
+        let events = std::fs::read_to_string(
+            daemon
+                .state_dir()
+                .join("tasks")
+                .join(&garbled)
+                .join("events.jsonl"),
+        )
+        .unwrap();
+        let last: Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+        assert_eq!(last["type"], "finished", "{last}");
+        assert_eq!(last["status"], "failed", "{last}");
+        daemon.kill9().await;
+        daemon.restart().await;
+    }
+    daemon.assert_alive();
+}
+
+/// JSON-RPC 2.0 batches: an array of requests gets an array of responses (notifications
+/// leave no entry, invalid members get an Invalid Request each, `subscribe` is refused inside
+/// one); `"id": null` is a request and gets an answer with `id: null`.
+#[tokio::test]
+async fn daemon_answers_batches_and_null_ids_as_json_rpc_says() {
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo).start().await;
+    let mut rpc = daemon.rpc().await;
+
+    rpc.send_line(br#"{"jsonrpc":"2.0","id":null,"method":"list"}"#)
+        .await;
+    let response = rpc.next_response().await;
+    assert_eq!(response["id"], Value::Null, "{response}");
+    assert!(response["result"]["tasks"].is_array(), "{response}");
+
+    rpc.send_line(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"list"},
+             {"jsonrpc":"2.0","method":"list"},
+             {"jsonrpc":"2.0","id":"two","method":"get","params":{"task":"nope"}},
+             7,
+             {"jsonrpc":"2.0","id":3,"method":"frobnicate"},
+             {"jsonrpc":"2.0","id":4,"method":"subscribe"}]"#
+            .iter()
+            .filter(|b| **b != b'\n')
+            .copied()
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    )
+    .await;
+    let response = rpc.next_response().await;
+    let answers = response.as_array().unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(answers.len(), 5, "{response}");
+    assert_eq!(answers[0]["id"], 1, "{response}");
+    assert!(answers[0]["result"]["tasks"].is_array(), "{response}");
+    assert_eq!(answers[1]["id"], "two", "{response}");
+    assert_eq!(answers[1]["error"]["code"], -32004, "{response}");
+    assert_eq!(answers[2]["id"], Value::Null, "{response}");
+    assert_eq!(answers[2]["error"]["code"], -32600, "{response}");
+    assert_eq!(answers[3]["id"], 3, "{response}");
+    assert_eq!(answers[3]["error"]["code"], -32601, "{response}");
+    assert_eq!(answers[4]["id"], 4, "{response}");
+    assert_eq!(answers[4]["error"]["code"], -32600, "{response}");
+
+    rpc.send_line(b"[1, 2, 3]").await;
+    let response = rpc.next_response().await;
+    let answers = response.as_array().unwrap_or_else(|| panic!("{response}"));
+    assert_eq!(answers.len(), 3, "{response}");
+    for answer in answers {
+        assert_eq!(answer["error"]["code"], -32600, "{response}");
+        assert_eq!(answer["id"], Value::Null, "{response}");
+    }
+
+    // A batch of notifications only gets nothing; the next request is answered as usual.
+    rpc.send_line(br#"[{"jsonrpc":"2.0","method":"list"},{"jsonrpc":"2.0","method":"list"}]"#)
+        .await;
+    assert!(rpc.call("list", json!({})).await.unwrap()["tasks"].is_array());
+
+    let over = format!(
+        "[{}]",
+        vec![r#"{"jsonrpc":"2.0","method":"list"}"#; 1025].join(",")
+    );
+    rpc.send_line(over.as_bytes()).await;
+    let response = rpc.next_response().await;
+    assert_eq!(response["error"]["code"], -32600, "{response}");
+    assert_eq!(response["id"], Value::Null, "{response}");
 }
 
 // 9. Clients.

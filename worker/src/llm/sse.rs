@@ -80,7 +80,9 @@ impl SseParser {
     /// Fails, buffering nothing more, once a line or an event's data passes the limit.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), TooLong> {
         let mut rest = bytes;
-        if self.after_cr {
+        // An empty push (a network read of nothing) must not forget a pending `\r`: the
+        // `\n` that follows it in the next push still belongs to the same line ending.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(tail) = rest.strip_prefix(b"\n") {
                 rest = tail;
@@ -272,6 +274,14 @@ mod tests {
         assert!(parser.line.capacity() <= 64, "{}", parser.line.capacity());
     }
 
+    /// Found by the property tests: an empty push between the `\r` and the `\n` of a
+    /// `\r\n` took the `\n` for a blank line, splitting the event in two.
+    #[test]
+    fn an_empty_push_between_cr_and_lf_ends_nothing() {
+        let got = parse_in_pieces(&[b"data: a\r", b"", b"\ndata: b\r\n\r\n"]);
+        assert_eq!(got, [event("", "a\nb")]);
+    }
+
     #[test]
     fn an_event_of_many_short_data_lines_stops_at_the_limit() {
         let mut parser = SseParser::with_limit(64);
@@ -295,5 +305,138 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(out.len(), 1000);
+    }
+}
+
+/// Property tests, and the helpers the stream decoders' properties share.
+/// `PROPTEST_CASES` sets the number of cases (256 by default).
+#[cfg(test)]
+pub(crate) mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `bytes` cut into pieces of the given sizes (cycled; a 0 is an empty push, and sizes
+    /// that are all 0 give one piece).
+    pub(crate) fn pieces<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let size = match sizes.get(i % sizes.len().max(1)) {
+                Some(&size) if sizes.iter().any(|&s| s > 0) => size,
+                _ => rest.len(),
+            };
+            let (piece, tail) = rest.split_at(size.min(rest.len()));
+            out.push(piece);
+            rest = tail;
+            i += 1;
+        }
+        out
+    }
+
+    /// Piece sizes for [`pieces`]: mostly small, so cuts land inside lines, `\r\n` pairs and
+    /// multi-byte characters.
+    pub(crate) fn sizes() -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(
+            prop_oneof![1 => Just(0usize), 4 => 1usize..8, 1 => 8usize..200],
+            1..16,
+        )
+    }
+
+    /// Everything `bytes` gives, pushed in `pieces`, and the first error if any.
+    fn parse(limit: usize, pieces: &[&[u8]]) -> (Vec<SseEvent>, Result<(), TooLong>) {
+        let mut parser = SseParser::with_limit(limit);
+        let mut out = Vec::new();
+        for piece in pieces {
+            let pushed = parser.push(piece, &mut out);
+            // Bounded whatever the input: nothing held is over the limit.
+            assert!(parser.line.len() <= limit && parser.data.len() <= limit);
+            if pushed.is_err() {
+                return (out, pushed);
+            }
+        }
+        let finished = parser.finish(&mut out);
+        (out, finished)
+    }
+
+    /// One event as a server may write it.
+    #[derive(Debug, Clone)]
+    struct Written {
+        event: String,
+        data: Vec<String>,
+        comment: bool,
+    }
+
+    fn field_text() -> impl Strategy<Value = String> {
+        // Anything but line breaks; a leading space is data (only one is dropped).
+        "[^\r\n]{0,24}"
+    }
+
+    fn written() -> impl Strategy<Value = Written> {
+        (
+            prop_oneof![Just(String::new()), "[a-z_]{1,12}"],
+            prop::collection::vec(field_text(), 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(event, data, comment)| Written {
+                event,
+                data,
+                comment,
+            })
+    }
+
+    fn encode(events: &[Written], ending: &str) -> Vec<u8> {
+        let mut out = String::new();
+        for e in events {
+            if e.comment {
+                out.push_str(&format!(": keep-alive{ending}"));
+            }
+            if !e.event.is_empty() {
+                out.push_str(&format!("event: {}{ending}", e.event));
+            }
+            for line in &e.data {
+                out.push_str(&format!("data: {line}{ending}"));
+            }
+            out.push_str(ending);
+        }
+        out.into_bytes()
+    }
+
+    proptest! {
+        /// A valid stream gives the same events however it is cut, with any line ending.
+        #[test]
+        fn a_valid_stream_parses_the_same_in_any_pieces(
+            events in prop::collection::vec(written(), 0..12),
+            ending in prop::sample::select(vec!["\n", "\r\n", "\r"]),
+            sizes in sizes(),
+        ) {
+            let bytes = encode(&events, ending);
+            let (got, result) = parse(MAX_STREAM_BYTES, &pieces(&bytes, &sizes));
+            prop_assert_eq!(result, Ok(()));
+            let expected: Vec<SseEvent> = events
+                .iter()
+                .map(|e| SseEvent { event: e.event.clone(), data: e.data.join("\n") })
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        /// Arbitrary bytes never panic, stay within the limit, and give the same events and
+        /// the same verdict whole or in pieces.
+        #[test]
+        fn arbitrary_bytes_are_bounded_and_cut_independent(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    2 => prop::sample::select(b"\r\n:data event ".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..600,
+            ),
+            limit in 1usize..128,
+            sizes in sizes(),
+        ) {
+            let whole = parse(limit, &[&bytes]);
+            let cut = parse(limit, &pieces(&bytes, &sizes));
+            prop_assert_eq!(cut, whole);
+        }
     }
 }

@@ -21,8 +21,11 @@
 //! of the call. A pid could only change hands between two samples if the kernel's pid counter
 //! wrapped around within [`SAMPLE_INTERVAL`], which no fork rate comes near.
 //!
-//! Resident memory counts shared pages in every process that maps them (as the supervisor's
-//! sysinfo sampling does), so the sum errs high, never low.
+//! The call's processes are counted by PSS (`/proc/PID/smaps_rollup`): a page shared by n
+//! processes counts 1/n in each, so 500 sleeping forks of one shell cost what they really
+//! cost, not 500 times the shell's resident size. Where the kernel lacks `smaps_rollup` the
+//! RSS from `statm` is summed instead, which errs high, never low. The worker's own figure is
+//! its RSS (one read of `/proc/self/statm`).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -53,7 +56,7 @@ impl Baseline {
 /// One measurement of a shadow while a bash call runs, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Usage {
-    /// Resident memory of the call's processes.
+    /// Memory of the call's processes (PSS, else RSS).
     pub(crate) tools: u64,
     /// Resident memory of the worker.
     pub(crate) worker: u64,
@@ -171,7 +174,7 @@ impl Members {
             .known
             .iter()
             .filter(|(_, known)| known.ours)
-            .map(|(pid, _)| resident_bytes(&format!("/proc/{pid}/statm")))
+            .map(|(&pid, _)| tool_bytes(pid))
             .fold(0u64, u64::saturating_add);
         Usage {
             tools,
@@ -238,6 +241,13 @@ impl Members {
 }
 
 /// Resident bytes from a `statm` file (its second field, in pages); 0 for a process gone.
+/// A tool process's memory: its PSS (shared pages split among the processes sharing them, so
+/// many forks of one program are not counted many times over), else its RSS.
+fn tool_bytes(pid: u32) -> u64 {
+    kugetsu_os::process::proportional_bytes(pid)
+        .unwrap_or_else(|| resident_bytes(&format!("/proc/{pid}/statm")))
+}
+
 fn resident_bytes(statm: &str) -> u64 {
     std::fs::read_to_string(statm)
         .ok()

@@ -637,4 +637,120 @@ mod tests {
         assert_eq!(stop("tool_use"), StopReason::ToolUse);
         assert_eq!(stop("refusal"), StopReason::Other("refusal".into()));
     }
+
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
+    mod properties {
+        use super::*;
+        use crate::llm::sse::properties::{pieces, sizes};
+        use proptest::prelude::*;
+
+        /// Any text, control characters included.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter)
+        }
+
+        /// Text pieces, then tool calls as (id, name, argument pieces).
+        type Turn = (Vec<String>, Vec<(String, String, Vec<String>)>);
+
+        /// A generated turn.
+        fn turn() -> impl Strategy<Value = Turn> {
+            (
+                prop::collection::vec(text(), 0..6),
+                prop::collection::vec(
+                    (
+                        "[A-Za-z0-9_]{1,16}",
+                        "[a-z_]{1,10}",
+                        prop::collection::vec("[a-z{}\":, ]{0,6}[a-z{}\":]", 1..4),
+                    ),
+                    0..3,
+                ),
+            )
+        }
+
+        /// A stream cut short or with a byte changed.
+        fn damaged(stream: &'static str) -> impl Strategy<Value = Vec<u8>> {
+            let len = stream.len();
+            (0..=len, 0..len, 1u8..=255, any::<bool>()).prop_map(
+                move |(cut, at, flip, truncate)| {
+                    let mut bytes = stream.as_bytes().to_vec();
+                    if truncate {
+                        bytes.truncate(cut);
+                    } else {
+                        bytes[at] ^= flip;
+                    }
+                    bytes
+                },
+            )
+        }
+
+        fn event(data: &serde_json::Value) -> String {
+            let kind = data["type"].as_str().unwrap_or_default().to_owned();
+            format!("event: {kind}\ndata: {data}\n\n")
+        }
+
+        proptest! {
+            /// The recorded turn decodes the same however the network cuts it.
+            #[test]
+            fn the_recorded_turn_decodes_in_any_pieces(sizes in sizes()) {
+                let (result, seen) = decode(&pieces(TURN.as_bytes(), &sizes));
+                prop_assert_eq!(result.unwrap(), turn_completion());
+                prop_assert_eq!(seen, "Ich prüfe das → 🦀");
+            }
+
+            /// A generated turn, cut anywhere, gives its text and calls.
+            #[test]
+            fn a_generated_turn_decodes_in_any_pieces((texts, calls) in turn(), sizes in sizes()) {
+                use serde_json::json;
+                let mut stream = event(&json!({"type": "message_start", "message": {
+                    "id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                    "model": "m", "stop_reason": null,
+                    "usage": {"input_tokens": 5, "output_tokens": 1}}}));
+                stream.push_str(&event(&json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}})));
+                for text in &texts {
+                    stream.push_str(&event(&json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": text}})));
+                }
+                stream.push_str(&event(&json!({"type": "content_block_stop", "index": 0})));
+                for (i, (id, name, args)) in calls.iter().enumerate() {
+                    stream.push_str(&event(&json!({"type": "content_block_start", "index": i + 1,
+                        "content_block": {"type": "tool_use", "id": id, "name": name}})));
+                    for piece in args {
+                        stream.push_str(&event(&json!({"type": "content_block_delta",
+                            "index": i + 1,
+                            "delta": {"type": "input_json_delta", "partial_json": piece}})));
+                    }
+                    stream.push_str(&event(&json!({"type": "content_block_stop", "index": i + 1})));
+                }
+                let reason = if calls.is_empty() { "end_turn" } else { "tool_use" };
+                stream.push_str(&event(&json!({"type": "message_delta",
+                    "delta": {"stop_reason": reason}, "usage": {"output_tokens": 3}})));
+                stream.push_str(&event(&json!({"type": "message_stop"})));
+                let (result, seen) = decode(&pieces(stream.as_bytes(), &sizes));
+                let completion = result.unwrap();
+                prop_assert_eq!(&completion.text, &texts.concat());
+                prop_assert_eq!(seen, texts.concat());
+                let expected: Vec<ToolCall> = calls
+                    .iter()
+                    .map(|(id, name, args)| call(id, name, &args.concat()))
+                    .collect();
+                prop_assert_eq!(completion.tool_calls, expected);
+            }
+
+            /// A damaged stream never panics, and what it says does not depend on the cuts.
+            #[test]
+            fn a_damaged_stream_never_panics(bytes in damaged(TURN), sizes in sizes()) {
+                let whole = decode(&[&bytes]);
+                let cut = decode(&pieces(&bytes, &sizes));
+                prop_assert_eq!(whole.0.is_ok(), cut.0.is_ok());
+                prop_assert_eq!(whole.1, cut.1);
+            }
+
+            /// Arbitrary bytes never panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+                let _ = decode(&[&bytes]);
+            }
+        }
+    }
 }

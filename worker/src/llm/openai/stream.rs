@@ -586,4 +586,110 @@ mod tests {
         assert!(decoder.is_done());
         assert_eq!(decoder.finish(&mut |_| {}).unwrap().text, "a");
     }
+
+    /// Property tests; `PROPTEST_CASES` sets the number of cases.
+    mod properties {
+        use super::*;
+        use crate::llm::sse::properties::{pieces, sizes};
+        use proptest::prelude::*;
+
+        /// Any text, control characters included.
+        fn text() -> impl Strategy<Value = String> {
+            prop::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter)
+        }
+
+        /// Text pieces, then tool calls as (id, name, argument pieces).
+        type Turn = (Vec<String>, Vec<(String, String, Vec<String>)>);
+
+        /// A generated turn.
+        fn turn() -> impl Strategy<Value = Turn> {
+            (
+                prop::collection::vec(text(), 0..6),
+                prop::collection::vec(
+                    (
+                        "[A-Za-z0-9_]{1,16}",
+                        "[a-z_]{1,10}",
+                        prop::collection::vec("[a-z{}\":, ]{0,6}[a-z{}\":]", 1..4),
+                    ),
+                    0..3,
+                ),
+            )
+        }
+
+        /// A stream cut short or with a byte changed.
+        fn damaged(stream: &'static str) -> impl Strategy<Value = Vec<u8>> {
+            let len = stream.len();
+            (0..=len, 0..len, 1u8..=255, any::<bool>()).prop_map(
+                move |(cut, at, flip, truncate)| {
+                    let mut bytes = stream.as_bytes().to_vec();
+                    if truncate {
+                        bytes.truncate(cut);
+                    } else {
+                        bytes[at] ^= flip;
+                    }
+                    bytes
+                },
+            )
+        }
+
+        fn chunk(delta: &serde_json::Value) -> String {
+            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": delta}]});
+            format!("data: {chunk}\n\n")
+        }
+
+        proptest! {
+            /// The recorded turn decodes the same however the network cuts it.
+            #[test]
+            fn the_recorded_turn_decodes_in_any_pieces(sizes in sizes()) {
+                let (result, seen) = decode(&pieces(TWO_CALLS.as_bytes(), &sizes));
+                prop_assert_eq!(result.unwrap(), two_calls_completion());
+                prop_assert_eq!(seen, "héllo ✓ 世界");
+            }
+
+            /// A generated turn, cut anywhere, gives its text and calls.
+            #[test]
+            fn a_generated_turn_decodes_in_any_pieces((texts, calls) in turn(), sizes in sizes()) {
+                let mut stream = String::new();
+                for text in &texts {
+                    stream.push_str(&chunk(&serde_json::json!({"content": text})));
+                }
+                for (i, (id, name, args)) in calls.iter().enumerate() {
+                    stream.push_str(&chunk(&serde_json::json!({"tool_calls": [{
+                        "index": i, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}]})));
+                    for piece in args {
+                        stream.push_str(&chunk(&serde_json::json!({"tool_calls": [{
+                            "index": i, "function": {"arguments": piece}}]})));
+                    }
+                }
+                let reason = if calls.is_empty() { "stop" } else { "tool_calls" };
+                let end = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]});
+                stream.push_str(&format!("data: {end}\n\ndata: [DONE]\n\n"));
+                let (result, seen) = decode(&pieces(stream.as_bytes(), &sizes));
+                let completion = result.unwrap();
+                prop_assert_eq!(&completion.text, &texts.concat());
+                prop_assert_eq!(seen, texts.concat());
+                let expected: Vec<ToolCall> = calls
+                    .iter()
+                    .map(|(id, name, args)| call(id, name, &args.concat()))
+                    .collect();
+                prop_assert_eq!(completion.tool_calls, expected);
+            }
+
+            /// A damaged stream never panics, and what it says does not depend on the cuts.
+            #[test]
+            fn a_damaged_stream_never_panics(bytes in damaged(TWO_CALLS), sizes in sizes()) {
+                let whole = decode(&[&bytes]);
+                let cut = decode(&pieces(&bytes, &sizes));
+                prop_assert_eq!(whole.0.is_ok(), cut.0.is_ok());
+                prop_assert_eq!(whole.1, cut.1);
+            }
+
+            /// Arbitrary bytes never panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+                let _ = decode(&[&bytes]);
+            }
+        }
+    }
 }
