@@ -25,13 +25,15 @@ FULL = dict(launch_runs=30, idle_copies=20, many=200, kills=15, cpu_shadows=100,
             spreads=(20, 200), stream_shadows=200, stream_warmup=2.0, stream_window=10.0,
             subscribers=3, stalled_bytes=3 << 20, stalled_time=120.0, stalled_rss_cap=4 << 30,
             peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0,
-            governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0, chaos_kills=1000)
+            governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0, chaos_kills=1000,
+            fuzz_cases=10000)
 SMOKE = dict(launch_runs=3, idle_copies=3, many=5, kills=2, cpu_shadows=3, cpu_window=1.0,
              journal=50, daemon_many=5, many_window=1.0, ps_runs=1, many_settle=20,
              spreads=(3, 5), stream_shadows=5, stream_warmup=0.5, stream_window=1.0,
              subscribers=3, stalled_bytes=256 << 10, stalled_time=15.0, stalled_rss_cap=1 << 30,
              peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3,
-             governor=((3, 600, 4),), governor_timeout=60.0, chaos_kills=5)
+             governor=((3, 600, 4),), governor_timeout=60.0, chaos_kills=5,
+             fuzz_cases=32)
 
 
 class Ctx:
@@ -337,6 +339,46 @@ def bench_chaos(kills):
     return json.loads(lines[-1])
 
 
+FUZZ_RUNS = [["cargo", "test", "--workspace", "--lib", "--locked", "--features", "kugetsu-os/failpoints",
+              "properties"],
+             ["cargo", "test", "-p", "kugetsu-protocol", "--test", "properties", "--locked"]]
+
+
+def bench_fuzz(cases):
+    """The property tests (scripts/check's, 256 cases each) with `cases` cases each."""
+    env = dict(os.environ, PROPTEST_CASES=str(cases))
+    t0 = time.monotonic()
+    passed = failed = 0
+    failures = []
+    for cmd in FUZZ_RUNS:
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+        for line in out.stdout.splitlines():
+            if line.startswith("test result:"):
+                f = line.split()
+                passed += int(f[3])
+                failed += int(f[5])
+            elif line.startswith("test ") and line.endswith("FAILED"):
+                failures.append(line[5:-len(" ... FAILED")])
+        if out.returncode != 0 and not failures:
+            failures.append(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr[-300:]}")
+    return {"cases": cases, "properties": passed + failed, "failed": failed, "failures": failures,
+            "seconds": time.monotonic() - t0}
+
+
+def fuzz_block(z):
+    out = ["\n## Fuzzing\n",
+           "The property tests of `scripts/check` (proptest on the stable toolchain: the JSON-lines "
+           "codec, the SSE parser, both stream decoders, the journal reader, the JSON-RPC layer, the "
+           "config parser) with many more cases each, debug build.\n"]
+    if z is None:
+        return out + ["not measured"]
+    if isinstance(z, Failed):
+        return out + [f"**error**: {z.error}"]
+    verdict = "no property failed" if not z["failures"] else "**failed**: " + ", ".join(z["failures"][:10])
+    return out + [f"{z['properties']} properties x {z['cases']} cases "
+                  f"({z['properties'] * z['cases']:,} cases) in {z['seconds']:.0f} s: {verdict}."]
+
+
 def chaos_block(c):
     out = ["\n## Chaos soak\n",
            "`scripts/chaos` on the release binaries: tasks of three shell calls on a daemon "
@@ -405,6 +447,7 @@ def report(ctx, s, r):
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out += governor_block(r.get("governor"))
     out += chaos_block(r.get("chaos"))
+    out += fuzz_block(r.get("fuzz"))
     if isinstance(r["peers"], Failed):
         out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
         return "\n".join(out) + "\n"
@@ -441,7 +484,7 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
     ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
-    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "chaos", "peers"],
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "chaos", "fuzz", "peers"],
                     help="run one daemon or peers part and print its raw figures as JSON")
     args = ap.parse_args()
     smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
@@ -479,6 +522,7 @@ def main():
             bench_daemon.bench_governor(ctx, n, rpm, burst, governed, s["governor_timeout"])
             for n, rpm, burst in s["governor"] for governed in (True, False)]),
         ("chaos", "chaos", lambda: bench_chaos(s["chaos_kills"])),
+        ("fuzz", "fuzz", lambda: bench_fuzz(s["fuzz_cases"])),
         ("peers", "peers", lambda: bench_peers.run_peers(
             ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
     ]
