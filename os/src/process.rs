@@ -274,15 +274,48 @@ pub fn zombie_children() -> Vec<u32> {
     out
 }
 
+/// Children this process spawned and waits for itself (see [`own`]): never reaped by
+/// [`reap_lingering`], whatever state they are in.
+static OWNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `pid`, a child this process just spawned and will wait for, as its own until the
+/// returned guard is dropped (after the wait).
+pub fn own(pid: u32) -> Owned {
+    OWNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(pid);
+    Owned(pid)
+}
+
+/// A child marked by [`own`].
+#[derive(Debug)]
+pub struct Owned(u32);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let mut owned = OWNED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = owned.iter().position(|&p| p == self.0) {
+            owned.swap_remove(i);
+        }
+    }
+}
+
 /// Reaps the zombies among `earlier` (from [`zombie_children`] a while ago) that are still
-/// our zombies now, except `keep`: whoever spawned a child reaps it within moments of its
-/// exit, so one that lingers is an adopted orphan nobody waits for.
+/// our zombies now, except `keep` and the children marked with [`own`] (their spawner waits
+/// for them): what is left is an adopted orphan nobody waits for.
 pub fn reap_lingering(earlier: &[u32], keep: &[u32]) -> usize {
     use nix::sys::wait::{WaitPidFlag, waitpid};
     let now = zombie_children();
+    let owned = OWNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let mut reaped = 0;
     for pid in earlier {
-        if keep.contains(pid) || !now.contains(pid) {
+        if keep.contains(pid) || owned.contains(pid) || !now.contains(pid) {
             continue;
         }
         if let Ok(raw) = i32::try_from(*pid)

@@ -97,6 +97,7 @@ pub async fn run_test(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start the test command: {e}"))?;
+    let _owned = child.id().map(kugetsu_os::process::own);
     let group = child
         .id()
         .and_then(kugetsu_os::process::ProcessGroup::of_leader);

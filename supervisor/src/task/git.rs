@@ -190,6 +190,8 @@ impl<'a> Git<'a> {
             .command()
             .spawn()
             .map_err(|e| format!("cannot run git: {}", crate::exit::describe_io(&e)))?;
+        // Waited for below: the daemon's reaper of adopted orphans leaves it alone.
+        let _owned = child.id().map(kugetsu_os::process::own);
         let group = child
             .id()
             .and_then(kugetsu_os::process::ProcessGroup::of_leader);

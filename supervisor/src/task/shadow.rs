@@ -113,6 +113,8 @@ pub struct Shadow {
     /// How the worker exited, once it is reaped. From then on its pid and group id may be
     /// reused by unrelated processes, so nothing may be signalled through them.
     exit: Option<ExitStatus>,
+    /// Marks the worker as waited for by this handle (the daemon's orphan reaper skips it).
+    _owned: kugetsu_os::process::Owned,
 }
 
 impl Shadow {
@@ -166,6 +168,7 @@ impl Shadow {
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        let owned = kugetsu_os::process::own(pid);
         let group = ProcessGroup::of_leader(pid)
             .ok_or_else(|| SpawnError::Handshake("the worker exited at once".to_owned()))?;
         set_oom_score_adj(pid, WORKER_OOM_SCORE_ADJ);
@@ -186,6 +189,7 @@ impl Shadow {
             to_worker,
             marker: format!("{SHADOW_ENV}={}", task.id).into_bytes(),
             exit: None,
+            _owned: owned,
         };
         let hello = tokio::time::timeout(HELLO_TIMEOUT, events.recv()).await;
         let failure = match hello {
