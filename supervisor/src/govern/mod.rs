@@ -176,6 +176,11 @@ struct Granted {
     charge: Charge,
 }
 
+/// What a ticket reserved so far: when it is covered, and on which buckets (a bucket made
+/// after the ticket first looked, when the first response taught the limits, is charged on
+/// its next look).
+pub type Charged = Option<(Instant, [bool; 4])>;
+
 /// What a request is charged, per bucket.
 #[derive(Debug, Clone, Copy, Default)]
 struct Charge {
@@ -280,14 +285,20 @@ impl Account {
         ]
     }
 
-    fn charge(&mut self, charge: Charge, now: Instant) -> Duration {
-        let mut wait = Duration::ZERO;
-        for (bucket, cost) in self.buckets(charge) {
-            if let Some(bucket) = bucket {
-                wait = wait.max(bucket.reserve(cost, now));
+    /// Charges `charge` on every bucket not yet in `marks`; returns when all of the ticket's
+    /// reservations are covered.
+    fn charge(&mut self, charge: Charge, charged: &mut Charged, now: Instant) -> Instant {
+        let (mut ready, mut marks) = charged.unwrap_or((now, [false; 4]));
+        for (mark, (bucket, cost)) in marks.iter_mut().zip(self.buckets(charge)) {
+            if let Some(bucket) = bucket
+                && !*mark
+            {
+                ready = ready.max(now + bucket.reserve(cost, now));
+                *mark = true;
             }
         }
-        wait
+        *charged = Some((ready, marks));
+        ready
     }
 
     /// A reservation goes out: the buckets' stamps for a later sync.
@@ -301,9 +312,11 @@ impl Account {
         stamps
     }
 
-    fn uncharge(&mut self, charge: Charge, now: Instant) {
-        for (bucket, cost) in self.buckets(charge) {
-            if let Some(bucket) = bucket {
+    fn uncharge(&mut self, charge: Charge, marks: [bool; 4], now: Instant) {
+        for (mark, (bucket, cost)) in marks.into_iter().zip(self.buckets(charge)) {
+            if let Some(bucket) = bucket
+                && mark
+            {
                 bucket.cancel(cost, now);
             }
         }
@@ -391,7 +404,7 @@ impl State {
         task: &str,
         request: &PermitRequest,
         deadline: Option<Instant>,
-        charged: &mut Option<Instant>,
+        charged: &mut Charged,
         now: Instant,
         wall: SystemTime,
     ) -> Poll {
@@ -418,8 +431,7 @@ impl State {
                 why.clone_from(&account.hold_why);
             }
             if until.is_none() {
-                let ready =
-                    *charged.get_or_insert_with(|| now + account.charge(Charge::of(request), now));
+                let ready = account.charge(Charge::of(request), charged, now);
                 if ready > now {
                     until = Some(ready);
                     why = format!("the account's limit of {}", account.limits_text());
@@ -429,8 +441,8 @@ impl State {
                 if let Some(deadline) = deadline
                     && until > deadline
                 {
-                    if charged.take().is_some() {
-                        account.uncharge(Charge::of(request), now);
+                    if let Some((_, marks)) = charged.take() {
+                        account.uncharge(Charge::of(request), marks, now);
                     }
                     return Poll::Ready(Answer::Deny {
                         reason: format!(
@@ -450,8 +462,13 @@ impl State {
                 };
             }
             if account.in_flight >= account.cap_now(now) {
+                // Looked at again when a permit ends (a notification), or when a slow first
+                // response stops holding the fleet back.
+                let until = account
+                    .probe
+                    .map_or(now + RECHECK, |p| (p + PROBE_TIMEOUT).min(now + RECHECK));
                 return Poll::Wait {
-                    until: now + RECHECK,
+                    until,
                     reason: format!(
                         "rate limited: {} of {} requests in flight on the account",
                         account.in_flight,
@@ -465,7 +482,7 @@ impl State {
                 };
             }
         } else if charged.is_none() {
-            *charged = Some(now);
+            *charged = Some((now, [false; 4]));
         }
         // Granted.
         let charge = if enabled {
@@ -759,8 +776,8 @@ pub struct Ticket {
     task: String,
     request: PermitRequest,
     deadline: Option<Instant>,
-    /// When this ticket's reservation is covered, once it made one.
-    charged: Option<Instant>,
+    /// What this ticket reserved, once it did.
+    charged: Charged,
     /// Whether it had to wait.
     waited: bool,
     done: bool,
@@ -834,11 +851,11 @@ impl Drop for Ticket {
         }
         let mut state = self.governor.lock();
         state.waiting.remove(&self.task);
-        if self.charged.take().is_some()
+        if let Some((_, marks)) = self.charged.take()
             && state.settings.enabled
             && let Some(account) = state.accounts.get_mut(&self.request.account)
         {
-            account.uncharge(Charge::of(&self.request), Instant::now());
+            account.uncharge(Charge::of(&self.request), marks, Instant::now());
         }
     }
 }
@@ -904,6 +921,35 @@ mod tests {
             t0,
         );
         assert_eq!(poll(&mut s, 2, None, t0), Poll::Ready(Answer::Grant));
+    }
+
+    #[test]
+    fn requests_that_waited_for_the_first_response_are_charged_on_the_limits_it_taught() {
+        let mut s = state(on());
+        let t0 = Instant::now();
+        let (mut second, mut third): (Charged, Charged) = (None, None);
+        let look = |s: &mut State, id, charged: &mut Charged| {
+            s.poll("t", &request(id), None, charged, t0, SystemTime::now())
+        };
+        assert_eq!(look(&mut s, 1, &mut None), Poll::Ready(Answer::Grant));
+        assert!(matches!(look(&mut s, 2, &mut second), Poll::Wait { .. }));
+        assert!(matches!(look(&mut s, 3, &mut third), Poll::Wait { .. }));
+        // The first response: one a second, one left.
+        s.head(
+            "t",
+            1,
+            200,
+            &headers(&[
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "1"),
+            ]),
+            t0,
+        );
+        assert_eq!(look(&mut s, 2, &mut second), Poll::Ready(Answer::Grant));
+        let Poll::Wait { until, .. } = look(&mut s, 3, &mut third) else {
+            panic!("the third went past the limit the first response taught");
+        };
+        assert!((until - t0).as_secs_f64() > 0.9, "{:?}", until - t0);
     }
 
     #[test]
