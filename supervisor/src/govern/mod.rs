@@ -754,18 +754,6 @@ impl Governor {
     pub fn waiting(&self, task: &str) -> Option<String> {
         self.lock().waiting.get(task).cloned()
     }
-
-    /// Every account's counters (account, provider, counters).
-    pub fn stats(&self) -> Vec<(String, String, AccountStats)> {
-        let state = self.lock();
-        let mut out: Vec<_> = state
-            .accounts
-            .iter()
-            .map(|(name, a)| (name.clone(), a.provider.clone(), a.stats))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
 }
 
 /// One permit request on its way to an answer. Dropping it before then gives back what it
