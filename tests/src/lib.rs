@@ -9,6 +9,8 @@
 //!   recording every request and checking request invariants (a violation fails the test).
 //! - [`harness`]: temporary repositories and state directories, and a runner for the real
 //!   binaries with a controlled environment, an overall timeout and streamed events.
+//! - [`browser`]: headless Chromium driven over WebDriver by a small client, for the
+//!   dashboard's tests.
 //! - [`events`]: the `--json` event stream of one task, and the checks every stream must pass.
 //! - [`procs`]: finding processes by command line, to prove nothing a task started survives it.
 //! - [`journal`]: a task's checkpoint journal read back with the worker's own reader, and the
@@ -40,6 +42,7 @@
     reason = "test support: a failed expectation is a failed test, reported with context"
 )]
 
+pub mod browser;
 pub mod events;
 pub mod fake_llm;
 pub mod harness;

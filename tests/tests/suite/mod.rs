@@ -7,6 +7,7 @@ mod confinement;
 mod crash_loop;
 mod crash_points;
 mod daemon;
+mod dashboard;
 mod errors;
 mod fake_server;
 mod file_races;

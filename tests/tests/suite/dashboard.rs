@@ -1,0 +1,423 @@
+//! The web dashboard (docs/http.md, "Dashboard") in a real browser: headless Chromium driven
+//! over WebDriver, against the real daemon with its HTTP API on a real git repository and
+//! shadows on the scripted model. The assertions are about what a person sees on the page;
+//! what the page claims (a steer, a cancel, a merge) is checked again in the task's event log
+//! and in git.
+//!
+//! Without `chromium` and `chromium-driver` installed the browser test is skipped with a loud
+//! message, unless `CI` is set: then their absence fails it.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kugetsu_tests::browser::{self, Availability, Browser, http_request};
+use kugetsu_tests::harness::daemon::WAIT;
+use kugetsu_tests::{Daemon, Gate, Script, TestRepo};
+use serde_json::Value;
+
+const FILES: &[(&str, &str)] = &[("a.txt", "one\ntwo\nthree\n"), ("b.txt", "alpha\nbeta\n")];
+
+/// The config of a daemon with its HTTP API on a port the system picks, three shadows at most.
+const CONFIG: &str = "http = \"127.0.0.1:0\"\nmax_shadows = 3\n";
+
+/// Starts the daemon with the HTTP API; its address (read from the line it prints) and token.
+async fn http_daemon(repo: &TestRepo) -> (Daemon, SocketAddr, String) {
+    let daemon = Daemon::builder(repo).config(CONFIG).start().await;
+    let line = daemon.wait_for_stderr(0, "HTTP API on http://", WAIT).await;
+    let addr = line
+        .split("HTTP API on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in the daemon's line {line:?}"));
+    let token = std::fs::read_to_string(daemon.state_dir().join("http.token"))
+        .expect("the daemon made its token file");
+    (daemon, addr, token.trim().to_owned())
+}
+
+/// A scripted model named `name`: each of `commands` in its own turn, then `answer`.
+fn model(repo: &TestRepo, name: &str, commands: &[&str], answer: &str) -> String {
+    let mut script = Script::new();
+    for command in commands {
+        script = script.bash("Working on it.", command);
+    }
+    script
+        .text(answer)
+        .write(&repo.root().join("scripts").join(format!("{name}.json")))
+}
+
+/// Where the screenshot goes: `$KUGETSU_SCREENSHOT`, else `dashboard.png` in the cargo target
+/// directory the test runs from.
+fn screenshot_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUGETSU_SCREENSHOT") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/all-HASH
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test runs from a cargo target directory");
+    target.join("dashboard.png")
+}
+
+/// The events of `id` in its `events.jsonl`.
+fn event_log(daemon: &Daemon, id: &str) -> Vec<Value> {
+    let path = daemon
+        .state_dir()
+        .join("tasks")
+        .join(id)
+        .join("events.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Says, past the test harness's output capture, that the browser test did not run.
+fn skip_loudly(why: &str) {
+    let banner = format!(
+        "\n=== SKIPPED: the dashboard browser test did not run: {why}. \
+         Install them (apt-get install chromium chromium-driver) or set CI=1 to make this a failure. ===\n\n"
+    );
+    let _ = std::io::stderr().write_all(banner.as_bytes());
+}
+
+#[tokio::test]
+async fn dashboard_in_a_real_browser_shows_the_fleet_and_steers_cancels_and_merges() {
+    if let Availability::Skip(why) = browser::availability() {
+        skip_loudly(&why);
+        return;
+    }
+    let repo = TestRepo::with_files(FILES);
+    let (mut daemon, addr, token) = http_daemon(&repo).await;
+    let base = format!("http://{addr}");
+
+    // A task that completes at once, for the merge. Its change and prompt carry markup: the
+    // page must show it as text.
+    let merge_model = model(
+        &repo,
+        "merge",
+        &["echo '<b id=\"injected\">bold</b>' >> b.txt"],
+        "Added a <i>line</i>.",
+    );
+    let merge_id = daemon
+        .submit(&["-m", &merge_model], "Add <b>a line</b> to b.txt")
+        .await;
+    let merged_events = daemon.wait_finished(&merge_id, WAIT).await;
+    assert_eq!(merged_events.status(), "completed", "{merged_events:?}");
+
+    // Three shadows held at gates (the pool is full), one more queued behind them.
+    let steer_gate = Gate::new(repo.root(), "steer-gate");
+    let cancel_gate = Gate::new(repo.root(), "cancel-gate");
+    let hold_gate = Gate::new(repo.root(), "hold-gate");
+    let steer_model = model(
+        &repo,
+        "steer",
+        &[
+            "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
+            &steer_gate.wait_command(),
+        ],
+        "Steered and done.",
+    );
+    let cancel_model = model(&repo, "cancel", &[&cancel_gate.wait_command()], "Never.");
+    let hold_model = model(&repo, "hold", &[&hold_gate.wait_command()], "Held.");
+    let queued_model = model(&repo, "queued", &["echo queued"], "Queued and done.");
+    let steer_id = daemon
+        .submit(&["-m", &steer_model], "Count to three, then wait")
+        .await;
+    let cancel_id = daemon.submit(&["-m", &cancel_model], "Wait forever").await;
+    let hold_id = daemon.submit(&["-m", &hold_model], "Hold a slot").await;
+    let queued_id = daemon
+        .submit(
+            &["-m", &queued_model, "--priority", "low"],
+            "Wait for a free slot",
+        )
+        .await;
+
+    let browser = Browser::launch(1500, 1000).await;
+
+    // Without the cookie the page says how to sign in.
+    browser.goto(&format!("{base}/")).await;
+    let page = browser.page_text().await;
+    assert!(
+        page.contains("/?token="),
+        "the page without a cookie does not say how to sign in:\n{page}"
+    );
+    assert!(browser.find("#shadows").await.is_none(), "{page}");
+
+    // Signed in, the token leaves the address bar and the table lists every shadow.
+    browser.goto(&format!("{base}/?token={token}")).await;
+    let url = browser.current_url().await;
+    assert_eq!(url, format!("{base}/"), "the sign-in did not redirect to /");
+    for (id, status) in [
+        (&merge_id, "completed"),
+        (&steer_id, "running"),
+        (&cancel_id, "running"),
+        (&hold_id, "running"),
+    ] {
+        browser
+            .wait_for_text(
+                &format!("#shadows tr[data-task='{id}'] .status"),
+                status,
+                WAIT,
+            )
+            .await;
+    }
+    // The queued one is in the queue, with its priority.
+    let queued_row = browser
+        .wait_for_text(&format!("#queue tr[data-task='{queued_id}']"), "low", WAIT)
+        .await;
+    assert!(queued_row.contains(&queued_id), "{queued_row}");
+    // The hostile prompt is shown as text.
+    browser
+        .wait_for_text(
+            &format!("#shadows tr[data-task='{merge_id}']"),
+            "Add <b>a line</b> to b.txt",
+            WAIT,
+        )
+        .await;
+
+    // The header counts the fleet.
+    let running = browser.wait_for_text("#count-running", "3 / 3", WAIT).await;
+    assert_eq!(running, "3 / 3");
+    assert_eq!(browser.text_of("#count-queued").await, "1");
+
+    // A running shadow's memory bar is filled to its RSS against its limit.
+    let bar = format!("#shadows tr[data-task='{hold_id}'] .membar .fill");
+    let width = browser
+        .wait_for("a filled memory bar", WAIT, || async {
+            let width = browser
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.style.width : null;",
+                    serde_json::json!([bar]),
+                )
+                .await;
+            let pct: f64 = width.as_str()?.trim_end_matches('%').parse().ok()?;
+            (pct > 0.0).then_some(pct)
+        })
+        .await;
+    assert!(width <= 100.0, "{width}");
+    let memtext = browser
+        .text_of(&format!("#shadows tr[data-task='{hold_id}'] .memtext"))
+        .await;
+    assert!(memtext.contains(" / 512 MiB"), "{memtext}");
+
+    // The memory chart has points (the daemon samples every 2 s).
+    let points = browser
+        .wait_for("two samples in the memory chart", WAIT, || async {
+            let n = browser
+                .execute(
+                    "const l = document.querySelector('#chart polyline.rss'); \
+                     return l ? l.points.numberOfItems : 0;",
+                    serde_json::json!([]),
+                )
+                .await
+                .as_u64()?;
+            (n >= 2).then_some(n)
+        })
+        .await;
+    assert!(points >= 2);
+    assert!(
+        browser.text_of("#chart-caption").await.contains("samples"),
+        "{}",
+        browser.text_of("#chart-caption").await
+    );
+
+    // A click on a row opens its log, which grows with tool lines as the shadow works.
+    browser
+        .click(&format!("#shadows tr[data-task='{steer_id}']"))
+        .await;
+    browser.wait_for_text("#detail-id", &steer_id, WAIT).await;
+    let first_tool = browser.wait_for_text("#log .tool", "✓", WAIT).await;
+    assert!(first_tool.contains("bash for i in 1 2 3"), "{first_tool}");
+    assert!(
+        first_tool.contains("tick 3"),
+        "the output is missing: {first_tool}"
+    );
+    let tool_lines = browser
+        .wait_for("the gate's tool line", WAIT, || async {
+            let lines = browser.find_all("#log .tool").await;
+            (lines.len() >= 2).then_some(lines.len())
+        })
+        .await;
+    let log_before = browser.find_all("#log .line").await.len();
+    assert!(log_before > tool_lines, "{log_before} lines");
+
+    // Steer: the daemon's answer is shown, and the steered line appears once the shadow
+    // reaches its next turn.
+    let steering = "Also mention <the tests> & be brief";
+    browser.type_into("#steer-text", steering).await;
+    browser.click("#steer-button").await;
+    browser
+        .wait_for_text("#answer", "Steering accepted", WAIT)
+        .await;
+
+    // Several shadows running, one queued, a log open: the screenshot.
+    let shot = browser.screenshot().await;
+    assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let path = screenshot_path();
+    std::fs::write(&path, &shot).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let _ = std::io::stderr()
+        .write_all(format!("dashboard screenshot: {}\n", path.display()).as_bytes());
+
+    steer_gate.open();
+    let steered = browser
+        .wait_for_text("#log .steered", "steered", WAIT)
+        .await;
+    assert!(steered.contains(steering), "{steered}");
+    browser
+        .wait_for_text("#log .finished", "completed", WAIT)
+        .await;
+    assert!(browser.find_all("#log .line").await.len() > log_before);
+    let log = event_log(&daemon, &steer_id);
+    assert!(
+        log.iter()
+            .any(|e| e["type"] == "steered" && e["text"] == steering),
+        "no steered event in {steer_id}'s events.jsonl: {log:?}"
+    );
+    browser
+        .wait_for_text(
+            &format!("#shadows tr[data-task='{steer_id}'] .status"),
+            "completed",
+            WAIT,
+        )
+        .await;
+
+    // Cancel from the page: the status becomes cancelled.
+    browser
+        .click(&format!("#shadows tr[data-task='{cancel_id}']"))
+        .await;
+    browser.wait_for_text("#detail-id", &cancel_id, WAIT).await;
+    browser.click("#cancel-button").await;
+    let answer = browser.wait_for_text("#answer", "Cancel:", WAIT).await;
+    assert!(answer.contains("cancel"), "{answer}");
+    browser
+        .wait_for_text(
+            &format!("#shadows tr[data-task='{cancel_id}'] .status"),
+            "cancelled",
+            WAIT,
+        )
+        .await;
+    let log = event_log(&daemon, &cancel_id);
+    assert_eq!(
+        log.last().map(|e| (e["type"].clone(), e["status"].clone())),
+        Some(("finished".into(), "cancelled".into())),
+        "{log:?}"
+    );
+
+    // The diff of the completed task, coloured, its markup shown as text.
+    browser
+        .click(&format!("#shadows tr[data-task='{merge_id}']"))
+        .await;
+    browser.wait_for_text("#detail-id", &merge_id, WAIT).await;
+    browser.click("#tab-diff").await;
+    let added = browser.wait_for_text("#diff .add", "bold", WAIT).await;
+    assert_eq!(added, "+<b id=\"injected\">bold</b>");
+    assert!(
+        browser.find("#injected").await.is_none(),
+        "markup was parsed"
+    );
+    assert!(browser.text_of("#diff .file").await.contains("b.txt"));
+
+    // Merge from the page: it says where the task landed, and git agrees.
+    let before = repo.git(&["rev-parse", "main"]).trim().to_owned();
+    browser.click("#merge-button").await;
+    let landed = browser.wait_for_text("#answer", "Landed", WAIT).await;
+    let after = repo.git(&["rev-parse", "main"]).trim().to_owned();
+    assert_ne!(before, after, "main did not move: {landed}");
+    assert!(landed.contains(" on main at "), "{landed}");
+    assert!(landed.contains(&after[..12]), "{landed} vs {after}");
+    let tip_of_task = repo
+        .git(&["rev-parse", &format!("kugetsu/{merge_id}")])
+        .trim()
+        .to_owned();
+    let ancestry = repo.git(&["merge-base", "--is-ancestor", &tip_of_task, "main"]);
+    assert!(ancestry.trim().is_empty(), "{ancestry}");
+    assert!(
+        repo.git(&["show", "main:b.txt"]).contains("bold</b>"),
+        "main lacks the task's change"
+    );
+    // A second merge is refused, and the refusal is shown.
+    browser.click("#merge-button").await;
+    let refused = browser.wait_for_text("#answer", "Refused", WAIT).await;
+    assert!(refused.contains("already_merged"), "{refused}");
+
+    // The queued task ran once a slot was free.
+    browser
+        .wait_for_text(
+            &format!("#shadows tr[data-task='{queued_id}'] .status"),
+            "completed",
+            WAIT,
+        )
+        .await;
+
+    // A cookie that is gone: the page tells the person how to sign in again.
+    browser.delete_cookie("kugetsu_token").await;
+    browser.wait_for_text("#signin", "/?token=", WAIT).await;
+    browser.goto(&format!("{base}/?token={token}")).await;
+    browser
+        .wait_for_text(
+            &format!("#shadows tr[data-task='{hold_id}'] .status"),
+            "running",
+            WAIT,
+        )
+        .await;
+
+    // The daemon goes away: the page says so and keeps trying.
+    hold_gate.open();
+    daemon.wait_finished(&hold_id, WAIT).await;
+    daemon.kill9().await;
+    browser
+        .wait_for_text("#banner", "disconnected, retrying", WAIT)
+        .await;
+    browser.close().await;
+}
+
+/// The assets come with their content types and ETags, and a browser that has them gets 304.
+#[tokio::test]
+async fn dashboard_assets_have_content_types_and_etags() {
+    let repo = TestRepo::with_files(FILES);
+    let (_daemon, addr, token) = http_daemon(&repo).await;
+    let bearer = format!("Bearer {token}");
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/style.css", "text/css; charset=utf-8"),
+    ] {
+        let unauthorized = http_request(addr, "GET", path, &[]).await;
+        assert_eq!(unauthorized.status, 401, "{path} without the token");
+        let fresh = http_request(addr, "GET", path, &[("Authorization", &bearer)]).await;
+        assert_eq!(fresh.status, 200, "{path}: {}", fresh.text());
+        assert_eq!(fresh.header("content-type"), Some(content_type), "{path}");
+        assert_eq!(fresh.header("cache-control"), Some("no-cache"), "{path}");
+        let etag = fresh
+            .header("etag")
+            .unwrap_or_else(|| panic!("{path} has no ETag"))
+            .to_owned();
+        let cached = http_request(
+            addr,
+            "GET",
+            path,
+            &[("Authorization", &bearer), ("If-None-Match", &etag)],
+        )
+        .await;
+        assert_eq!(cached.status, 304, "{path} with its ETag");
+        assert!(cached.body.is_empty(), "{path}: a 304 has no body");
+        let stale = http_request(
+            addr,
+            "GET",
+            path,
+            &[("Authorization", &bearer), ("If-None-Match", "\"stale\"")],
+        )
+        .await;
+        assert_eq!(stale.status, 200, "{path} with another ETag");
+        assert_eq!(stale.body, fresh.body);
+    }
+    let page = http_request(addr, "GET", "/", &[("Authorization", &bearer)]).await;
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(page.text().contains("/assets/app.js"));
+}
