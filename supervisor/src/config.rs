@@ -69,6 +69,8 @@ pub struct Config {
     pub steer_on_conflict: bool,
     /// The governor, budgets and prices (boxed for the same reason).
     pub governance: Box<Governance>,
+    /// `http`: the address the daemon serves its HTTP API on (`None`: no HTTP).
+    pub http: Option<String>,
 }
 
 /// `governor`, `[rate_limits.PROVIDER]`, `[prices."PROVIDER/MODEL"]` and the budgets.
@@ -167,6 +169,7 @@ struct FileConfig {
     daily_budget_usd: Option<f64>,
     test_command: Option<String>,
     steer_on_conflict: Option<bool>,
+    http: Option<String>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -267,6 +270,7 @@ impl Config {
             },
             test_command: file.test_command.filter(|c| !c.trim().is_empty()),
             steer_on_conflict: file.steer_on_conflict.unwrap_or(false),
+            http: file.http.filter(|a| !a.trim().is_empty()),
             task_retention: match &file.task_retention {
                 None => Some(DEFAULT_TASK_RETENTION),
                 Some(text) => parse_retention(text)
@@ -387,6 +391,9 @@ impl Config {
                     )));
                 }
             };
+        }
+        if let Some(v) = get("KUGETSU_HTTP") {
+            self.http = Some(v.trim().to_owned());
         }
         if let Some(v) = get("KUGETSU_TEST_COMMAND") {
             self.test_command = Some(v);

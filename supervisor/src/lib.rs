@@ -27,6 +27,7 @@
 //! - [`task`]: one task's life, shared by `run` and the daemon.
 //! - [`govern`]: the governor: shared rate limits per provider account, the daily budget.
 //! - [`daemon`]: `kugetsu serve`: actor, commands, connections, queue, reload, sd_notify.
+//! - [`http`]: the daemon's HTTP API (`serve --http`): REST, SSE, metrics, the dashboard.
 //! - [`cli`]: what a user types: arguments, run, demo, doctor, the daemon's clients, render.
 //! - [`land`]: `diff`, `merge` and the conflict radar: landing the shadows' work.
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod daemon;
 pub mod exit;
 pub mod govern;
+pub mod http;
 pub mod land;
 pub mod rpc;
 pub mod task;

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                     state_dir: args.state_dir,
                     sandbox: args.confine.sandbox,
                     network: args.confine.network,
+                    http: args.http,
                 })
                 .await
             }

@@ -143,6 +143,9 @@ pub struct ServeArgs {
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Also serve the HTTP API and dashboard on ADDR (e.g. 127.0.0.1:7777); see docs/http.md.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 /// `kugetsu submit`.

@@ -70,7 +70,9 @@ pub struct Daemon {
     /// Tasks to resume before anything queued (they were running when the daemon died).
     pub(super) resume_first: VecDeque<String>,
     pub(super) table: Table,
-    running: usize,
+    pub(super) running: usize,
+    /// What the daemon counted since it started (restarts, tokens, finished tasks...).
+    pub(super) counters: crate::daemon::stats::Counters,
     pub(super) subscribers: Subscribers,
     pub(super) sampler: Sampler,
     /// Rate limits and the daily budget, shared by every shadow.
@@ -102,6 +104,8 @@ pub struct ServeOptions {
     pub sandbox: Option<kugetsu_protocol::SandboxMode>,
     /// Overrides the config's `network` for every task (and survives reloads).
     pub network: Option<kugetsu_protocol::NetworkMode>,
+    /// `--http ADDR`: overrides the config's `http` (read at start; a reload does not move it).
+    pub http: Option<String>,
 }
 
 impl ServeOptions {
@@ -146,6 +150,11 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         Ok(_) => {}
         Err(e) => eprintln!("kugetsu: warning: cannot read the open-files limit: {e}"),
     }
+    // Bound before the socket: a bad address stops the daemon before it takes the socket.
+    let http = match args.http.as_deref().or(config.http.as_deref()) {
+        Some(addr) => Some(crate::http::server::bind(addr, &state.root).await?),
+        None => None,
+    };
     let socket_path = crate::config::socket_path(args.socket.as_deref(), &state.root, &env);
     let listener = crate::daemon::socket::bind(&socket_path).await?;
     if let Err(e) = kugetsu_os::process::become_subreaper() {
@@ -166,6 +175,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         resume_first: VecDeque::new(),
         table: Table::default(),
         running: 0,
+        counters: Default::default(),
         subscribers: Subscribers::default(),
         sampler: Sampler::spawn(),
         budget_held: false,
@@ -216,6 +226,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
             }
         }
     });
+    let http = http.map(|bound| bound.serve(commands.clone(), daemon.state.clone()));
     drop(commands);
     eprintln!(
         "kugetsu: serving on {} (state {}, max_shadows {}, queue_capacity {})",
@@ -275,6 +286,9 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     }
     daemon.notifier.stopping();
     acceptor.abort();
+    if let Some(http) = http {
+        http.stop().await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     // Let connection writers send their last answers (the `shutdown` reply among them).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -471,6 +485,7 @@ impl Daemon {
                         entry.status = TaskStatus::Running;
                     }
                 }
+                self.counters.observe(&envelope);
                 self.subscribers.fan_out(&envelope);
             }
             Command::Done { id, finished } => {
@@ -489,6 +504,9 @@ impl Daemon {
                 self.schedule();
             }
             Command::Reload => self.reload(),
+            Command::Fleet { reply } => {
+                let _ = reply.send(self.fleet_stats());
+            }
         }
     }
 

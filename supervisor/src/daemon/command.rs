@@ -78,4 +78,8 @@ pub enum Command {
     },
     /// The config file changed.
     Reload,
+    /// The pool, the queue and the counters now (the HTTP API's metrics and fleet chart).
+    Fleet {
+        reply: oneshot::Sender<crate::daemon::stats::FleetStats>,
+    },
 }

@@ -244,6 +244,7 @@ impl Daemon {
         self.table.finish(task, finished);
         self.state.unmark_live(task);
         if let Some(envelope) = envelope {
+            self.counters.observe(&envelope);
             self.subscribers.fan_out(&envelope);
         }
         Ok(Cancelled {

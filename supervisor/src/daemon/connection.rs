@@ -299,12 +299,9 @@ async fn serve_call(
     daemon: mpsc::UnboundedSender<Command>,
     state: StateDir,
 ) -> Answer {
-    let daemon = &daemon;
     match call {
-        Call::Subscribe(params) => subscribe(id, params, daemon).await,
-        Call::Submit(params) => answer(id, typed::<rpc::Submit>(submit(params, daemon).await)),
-        Call::Resume(params) => answer(id, typed::<rpc::Resume>(resume(params, daemon).await)),
-        Call::Events(params) => match read_events(&params, daemon).await {
+        Call::Subscribe(params) => subscribe(id, params, &daemon).await,
+        Call::Events(params) => match read_events(&params, &daemon).await {
             // The page is built from the log's own lines, never as a tree of values.
             Ok(page) => Answer {
                 response: id.map(|id| {
@@ -319,27 +316,48 @@ async fn serve_call(
             },
             Err(error) => answer(id, Err(error)),
         },
+        call => answer(id, dispatch(call, &daemon, &state).await),
+    }
+}
+
+/// Serves one request that has one answer: the entry point shared by this socket and the
+/// HTTP API ([`crate::http`]), so both run the same code for every method. `subscribe` is a
+/// stream, not an answer: it is refused here (see [`open_subscription`]).
+pub async fn dispatch(
+    call: Call,
+    daemon: &mpsc::UnboundedSender<Command>,
+    state: &StateDir,
+) -> Result<Value, RpcError> {
+    match call {
+        Call::Subscribe(_) => Err(RpcError::new(
+            rpc::INVALID_REQUEST,
+            "subscribe is a stream of events, not a request with one answer",
+        )),
+        Call::Submit(params) => typed::<rpc::Submit>(submit(params, daemon).await),
+        Call::Resume(params) => typed::<rpc::Resume>(resume(params, daemon).await),
+        Call::Events(params) => {
+            let page = read_events(&params, daemon).await?;
+            serde_json::from_slice(&page)
+                .map_err(|e| RpcError::new(rpc::INTERNAL_ERROR, e.to_string()))
+        }
         Call::Clean(params) => {
-            let cleaned = crate::daemon::housekeeping::clean(&state, params.purge, None).await;
+            let cleaned = crate::daemon::housekeeping::clean(state, params.purge, None).await;
             if !cleaned.purged.is_empty() {
                 let tasks = cleaned.purged.clone();
                 let _ = daemon.send(Command::Forget { tasks });
             }
-            answer(id, typed::<rpc::Clean>(Ok(cleaned)))
+            typed::<rpc::Clean>(Ok(cleaned))
         }
         Call::Diff(params) => {
-            let result = crate::land::diff::diff(&state, &params)
+            let result = crate::land::diff::diff(state, &params)
                 .await
                 .map_err(|e| RpcError::from_cli(&e));
-            answer(id, typed::<rpc::Diff>(result))
+            typed::<rpc::Diff>(result)
         }
-        Call::Merge(params) => answer(id, typed::<rpc::Merge>(merge(params, daemon).await)),
-        call => {
-            let result = ask(daemon, |reply| Command::Call { call, reply })
-                .await
-                .and_then(|r| r);
-            answer(id, result)
-        }
+        Call::Merge(params) => typed::<rpc::Merge>(merge(params, daemon).await),
+        call => ask(daemon, |reply| Command::Call { call, reply })
+            .await
+            .and_then(|r| r),
     }
 }
 
@@ -578,6 +596,26 @@ async fn read_events(
     Ok(page)
 }
 
+/// Registers a subscriber with the actor: where its past events are ([`Replay`]) and the
+/// bounded feed its live ones arrive on (see [`crate::daemon::subscribers`]). Shared by this
+/// socket's `subscribe` and the HTTP API's event streams.
+pub async fn open_subscription(
+    params: &SubscribeParams,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<(Replay, Feed), RpcError> {
+    let (sink, feed) = subscribers::channel();
+    let task = params.task.clone();
+    let replay = ask(daemon, |reply| Command::Subscribe {
+        task,
+        after_seq: params.after_seq,
+        sink,
+        reply,
+    })
+    .await
+    .and_then(|r| r)?;
+    Ok((replay, feed))
+}
+
 /// Registers a subscription; its answer starts the forwarding (replay from disk, then live
 /// events) once the response is written, so the response always comes first.
 async fn subscribe(
@@ -585,18 +623,8 @@ async fn subscribe(
     params: SubscribeParams,
     daemon: &mpsc::UnboundedSender<Command>,
 ) -> Answer {
-    let (sink, feed) = subscribers::channel();
-    let task = params.task.clone();
-    let registered = ask(daemon, |reply| Command::Subscribe {
-        task,
-        after_seq: params.after_seq,
-        sink,
-        reply,
-    })
-    .await
-    .and_then(|r| r);
-    match registered {
-        Ok(replay) => Answer {
+    match open_subscription(&params, daemon).await {
+        Ok((replay, feed)) => Answer {
             then: Some(Forward {
                 params,
                 replay,

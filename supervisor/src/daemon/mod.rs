@@ -13,6 +13,7 @@
 //! - [`housekeeping`]: `clean` and the retention policy, on finished tasks' directories.
 //! - [`reload`]: config hot reload.
 //! - [`sdnotify`]: systemd notifications.
+//! - [`stats`]: the counters and the fleet snapshot behind the HTTP API's metrics.
 
 pub mod actor;
 pub mod command;
@@ -25,6 +26,7 @@ pub mod queue;
 pub mod reload;
 pub mod sdnotify;
 pub mod socket;
+pub mod stats;
 pub mod subscribers;
 pub mod table;
 

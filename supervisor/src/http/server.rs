@@ -1,0 +1,260 @@
+//! Binding the HTTP server, capping its connections, routing, and stopping it.
+//!
+//! The address is bound before the daemon takes its socket, so a bad `--http` stops the
+//! daemon from starting (exit 2, with the reason). A non-loopback address gets a warning: the
+//! token is all that guards the daemon there, over plain HTTP. The token itself is never
+//! logged; the log names the file that holds it.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's
+//! backlog), request bodies of at most [`MAX_BODY`] bytes (413), at most
+//! [`crate::http::sse::MAX_STREAMS`] event streams (503).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::command::Command;
+use crate::exit::CliError;
+use crate::http::auth::{self, Token};
+use crate::http::{AppState, api, dashboard, error, fleet, metrics, sse};
+use crate::task::record::StateDir;
+
+/// Largest request body read.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long open connections get to finish when the daemon stops.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// A bound address with its token, not serving yet.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+    token: Token,
+}
+
+/// Binds `addr` and reads (or makes) the token of the state dir `root`.
+pub async fn bind(addr: &str, root: &std::path::Path) -> Result<Bound, CliError> {
+    let token = auth::load_or_create(root)?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        CliError::Usage(format!(
+            "cannot listen for HTTP on {addr}: {}",
+            crate::exit::describe_io(&e)
+        ))
+    })?;
+    let addr = listener.local_addr().map_err(|e| {
+        CliError::Usage(format!(
+            "cannot listen for HTTP on {addr}: {}",
+            crate::exit::describe_io(&e)
+        ))
+    })?;
+    Ok(Bound {
+        listener,
+        addr,
+        token,
+    })
+}
+
+/// The running server.
+#[derive(Debug)]
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    server: JoinHandle<()>,
+    sampler: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts serving requests to the actor at `daemon`.
+    pub fn serve(self, daemon: mpsc::UnboundedSender<Command>, state: StateDir) -> HttpServer {
+        let stop = CancellationToken::new();
+        let token_file = auth::token_path(&state.root);
+        let app = AppState::new(daemon, state, self.token, stop.clone());
+        let sampler = tokio::spawn(fleet::sample(app.clone()));
+        let router = router(app);
+        let listener = Capped {
+            listener: self.listener,
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        };
+        let shutdown = stop.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                eprintln!("kugetsu: the HTTP server failed: {e}");
+            }
+        });
+        if !self.addr.ip().is_loopback() {
+            eprintln!(
+                "kugetsu: warning: the HTTP API listens on {}, which is not a loopback address: anyone who can reach it and has the token drives this daemon, over plain HTTP",
+                self.addr
+            );
+        }
+        eprintln!(
+            "kugetsu: HTTP API on http://{}/ (sign a browser in with http://{}/?token=TOKEN; the token is in {})",
+            self.addr,
+            self.addr,
+            token_file.display()
+        );
+        HttpServer {
+            addr: self.addr,
+            stop,
+            server,
+            sampler,
+        }
+    }
+}
+
+impl HttpServer {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ends the event streams, lets requests in progress finish for a moment, then stops.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(DRAIN, &mut server).await.is_err() {
+            server.abort();
+        }
+        self.sampler.abort();
+    }
+}
+
+/// Every route, behind the token.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/tasks", get(api::list).post(api::submit))
+        .route("/api/v1/tasks/{id}", get(api::get))
+        .route("/api/v1/tasks/{id}/cancel", post(api::cancel))
+        .route("/api/v1/tasks/{id}/steer", post(api::steer))
+        .route("/api/v1/tasks/{id}/resume", post(api::resume))
+        .route("/api/v1/tasks/{id}/merge", post(api::merge))
+        .route(
+            "/api/v1/tasks/{id}/diff",
+            get(api::diff_get).post(api::diff_post),
+        )
+        .route("/api/v1/tasks/{id}/events", get(sse::task_events))
+        .route("/api/v1/events", get(sse::all_events))
+        .route("/api/v1/fleet", get(fleet::fleet))
+        .route("/metrics", get(metrics::metrics))
+        .merge(dashboard::routes())
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+/// A listener that serves at most [`MAX_CONNECTIONS`] connections at once: it accepts the
+/// next one only once it holds a permit, which the connection keeps until it closes.
+struct Capped {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+/// An accepted connection and its permit.
+struct Connection {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Connection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Connection, SocketAddr) {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            // The semaphore is never closed.
+            return std::future::pending().await;
+        };
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        Connection {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    );
+                }
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted.
+                    eprintln!(
+                        "kugetsu: HTTP accept failed: {}",
+                        crate::exit::describe_io(&e)
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
