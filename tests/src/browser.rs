@@ -202,18 +202,26 @@ impl Browser {
         self.text_of("body").await
     }
 
-    /// Clicks the first element matching `selector`.
+    /// Clicks the first element matching `selector`; found again if the page replaced it
+    /// between finding and clicking (a "stale element").
     pub async fn click(&self, selector: &str) {
-        let element = self
-            .find(selector)
-            .await
-            .unwrap_or_else(|| panic!("no {selector:?} to click on the page"));
-        self.session_command(
-            "POST",
-            &format!("/element/{}/click", element.0),
-            Some(json!({})),
-        )
-        .await;
+        let mut last = Value::Null;
+        for _ in 0..10 {
+            let element = self
+                .find(selector)
+                .await
+                .unwrap_or_else(|| panic!("no {selector:?} to click on the page"));
+            let path = format!("/session/{}/element/{}/click", self.session, element.0);
+            match self.try_request("POST", &path, Some(json!({}))).await {
+                Ok((200, _)) => return,
+                Ok((_, answer)) if answer["value"]["error"] == "stale element reference" => {
+                    last = answer;
+                }
+                Ok((status, answer)) => panic!("clicking {selector:?} answered {status}: {answer}"),
+                Err(e) => panic!("clicking {selector:?}: {e}"),
+            }
+        }
+        panic!("{selector:?} kept going stale: {last}");
     }
 
     /// Types `text` into the first element matching `selector`.

@@ -89,7 +89,10 @@ async fn page(headers: HeaderMap) -> Response {
         HeaderValue::from_static(PAGE_CSP),
     );
     // The address may have carried the token a moment ago (`/?token=T` redirects here).
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 

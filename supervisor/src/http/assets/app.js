@@ -344,15 +344,52 @@
     return el("span", { class: "status st-" + status }, status);
   }
 
-  function memBar(rss, limit) {
-    const bar = el("span", { class: "membar", title: bytes(rss) + " of " + bytes(limit) });
-    const fill = el("span", { class: "fill" });
+  // The memory cell of a live shadow: a bar of its RSS against its limit, and the figures.
+  function setMemory(cell, rss, limit, live) {
+    if (!live) {
+      if (cell.firstChild && cell.firstChild.nodeType !== Node.TEXT_NODE) clear(cell);
+      setText(cell, bytes(limit) + " limit");
+      return;
+    }
+    let bar = cell.querySelector(".membar");
+    if (!bar) {
+      clear(cell);
+      bar = el("span", { class: "membar" }, el("span", { class: "fill" }));
+      cell.appendChild(el("span", { class: "mem" }, bar, el("span", { class: "memtext" })));
+    }
+    const fill = bar.firstChild;
     const frac = limit > 0 && rss !== null && rss !== undefined ? rss / limit : 0;
     fill.style.width = Math.min(100, Math.max(0, frac * 100)).toFixed(1) + "%";
-    if (frac >= 1) fill.classList.add("over");
-    else if (frac >= 0.8) fill.classList.add("high");
-    bar.appendChild(fill);
-    return el("span", { class: "mem" }, bar, el("span", { class: "memtext" }, bytes(rss) + " / " + bytes(limit)));
+    fill.classList.toggle("over", frac >= 1);
+    fill.classList.toggle("high", frac >= 0.8 && frac < 1);
+    bar.setAttribute("title", bytes(rss) + " of " + bytes(limit));
+    setText(cell.querySelector(".memtext"), bytes(rss) + " / " + bytes(limit));
+  }
+
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  // Brings the rows of `body` (one per task, keyed by data-task) to `items`, in order,
+  // reusing the rows that stay: a row under the pointer is never replaced by a copy.
+  function syncRows(body, items, build, update) {
+    const existing = new Map();
+    for (const row of Array.from(body.rows)) existing.set(row.getAttribute("data-task"), row);
+    items.forEach((item, i) => {
+      let row = existing.get(item.id);
+      if (row) existing.delete(item.id);
+      else {
+        row = build(item);
+        row.addEventListener("click", () => openDetail(item.id));
+      }
+      update(row, item, i);
+      if (body.rows[i] !== row) body.insertBefore(row, body.rows[i] || null);
+    });
+    for (const row of existing.values()) row.remove();
+  }
+
+  function cells(id, classes) {
+    return el("tr", { "data-task": id }, ...classes.map((c) => el("td", { class: c })));
   }
 
   function render() {
@@ -388,49 +425,46 @@
   }
 
   function renderShadows(shadows) {
-    const body = $("shadows").tBodies[0];
-    clear(body);
-    for (const t of shadows) {
+    const build = (t) => cells(t.id, ["id", "status-cell", "prio", "turn", "tool", "memory", "tokens", "cost", "age", "prompt-cell"]);
+    const update = (row, t) => {
+      const c = row.cells;
       const live = LIVE.has(t.status);
       const tool = t.tool || state.lastTool.get(t.id) || null;
       const usage = t.usage || {};
-      const row = el(
-        "tr",
-        { "data-task": t.id, class: t.id === state.selected ? "selected" : null },
-        el("td", { class: "id" }, t.id),
-        el("td", null, statusNode(t.status)),
-        el("td", { class: "prio-" + t.priority }, t.priority),
-        el("td", { class: "turn" }, String(t.turns ?? 0)),
-        el("td", { class: "tool" }, tool ? (t.tool ? tool : tool + " (last)") : "–"),
-        el("td", { class: "memory" }, live ? memBar(t.rss_bytes, t.mem_limit) : bytes(t.mem_limit) + " limit"),
-        el("td", { class: "tokens" }, tokens(usage.input_tokens) + " in / " + tokens(usage.output_tokens) + " out"),
-        el("td", { class: "cost" }, cost(usage)),
-        el("td", { class: "age" }, age(t.created)),
-        el("td", { class: "prompt-cell", title: oneLine(t.prompt, 2000) }, oneLine(t.prompt, 120)),
-      );
-      row.addEventListener("click", () => openDetail(t.id));
-      body.appendChild(row);
-    }
+      row.classList.toggle("selected", t.id === state.selected);
+      setText(c[0], t.id);
+      if (!c[1].firstChild) c[1].appendChild(el("span"));
+      c[1].firstChild.className = "status st-" + t.status;
+      setText(c[1].firstChild, t.status);
+      c[2].className = "prio prio-" + t.priority;
+      setText(c[2], t.priority);
+      setText(c[3], String(t.turns ?? 0));
+      setText(c[4], tool ? (t.tool ? tool : tool + " (last)") : "–");
+      setMemory(c[5], t.rss_bytes, t.mem_limit, live);
+      setText(c[6], tokens(usage.input_tokens) + " / " + tokens(usage.output_tokens));
+      setText(c[7], cost(usage));
+      setText(c[8], age(t.created));
+      c[9].setAttribute("title", oneLine(t.prompt, 2000));
+      setText(c[9], oneLine(t.prompt, 120));
+    };
+    syncRows($("shadows").tBodies[0], shadows, build, update);
     $("shadows-empty").hidden = shadows.length > 0;
   }
 
   function renderQueue(queued) {
-    const body = $("queue").tBodies[0];
-    clear(body);
-    queued.forEach((t, i) => {
-      const row = el(
-        "tr",
-        { "data-task": t.id },
-        el("td", null, String(i + 1)),
-        el("td", { class: "id" }, t.id),
-        el("td", { class: "prio-" + t.priority }, t.priority),
-        el("td", { class: "waiting" }, t.waiting ? oneLine(t.waiting, 160) : "a free slot"),
-        el("td", { class: "age" }, age(t.created)),
-        el("td", { class: "prompt-cell", title: oneLine(t.prompt, 2000) }, oneLine(t.prompt, 120)),
-      );
-      row.addEventListener("click", () => openDetail(t.id));
-      body.appendChild(row);
-    });
+    const build = (t) => cells(t.id, ["pos", "id", "prio", "waiting", "age", "prompt-cell"]);
+    const update = (row, t, i) => {
+      const c = row.cells;
+      setText(c[0], String(i + 1));
+      setText(c[1], t.id);
+      c[2].className = "prio prio-" + t.priority;
+      setText(c[2], t.priority);
+      setText(c[3], t.waiting ? oneLine(t.waiting, 160) : "a free slot");
+      setText(c[4], age(t.created));
+      c[5].setAttribute("title", oneLine(t.prompt, 2000));
+      setText(c[5], oneLine(t.prompt, 120));
+    };
+    syncRows($("queue").tBodies[0], queued, build, update);
     $("queue-empty").hidden = queued.length > 0;
   }
 
@@ -441,8 +475,10 @@
     clear(chart);
     const f = state.fleet;
     const history = f && Array.isArray(f.history) ? f.history : [];
-    const W = 600;
+    // Drawn in the chart's own pixels, so text is not stretched.
+    const W = Math.max(200, Math.round(chart.clientWidth || 600));
     const H = 160;
+    chart.setAttribute("viewBox", "0 0 " + W + " " + H);
     const top = 8;
     const bottom = H - 16;
     for (const frac of [0, 0.5, 1]) {
@@ -456,7 +492,9 @@
       chart.setAttribute("data-points", "0");
       return;
     }
-    const maxRss = Math.max(1, f.mem_limit || 0, ...history.map((h) => h.rss_bytes || 0));
+    // The scale: the next power of two above the highest sample, with some room.
+    const peak = Math.max(1, ...history.map((h) => h.rss_bytes || 0));
+    const maxRss = 2 ** Math.ceil(Math.log2(peak * 1.25));
     const maxRunning = Math.max(1, f.max_shadows || 0, ...history.map((h) => h.running || 0));
     const t0 = history[0].unix_ms;
     const t1 = history[history.length - 1].unix_ms;
@@ -474,9 +512,15 @@
         points: history.map((h) => x(h).toFixed(1) + "," + yRun(h).toFixed(1)).join(" "),
       }),
     );
-    const label = svg("text", { x: 4, y: top + 10 });
-    label.textContent = bytes(maxRss);
-    chart.appendChild(label);
+    const label = (x0, y0, text, anchor) => {
+      const t = svg("text", { x: x0, y: y0, "text-anchor": anchor || "start" });
+      t.textContent = text;
+      chart.appendChild(t);
+    };
+    label(4, top + 10, bytes(maxRss));
+    label(4, (top + bottom) / 2 + 4, bytes(maxRss / 2));
+    label(4, H - 3, span < 60000 ? "-" + Math.round(span / 1000) + " s" : "-" + Math.round(span / 60000) + " min");
+    label(W - 4, H - 3, "now", "end");
     chart.setAttribute("data-points", String(history.length));
     legend.appendChild(el("span", { class: "l-rss" }, "— RSS"));
     legend.appendChild(el("span", { class: "l-run" }, "- - running (of " + maxRunning + ")"));
@@ -484,7 +528,8 @@
     const minutes = Math.max(1, Math.round(span / 60000));
     $("chart-caption").textContent =
       history.length + " samples over " + (span < 60000 ? Math.round(span / 1000) + " s" : minutes + " min") +
-      "; now " + bytes(last.rss_bytes) + " in " + last.running + " running, " + last.queued + " queued";
+      "; now " + bytes(last.rss_bytes) + " in " + last.running + " running (limits " + bytes(f.mem_limit) + "), " +
+      last.queued + " queued";
   }
 
   // ---- the task panel ----------------------------------------------------------------------
