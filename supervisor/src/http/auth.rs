@@ -235,7 +235,13 @@ pub async fn require(State(app): State<AppState>, request: Request, next: Next) 
     if path == "/"
         && let Some(token) = request.uri().query().and_then(|q| query_param(q, "token"))
     {
-        return sign_in(&app, &token);
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("ADDR")
+            .to_owned();
+        return sign_in(&app, &token, &host);
     }
     if presented(request.headers()).is_some_and(|t| app.token().matches(t)) {
         return next.run(request).await;
@@ -255,13 +261,19 @@ pub async fn require(State(app): State<AppState>, request: Request, next: Next) 
         );
         return response;
     }
-    unauthorized_page(wrong)
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("ADDR")
+        .to_owned();
+    unauthorized_page(&host, wrong)
 }
 
 /// `GET /?token=T`: the right token sets the cookie and sends the browser to `/`.
-fn sign_in(app: &AppState, token: &str) -> Response {
+fn sign_in(app: &AppState, token: &str, host: &str) -> Response {
     if !app.token().matches(token) {
-        return unauthorized_page(true);
+        return unauthorized_page(host, true);
     }
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
@@ -278,19 +290,39 @@ fn sign_in(app: &AppState, token: &str) -> Response {
 }
 
 /// The 401 page a browser sees without the cookie.
-fn unauthorized_page(wrong: bool) -> Response {
+fn unauthorized_page(host: &str, wrong: bool) -> Response {
     let why = if wrong {
         "<p><strong>That token is wrong.</strong></p>"
     } else {
         ""
     };
+    let host = escape_html(host);
     let page = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>kugetsu: sign in</title></head>\
-         <body><h1>kugetsu: sign in</h1>{why}<p>Open <code>/?token=TOKEN</code> on this server, with the \
-         token the daemon keeps in <code>&lt;state_dir&gt;/http.token</code>:</p>\
-         <pre>echo \"http://$HOST/?token=$(cat ~/.local/state/kugetsu/http.token)\"</pre></body></html>\n"
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>kugetsu: sign in</title></head><body><h1>kugetsu: sign in</h1>{why}\
+         <p>Open <code>http://{host}/?token=TOKEN</code> with the token the daemon keeps in \
+         <code>&lt;state_dir&gt;/http.token</code> (by default \
+         <code>~/.local/state/kugetsu/http.token</code>), for example:</p>\
+         <pre>xdg-open \"http://{host}/?token=$(cat ~/.local/state/kugetsu/http.token)\"</pre>\
+         </body></html>\n"
     );
     (StatusCode::UNAUTHORIZED, Html(page)).into_response()
+}
+
+/// Text safe inside HTML.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

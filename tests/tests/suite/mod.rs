@@ -14,6 +14,7 @@ mod file_races;
 mod fleet;
 mod governor;
 mod hermes;
+mod http;
 mod journal_damage;
 mod land;
 mod providers;
