@@ -355,9 +355,30 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// A test that failed never reached [`Browser::close`]: the session is ended here too
+    /// (blocking, bounded), since Chromium's crash handlers leave the process group and quit
+    /// only with the browser; then the group is killed.
     fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = delete_session_blocking(self.port, &self.session);
+        }
         self.kill_group();
     }
+}
+
+fn delete_session_blocking(port: u16, session: &str) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    // The answer comes once the browser has quit; its first bytes are enough.
+    let mut buf = [0u8; 512];
+    let _ = stream.read(&mut buf)?;
+    Ok(())
 }
 
 /// An HTTP/1.1 response read to its end.

@@ -210,6 +210,8 @@
       closeDetailStream();
     }
     renderConnection();
+    // Signed in again (another tab used /?token=): the open task's log starts over.
+    if (!out && state.selected && !state.detail) openDetail(state.selected);
   }
 
   // ---- polling -----------------------------------------------------------------------------
@@ -422,6 +424,9 @@
     $("count-running").textContent = f ? running + " / " + f.max_shadows : String(running);
     $("count-queued").textContent = String(queued);
     $("count-memory").textContent = f ? bytes(f.rss_bytes) + " of " + bytes(f.mem_limit) : "–";
+    if (f && f.host_total_bytes) {
+      $("count-memory").setAttribute("title", "RSS of the running shadows, of their limits; the host has " + bytes(f.host_total_bytes));
+    }
   }
 
   function renderShadows(shadows) {
