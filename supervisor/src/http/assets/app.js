@@ -444,7 +444,10 @@
       c[2].className = "prio prio-" + t.priority;
       setText(c[2], t.priority);
       setText(c[3], String(t.turns ?? 0));
-      setText(c[4], tool ? (t.tool ? tool : tool + " (last)") : "–");
+      // The tool running now, else (dimmed) the last one this page saw start.
+      setText(c[4], tool || "–");
+      c[4].classList.toggle("last", !t.tool && Boolean(tool));
+      c[4].setAttribute("title", t.tool ? "running now" : tool ? "the last tool it ran" : "");
       setMemory(c[5], t.rss_bytes, t.mem_limit, live);
       setText(c[6], tokens(usage.input_tokens) + " / " + tokens(usage.output_tokens));
       setText(c[7], cost(usage));
@@ -533,8 +536,7 @@
     const minutes = Math.max(1, Math.round(span / 60000));
     $("chart-caption").textContent =
       history.length + " samples over " + (span < 60000 ? Math.round(span / 1000) + " s" : minutes + " min") +
-      "; now " + bytes(last.rss_bytes) + " in " + last.running + " running (limits " + bytes(f.mem_limit) + "), " +
-      last.queued + " queued";
+      "; the latest: " + bytes(last.rss_bytes) + " in " + last.running + " running, " + last.queued + " queued";
   }
 
   // ---- the task panel ----------------------------------------------------------------------
