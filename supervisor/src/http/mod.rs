@@ -7,6 +7,7 @@
 //! `docs/http.md`.
 //!
 //! - [`server`]: binding, the connection cap, the router, shutdown.
+//! - [`conn`]: the connection cap and the idle timeout.
 //! - [`auth`]: the bearer token file, the sign-in cookie, the middleware that checks them.
 //! - [`state`]: [`AppState`], what every handler shares, and its way to make calls.
 //! - [`api`]: the REST endpoints under `/api/v1`.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod dashboard;
 pub mod error;
 pub mod fleet;

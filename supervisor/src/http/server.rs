@@ -5,35 +5,30 @@
 //! token is all that guards the daemon there, over plain HTTP. The token itself is never
 //! logged; the log names the file that holds it.
 //!
-//! Limits: at most [`MAX_CONNECTIONS`] connections at once (more wait in the kernel's
-//! backlog), request bodies of at most [`MAX_BODY`] bytes (413), at most
+//! Limits: at most [`conn::MAX_CONNECTIONS`] connections at once (more wait in the kernel's
+//! backlog), none idle for more than [`conn::IDLE`], request bodies of at most [`MAX_BODY`] bytes (413), at most
 //! [`crate::http::sse::MAX_STREAMS`] event streams (503).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::command::Command;
 use crate::exit::CliError;
 use crate::http::auth::{self, Token};
+use crate::http::conn::{self, Capped};
 use crate::http::{AppState, api, dashboard, error, fleet, metrics, sse};
 use crate::task::record::StateDir;
 
 /// Largest request body read.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
 /// How long open connections get to finish when the daemon stops.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -89,15 +84,15 @@ impl Bound {
         let app = AppState::new(daemon, state, self.token, stop.clone());
         let sampler = tokio::spawn(fleet::sample(app.clone()));
         let router = router(app);
-        let listener = Capped {
-            listener: self.listener,
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        };
+        let listener = Capped::new(self.listener);
         let shutdown = stop.clone();
         let server = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<conn::Peer>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
             if let Err(e) = served {
                 eprintln!("kugetsu: the HTTP server failed: {e}");
             }
@@ -165,96 +160,6 @@ pub fn router(app: AppState) -> Router {
             auth::require,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(conn::track))
         .with_state(app)
-}
-
-/// A listener that serves at most [`MAX_CONNECTIONS`] connections at once: it accepts the
-/// next one only once it holds a permit, which the connection keeps until it closes.
-struct Capped {
-    listener: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-/// An accepted connection and its permit.
-struct Connection {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl axum::serve::Listener for Capped {
-    type Io = Connection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Connection, SocketAddr) {
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            // The semaphore is never closed.
-            return std::future::pending().await;
-        };
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        Connection {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    );
-                }
-                Err(e) => {
-                    // Out of file descriptors, or a connection reset before it was accepted.
-                    eprintln!(
-                        "kugetsu: HTTP accept failed: {}",
-                        crate::exit::describe_io(&e)
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

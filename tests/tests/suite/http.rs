@@ -185,6 +185,71 @@ async fn http_requires_the_token_and_signs_a_browser_in_with_a_cookie() {
     );
 }
 
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn http_a_flood_of_connections_is_capped_and_the_daemon_stays_responsive() {
+    const FLOOD: usize = 300;
+    const CAP: usize = 256;
+    let repo = TestRepo::new();
+    let (daemon, api) = start(&repo, "").await;
+    api.get("/api/v1/tasks").await.assert_status(200);
+    let baseline = open_fds(daemon.pid());
+    let mut idle = Vec::new();
+    for _ in 0..FLOOD {
+        idle.push(tokio::net::TcpStream::connect(api.addr).await.unwrap());
+    }
+    // The daemon takes connections up to the cap, and no more: wait for its count of open
+    // files to settle, then look.
+    let deadline = Instant::now() + WAIT;
+    let mut counts = vec![open_fds(daemon.pid())];
+    while counts.len() < 20
+        || counts[counts.len() - 20..]
+            .iter()
+            .any(|&c| c != counts[counts.len() - 1])
+    {
+        assert!(Instant::now() < deadline, "never settled: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counts.push(open_fds(daemon.pid()));
+    }
+    let settled = *counts.last().unwrap();
+    assert!(
+        settled + 16 > baseline + CAP,
+        "only {} connections taken (baseline {baseline}, settled {settled})",
+        settled - baseline
+    );
+    let mut rpc = daemon.rpc().await;
+    rpc.call("list", json!({})).await.unwrap();
+    let held = open_fds(daemon.pid()) - baseline;
+    assert!(held < CAP + 16, "the daemon holds {held} more fds");
+    // Once they go, HTTP answers again.
+    drop(idle);
+    api.get("/api/v1/tasks").await.assert_status(200);
+}
+
+#[tokio::test]
+async fn http_warns_on_a_non_loopback_address() {
+    let repo = TestRepo::new();
+    let daemon = Daemon::builder(&repo)
+        .config("http = \"0.0.0.0:0\"\n")
+        .start()
+        .await;
+    let line = daemon
+        .wait_for_stderr(0, "not a loopback address", WAIT)
+        .await;
+    assert!(line.contains("warning"), "{line}");
+    let api = HttpApi::of(&daemon).await;
+    let local = HttpApi {
+        addr: format!("127.0.0.1:{}", api.addr.port()).parse().unwrap(),
+        token: api.token.clone(),
+    };
+    local.get("/api/v1/tasks").await.assert_status(200);
+}
+
 #[tokio::test]
 async fn http_refuses_an_address_it_cannot_bind() {
     let repo = TestRepo::new();
@@ -381,7 +446,7 @@ async fn http_task_events_replay_resume_without_gap_or_duplicate_and_end_after_f
 #[tokio::test]
 async fn http_all_events_stream_carries_every_task_and_outlives_their_ends() {
     let repo = TestRepo::with_files(FILES);
-    let (_daemon, api) = start(&repo, "").await;
+    let (mut daemon, api) = start(&repo, "").await;
     let mut stream = api.sse("/api/v1/events", &[]).await;
     assert_eq!(stream.status, 200);
     let m = model(&repo, "quick", "true", None);
@@ -411,6 +476,27 @@ async fn http_all_events_stream_carries_every_task_and_outlives_their_ends() {
     let third = submit(&api, &repo, &m, "Three.").await;
     let message = stream.next(WAIT).await.expect("the stream is still open");
     assert_eq!(message.json()["task"], third);
+    daemon.wait_finished(&third, WAIT).await;
+    while stream
+        .next(WAIT)
+        .await
+        .is_some_and(|m| kind(&m.json()) != "finished")
+    {}
+
+    // The server stops with the daemon: the stream ends, and nothing listens any more.
+    daemon.cli(["shutdown"]).await.assert_code(0);
+    assert_eq!(
+        stream.next(WAIT).await,
+        None,
+        "the stream outlived the daemon"
+    );
+    assert!(
+        stream.comments.iter().any(|c| c.contains("stopping")),
+        "{:?}",
+        stream.comments
+    );
+    daemon.wait_exit(WAIT).await;
+    assert!(tokio::net::TcpStream::connect(api.addr).await.is_err());
 }
 
 /// Every sample of a Prometheus text exposition, by name and labels; panics on a line that is
