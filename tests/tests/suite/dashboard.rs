@@ -8,11 +8,11 @@
 //! message, unless `CI` is set: then their absence fails it.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use kugetsu_tests::browser::{self, Availability, Browser, http_request};
+use kugetsu_tests::browser::{self, Availability, Browser};
 use kugetsu_tests::harness::daemon::WAIT;
+use kugetsu_tests::harness::http::HttpApi;
 use kugetsu_tests::{Daemon, Gate, Script, TestRepo};
 use serde_json::Value;
 
@@ -21,19 +21,11 @@ const FILES: &[(&str, &str)] = &[("a.txt", "one\ntwo\nthree\n"), ("b.txt", "alph
 /// The config of a daemon with its HTTP API on a port the system picks, three shadows at most.
 const CONFIG: &str = "http = \"127.0.0.1:0\"\nmax_shadows = 3\n";
 
-/// Starts the daemon with the HTTP API; its address (read from the line it prints) and token.
-async fn http_daemon(repo: &TestRepo) -> (Daemon, SocketAddr, String) {
+/// Starts the daemon with the HTTP API; where it listens and its token.
+async fn http_daemon(repo: &TestRepo) -> (Daemon, HttpApi) {
     let daemon = Daemon::builder(repo).config(CONFIG).start().await;
-    let line = daemon.wait_for_stderr(0, "HTTP API on http://", WAIT).await;
-    let addr = line
-        .split("HTTP API on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in the daemon's line {line:?}"));
-    let token = std::fs::read_to_string(daemon.state_dir().join("http.token"))
-        .expect("the daemon made its token file");
-    (daemon, addr, token.trim().to_owned())
+    let api = HttpApi::of(&daemon).await;
+    (daemon, api)
 }
 
 /// A scripted model named `name`: each of `commands` in its own turn, then `answer`.
@@ -127,7 +119,7 @@ struct Walk {
 impl Walk {
     async fn start() -> Walk {
         let repo = TestRepo::with_files(FILES);
-        let (daemon, addr, token) = http_daemon(&repo).await;
+        let (daemon, api) = http_daemon(&repo).await;
 
         // A task that completes at once, for the merge. Its change and prompt carry markup:
         // the page must show it as text.
@@ -174,8 +166,8 @@ impl Walk {
         Walk {
             repo,
             daemon,
-            base: format!("http://{addr}"),
-            token,
+            base: format!("http://{}", api.addr),
+            token: api.token,
             browser,
             merge_id,
             steer_id,
@@ -439,16 +431,16 @@ impl Walk {
 #[tokio::test]
 async fn dashboard_assets_have_content_types_and_etags() {
     let repo = TestRepo::with_files(FILES);
-    let (_daemon, addr, token) = http_daemon(&repo).await;
-    let bearer = format!("Bearer {token}");
+    let (_daemon, api) = http_daemon(&repo).await;
+    let bearer = api.bearer();
     for (path, content_type) in [
         ("/", "text/html; charset=utf-8"),
         ("/assets/app.js", "text/javascript; charset=utf-8"),
         ("/assets/style.css", "text/css; charset=utf-8"),
     ] {
-        let unauthorized = http_request(addr, "GET", path, &[]).await;
+        let unauthorized = api.send("GET", path, &[], None).await;
         assert_eq!(unauthorized.status, 401, "{path} without the token");
-        let fresh = http_request(addr, "GET", path, &[("Authorization", &bearer)]).await;
+        let fresh = api.get(path).await;
         assert_eq!(fresh.status, 200, "{path}: {}", fresh.text());
         assert_eq!(fresh.header("content-type"), Some(content_type), "{path}");
         assert_eq!(fresh.header("cache-control"), Some("no-cache"), "{path}");
@@ -456,26 +448,28 @@ async fn dashboard_assets_have_content_types_and_etags() {
             .header("etag")
             .unwrap_or_else(|| panic!("{path} has no ETag"))
             .to_owned();
-        let cached = http_request(
-            addr,
-            "GET",
-            path,
-            &[("Authorization", &bearer), ("If-None-Match", &etag)],
-        )
-        .await;
+        let cached = api
+            .send(
+                "GET",
+                path,
+                &[("Authorization", &bearer), ("If-None-Match", &etag)],
+                None,
+            )
+            .await;
         assert_eq!(cached.status, 304, "{path} with its ETag");
         assert!(cached.body.is_empty(), "{path}: a 304 has no body");
-        let stale = http_request(
-            addr,
-            "GET",
-            path,
-            &[("Authorization", &bearer), ("If-None-Match", "\"stale\"")],
-        )
-        .await;
+        let stale = api
+            .send(
+                "GET",
+                path,
+                &[("Authorization", &bearer), ("If-None-Match", "\"stale\"")],
+                None,
+            )
+            .await;
         assert_eq!(stale.status, 200, "{path} with another ETag");
         assert_eq!(stale.body, fresh.body);
     }
-    let page = http_request(addr, "GET", "/", &[("Authorization", &bearer)]).await;
+    let page = api.get("/").await;
     let csp = page.header("content-security-policy").unwrap_or_default();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(page.text().contains("/assets/app.js"));
