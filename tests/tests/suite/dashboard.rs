@@ -367,6 +367,12 @@ impl Walk {
             .click(&format!("#shadows tr[data-task='{id}']"))
             .await;
         browser.wait_for_text("#detail-id", id, WAIT).await;
+        // Its log ends with the model's answer, markup and all, as text.
+        let finished = browser
+            .wait_for_text("#log .finished", "completed", WAIT)
+            .await;
+        assert!(finished.contains("Added a <i>line</i>."), "{finished}");
+        assert!(browser.find("#log i").await.is_none(), "markup was parsed");
         browser.click("#tab-diff").await;
         let added = browser.wait_for_text("#diff .add", "bold", WAIT).await;
         assert_eq!(added, "+<b id=\"injected\">bold</b>");

@@ -382,7 +382,14 @@
       if (row) existing.delete(item.id);
       else {
         row = build(item);
+        row.setAttribute("tabindex", "0");
         row.addEventListener("click", () => openDetail(item.id));
+        row.addEventListener("keydown", (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            openDetail(item.id);
+          }
+        });
       }
       update(row, item, i);
       if (body.rows[i] !== row) body.insertBefore(row, body.rows[i] || null);
