@@ -18,12 +18,13 @@ use serde_json::Value;
 
 const FILES: &[(&str, &str)] = &[("a.txt", "one\ntwo\nthree\n"), ("b.txt", "alpha\nbeta\n")];
 
-/// The config of a daemon with its HTTP API on a port the system picks, three shadows at most.
-const CONFIG: &str = "http = \"127.0.0.1:0\"\nmax_shadows = 3\n";
-
-/// Starts the daemon with the HTTP API; where it listens and its token.
-async fn http_daemon(repo: &TestRepo) -> (Daemon, HttpApi) {
-    let daemon = Daemon::builder(repo).config(CONFIG).start().await;
+/// Starts the daemon with the HTTP API on `addr` (`127.0.0.1:0`: a port the system picks) and
+/// three shadows at most; where it listens and its token.
+async fn http_daemon(repo: &TestRepo, addr: &str) -> (Daemon, HttpApi) {
+    let daemon = Daemon::builder(repo)
+        .config(format!("http = \"{addr}\"\nmax_shadows = 3\n"))
+        .start()
+        .await;
     let api = HttpApi::of(&daemon).await;
     (daemon, api)
 }
@@ -119,7 +120,9 @@ struct Walk {
 impl Walk {
     async fn start() -> Walk {
         let repo = TestRepo::with_files(FILES);
-        let (daemon, api) = http_daemon(&repo).await;
+        // A fixed port, so the page finds the daemon again after its restart.
+        let port = browser::free_port();
+        let (daemon, api) = http_daemon(&repo, &format!("127.0.0.1:{port}")).await;
 
         // A task that completes at once, for the merge. Its change and prompt carry markup:
         // the page must show it as text.
@@ -423,12 +426,26 @@ impl Walk {
             .wait_for_text(&Self::status_of(&self.hold_id), "running", WAIT)
             .await;
 
-        // The daemon goes away: the page says so and keeps trying.
+        // The daemon goes away: the page says so and keeps trying, and comes back with it.
         self.hold_gate.open();
         self.daemon.wait_finished(&self.hold_id, WAIT).await;
         self.daemon.kill9().await;
         browser
             .wait_for_text("#banner", "disconnected, retrying", WAIT)
+            .await;
+        let mark = self.daemon.stderr_mark();
+        self.daemon.restart().await;
+        let again = HttpApi::after(&self.daemon, mark).await;
+        assert_eq!(format!("http://{}", again.addr), self.base);
+        browser
+            .wait_for("the banner gone after the restart", WAIT, || async {
+                let banner = browser.text_of("#banner").await;
+                let conn = browser.text_of("#conn").await;
+                (banner.is_empty() && conn == "live").then_some(())
+            })
+            .await;
+        browser
+            .wait_for_text(&Self::status_of(&self.hold_id), "completed", WAIT)
             .await;
     }
 }
@@ -437,7 +454,7 @@ impl Walk {
 #[tokio::test]
 async fn dashboard_assets_have_content_types_and_etags() {
     let repo = TestRepo::with_files(FILES);
-    let (_daemon, api) = http_daemon(&repo).await;
+    let (_daemon, api) = http_daemon(&repo, "127.0.0.1:0").await;
     let bearer = api.bearer();
     for (path, content_type) in [
         ("/", "text/html; charset=utf-8"),
