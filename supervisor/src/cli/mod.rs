@@ -4,6 +4,7 @@
 //! - [`run`]: `kugetsu run`, one shadow in the foreground.
 //! - [`demo`]: `kugetsu demo`, the offline showcase.
 //! - [`doctor`]: `kugetsu doctor`, environment checks.
+//! - [`generate`]: `completions` and `man`, generated from [`args`].
 //! - [`client`]: the daemon's clients (`submit`, `ps`, `logs`, ...).
 //! - [`land`]: `diff` and `merge`, through the daemon or, without one, on the state dir.
 //! - [`render`]: the human progress view.
@@ -12,6 +13,7 @@ pub mod args;
 pub mod client;
 pub mod demo;
 pub mod doctor;
+pub mod generate;
 pub mod land;
 pub mod render;
 pub mod run;

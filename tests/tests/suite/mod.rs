@@ -15,6 +15,7 @@ mod governor;
 mod hermes;
 mod journal_damage;
 mod land;
+mod packaging;
 mod providers;
 mod recovery;
 mod resume;
