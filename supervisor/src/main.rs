@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kugetsu_supervisor::cli::args::{Cli, Command};
-use kugetsu_supervisor::cli::{client, demo, doctor, generate, land, run};
+use kugetsu_supervisor::cli::{client, demo, doctor, generate, land, run, top};
 use kugetsu_supervisor::{daemon, log};
 
 fn main() -> ExitCode {
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             Command::Cancel(args) => client::cancel(args).await,
             Command::Resume(args) => client::resume(args).await,
             Command::Steer(args) => client::steer(args).await,
-            Command::Top(args) => client::top(args).await,
+            Command::Top(args) => top::top(args).await,
             Command::Clean(args) => client::clean(args).await,
             Command::Shutdown(args) => client::shutdown(args).await,
             Command::Diff(args) => land::diff(args).await,

@@ -35,7 +35,7 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Hand a message to a running task's model.
     Steer(SteerArgs),
-    /// Live view of running shadows and their memory.
+    /// Terminal dashboard: shadows, memory, the queue; cancel, steer, open a log.
     Top(TopArgs),
     /// Remove the worktrees of finished tasks (their branches stay).
     Clean(CleanArgs),
@@ -262,7 +262,8 @@ pub struct SteerArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub client: ClientOptions,
-    /// Print one frame and exit.
+    /// Print the plain `ps` table of live tasks once and exit (for scripts; no terminal
+    /// needed).
     #[arg(long)]
     pub once: bool,
 }

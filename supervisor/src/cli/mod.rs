@@ -8,6 +8,7 @@
 //! - [`client`]: the daemon's clients (`submit`, `ps`, `logs`, ...).
 //! - [`land`]: `diff` and `merge`, through the daemon or, without one, on the state dir.
 //! - [`render`]: the human progress view.
+//! - [`top`]: `kugetsu top`, the terminal dashboard of the fleet.
 
 pub mod args;
 pub mod client;
@@ -17,3 +18,4 @@ pub mod generate;
 pub mod land;
 pub mod render;
 pub mod run;
+pub mod top;
