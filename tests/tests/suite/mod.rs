@@ -24,3 +24,4 @@ mod scripted;
 mod steering;
 mod streaming;
 mod tools;
+mod top;
