@@ -253,6 +253,21 @@ async fn top_under_tmux_shows_the_fleet_steers_cancels_opens_a_log_and_quits() {
         .to_path_buf();
     std::fs::write(target.join("top-screen.txt"), &screen).unwrap();
 
+    // A resize redraws; the rest runs at 80x24.
+    let out = top.tmux(&["resize-window", "-t", top.session, "-x", "80", "-y", "24"]);
+    assert!(out.status.success(), "resize-window: {out:?}");
+    let small = top
+        .wait_screen("the fleet redrawn at 80x24", |s| {
+            s.lines().count() <= 24
+                && s.lines().all(|l| l.chars().count() <= 80)
+                && [&a, &b]
+                    .iter()
+                    .all(|id| row(s, id).is_some_and(|r| r.contains("running") && has_rss(r)))
+                && s.contains("q  quit")
+        })
+        .await;
+    assert!(small.contains("2 running · 1 queued · 3 total"), "{small}");
+
     // Down selects B; `s` opens the input line; Enter sends.
     let mut events = daemon.rpc().await;
     events.call("subscribe", json!({"task": b})).await.unwrap();
@@ -333,7 +348,7 @@ async fn top_under_tmux_shows_the_fleet_steers_cancels_opens_a_log_and_quits() {
 }
 
 #[tokio::test]
-async fn top_restores_the_terminal_on_sigterm_and_when_the_daemon_goes_away() {
+async fn top_restores_the_terminal_on_sigterm_ctrl_c_and_when_the_daemon_goes_away() {
     let repo = TestRepo::new();
     let mut daemon = Daemon::builder(&repo).config(CONFIG).start().await;
     let gate = Gate::new(repo.root(), "gate");
@@ -347,6 +362,12 @@ async fn top_restores_the_terminal_on_sigterm_and_when_the_daemon_goes_away() {
     termed.wait_screen("the running task", running).await;
     signal::kill(Pid::from_raw(termed.pid()), Signal::SIGTERM).unwrap();
     assert_eq!(termed.wait_exit().await, 0);
+
+    // Ctrl-C is a key in raw mode: it quits like `q`.
+    let interrupted = Tmux::start(repo.root(), "ctrl-c", 80, 24, "", &args);
+    interrupted.wait_screen("the running task", running).await;
+    interrupted.keys(&["C-c"]);
+    assert_eq!(interrupted.wait_exit().await, 0);
 
     // A terminal that cannot draw is refused with the way out.
     let dumb = Tmux::start(repo.root(), "dumb", 80, 24, "TERM=dumb", &args);
