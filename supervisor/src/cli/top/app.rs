@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use kugetsu_protocol::{EventEnvelope, Priority};
 
-use crate::cli::top::log::{LogLine, lines_of};
+use crate::cli::top::log::{LogLine, lines_of, wrap};
 use crate::rpc::{TaskStatus, TaskSummary};
 
 /// A key press, as far as `top` cares.
@@ -79,6 +79,9 @@ pub struct LogView {
     pub max_scroll: Cell<usize>,
     /// The height of the log area at the last draw (a page for PgUp/PgDn).
     pub page: Cell<usize>,
+    /// The width lines were wrapped to at the last draw (so lines arriving while scrolled
+    /// back move `scroll` by as many screen lines as they will take).
+    pub width: Cell<usize>,
     /// The last `seq` shown (a re-subscription may repeat events).
     pub last_seq: u64,
     /// Whether the task's `finished` arrived (the feed has ended).
@@ -93,6 +96,7 @@ impl LogView {
             scroll: 0,
             max_scroll: Cell::new(0),
             page: Cell::new(10),
+            width: Cell::new(70),
             last_seq: 0,
             ended: false,
         }
@@ -215,7 +219,11 @@ impl App {
         let lines = lines_of(envelope);
         if log.scroll > 0 {
             // Scrolled back: keep the same lines in view.
-            log.scroll += lines.len();
+            let width = log.width.get();
+            log.scroll += lines
+                .iter()
+                .map(|l| wrap(&l.text, width).len())
+                .sum::<usize>();
         }
         log.lines.extend(lines);
         if matches!(envelope.event, kugetsu_protocol::Event::Finished(_)) {
@@ -550,6 +558,14 @@ pub(crate) mod tests {
             panic!("not in the log view")
         };
         assert_eq!(log.scroll, 19);
+        // A line arriving while scrolled back keeps the view where it was: two screen lines
+        // at this width.
+        log.width.set(10);
+        app.log_event(&envelope("t4", 31, text(31, "a longer line")));
+        let View::Log(log) = &app.view else {
+            panic!("not in the log view")
+        };
+        assert_eq!(log.scroll, 21);
         // Steering and cancelling in the log act on its task.
         app.key(Key::Char('c'));
         assert_eq!(app.key(Key::Char('y')), Effect::Cancel("t4".to_owned()));

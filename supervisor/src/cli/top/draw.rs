@@ -13,7 +13,7 @@ use ratatui::widgets::{Block, Borders, Cell, LineGauge, Paragraph, Row, Table, T
 use crate::cli::client::{clip, status_shown, tokens_text};
 use crate::cli::top::app::{App, LogView, Prompt, View};
 use crate::cli::top::fmt::{age, bytes};
-use crate::cli::top::log::Kind;
+use crate::cli::top::log::{Kind, TIME_WIDTH, wrap};
 use crate::rpc::{TaskStatus, TaskSummary};
 
 /// The widths of the shadows table's columns before the memory bar, which takes the rest.
@@ -316,21 +316,10 @@ fn kind_style(kind: Kind) -> Style {
     }
 }
 
-/// Splits `text` into pieces of at most `width` characters.
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    if chars.is_empty() {
-        return vec![String::new()];
-    }
-    chars
-        .chunks(width.max(1))
-        .map(|c| c.iter().collect())
-        .collect()
-}
-
 fn draw_log(frame: &mut Frame<'_>, log: &LogView, area: Rect) {
-    const TIME: usize = 9;
+    const TIME: usize = TIME_WIDTH;
     let width = usize::from(area.width).saturating_sub(TIME).max(10);
+    log.width.set(width);
     let mut lines: Vec<Line<'_>> = Vec::new();
     for line in &log.lines {
         let style = kind_style(line.kind);
@@ -617,6 +606,22 @@ mod tests {
         let text = screen(&app, 80, 24);
         assert!(text.contains("▸ bash sleep 1 "), "{text}");
         assert!(text.contains("lines up, End follows"), "{text}");
+    }
+
+    #[test]
+    fn an_idle_daemon_and_one_not_answered_yet() {
+        let mut app = App::new("/tmp/k.sock".to_owned());
+        let text = screen(&app, 80, 24);
+        assert!(text.contains("asking the daemon…"), "{text}");
+        app.set_tasks(vec![task("t1", TaskStatus::Completed, Priority::Normal)]);
+        let text = screen(&app, 80, 24);
+        assert!(text.contains("0 running · 0 queued · 0 total"), "{text}");
+        assert!(text.contains("no shadows running"), "{text}");
+        assert!(text.contains("nothing queued"), "{text}");
+        assert!(text.contains("memory 0K of 0K"), "{text}");
+        app.key(Key::Char('s'));
+        assert!(app.prompt.is_none());
+        assert!(screen(&app, 80, 24).contains("no task selected"));
     }
 
     #[test]

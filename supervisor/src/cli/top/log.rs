@@ -35,6 +35,21 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// The columns the time takes before each line's text (`12:00:01 `).
+pub const TIME_WIDTH: usize = 9;
+
+/// Splits `text` into the pieces the log view shows it in, each at most `width` characters.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    chars
+        .chunks(width.max(1))
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
 /// The longest text kept for one event's line (arguments, output).
 const MAX_TEXT: usize = 400;
 
