@@ -33,6 +33,7 @@
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`exit`]: exit codes and the error type that carries one.
+//! - [`log`]: the supervisor's own log lines (`tracing`), human or JSON.
 
 pub mod cli;
 pub mod config;
@@ -41,5 +42,6 @@ pub mod exit;
 pub mod govern;
 pub mod http;
 pub mod land;
+pub mod log;
 pub mod rpc;
 pub mod task;

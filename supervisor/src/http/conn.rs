@@ -64,10 +64,7 @@ impl axum::serve::Listener for Capped {
                 }
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was accepted.
-                    eprintln!(
-                        "kugetsu: HTTP accept failed: {}",
-                        crate::exit::describe_io(&e)
-                    );
+                    tracing::warn!("HTTP accept failed: {}", crate::exit::describe_io(&e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -94,17 +94,17 @@ impl Bound {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
             if let Err(e) = served {
-                eprintln!("kugetsu: the HTTP server failed: {e}");
+                tracing::error!("the HTTP server failed: {e}");
             }
         });
         if !self.addr.ip().is_loopback() {
-            eprintln!(
-                "kugetsu: warning: the HTTP API listens on {}, which is not a loopback address: anyone who can reach it and has the token drives this daemon, over plain HTTP",
+            tracing::warn!(
+                "the HTTP API listens on {}, which is not a loopback address: anyone who can reach it and has the token drives this daemon, over plain HTTP",
                 self.addr
             );
         }
-        eprintln!(
-            "kugetsu: HTTP API on http://{}/ (sign a browser in with http://{}/?token=TOKEN; the token is in {})",
+        tracing::info!(
+            "HTTP API on http://{}/ (sign a browser in with http://{}/?token=TOKEN; the token is in {})",
             self.addr,
             self.addr,
             token_file.display()

@@ -320,7 +320,31 @@ impl SseStream {
         all
     }
 
+    /// Waits for a comment line containing `text`, skipping messages; panics after `timeout`
+    /// or when the stream ends first.
+    pub async fn wait_comment(&mut self, text: &str, timeout: Duration) {
+        let seen = |s: &Self| s.comments.iter().any(|c| c.contains(text));
+        tokio::time::timeout(timeout, async {
+            while !seen(self) {
+                if self.next_block().await.is_none() && !seen(self) {
+                    panic!("the stream ended before a {text:?} comment");
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {text:?} comment within {timeout:?}"));
+    }
+
     async fn next_message(&mut self) -> Option<SseMessage> {
+        loop {
+            if let Some(message) = self.next_block().await? {
+                return Some(message);
+            }
+        }
+    }
+
+    /// The next block: `Some(None)` for one of comments only, `None` once the stream ended.
+    async fn next_block(&mut self) -> Option<Option<SseMessage>> {
         loop {
             if let Some(at) = self.pending.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.pending.drain(..at + 2).collect();
@@ -351,10 +375,7 @@ impl SseStream {
                         _ => {}
                     }
                 }
-                if fields {
-                    return Some(message);
-                }
-                continue;
+                return Some(fields.then_some(message));
             }
             if self.ended {
                 return None;

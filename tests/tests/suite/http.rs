@@ -337,6 +337,13 @@ async fn http_rest_submits_lists_steers_diffs_merges_and_cancels_on_real_repos()
     assert_eq!(steers.len(), 1, "{log:?}");
     assert_eq!(steers[0]["text"], "Also be brief.");
 
+    // Only a paused task resumes.
+    let resume = api
+        .post(&format!("/api/v1/tasks/{id}/resume"), &json!({}))
+        .await;
+    resume.assert_status(400);
+    assert!(resume.text().contains("not paused"), "{}", resume.text());
+
     // Merge it onto main through the API.
     let merged = api
         .post(&format!("/api/v1/tasks/{id}/merge"), &json!({}))
@@ -497,6 +504,21 @@ async fn http_all_events_stream_carries_every_task_and_outlives_their_ends() {
     );
     daemon.wait_exit(WAIT).await;
     assert!(tokio::net::TcpStream::connect(api.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn http_an_idle_event_stream_carries_keep_alive_comments() {
+    let repo = TestRepo::new();
+    let (_daemon, api) = start(&repo, "").await;
+    let mut stream = api.sse("/api/v1/events", &[]).await;
+    assert_eq!(stream.status, 200);
+    // One comes every 15 s; wait for it with the usual generous bound.
+    stream.wait_comment("keep-alive", WAIT).await;
+    // The connection was kept: it still serves events.
+    let m = model(&repo, "after", "true", None);
+    let id = submit(&api, &repo, &m, "After the comment.").await;
+    let message = stream.next(WAIT).await.expect("the stream goes on");
+    assert_eq!(message.json()["task"], id);
 }
 
 /// Every sample of a Prometheus text exposition, by name and labels; panics on a line that is
