@@ -1,7 +1,12 @@
 //! The offline path: the `scripted` provider and `kugetsu demo`, no network at all.
 
-use kugetsu_tests::events::{sorted_strings, str_of};
-use kugetsu_tests::{Events, TestRepo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kugetsu_tests::events::{kind, sorted_strings, str_of};
+use kugetsu_tests::{Events, RunOutput, TestRepo};
+use serde_json::Value;
 
 /// The files of the demo repository (as `kugetsu demo` creates them).
 const DEMO_FILES: &[(&str, &str)] = &[
@@ -48,54 +53,294 @@ async fn scripted_demo_model_runs_offline_in_a_worktree() {
     assert!(repo.has_branch(&format!("kugetsu/{id}")));
 }
 
-#[tokio::test]
-async fn kugetsu_demo_shows_the_diff_of_greet_sh() {
-    let repo = TestRepo::new();
+/// A job of `kugetsu demo` and what it must leave on its branch: the files it changes (against
+/// `main`), and pieces of text those files must then hold (or, with `!`, no longer hold).
+type Job = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+const DEMO_JOBS: &[Job] = &[
+    (
+        "verbose",
+        &["greet.sh", "tests/test_greet.sh"],
+        &[
+            ("greet.sh", "--verbose"),
+            ("tests/test_greet.sh", "all greet tests passed"),
+        ],
+    ),
+    (
+        "function",
+        &["lib/text.sh"],
+        &[("lib/text.sh", "lower() {")],
+    ),
+    (
+        "typo",
+        &["docs/usage.md"],
+        &[
+            ("docs/usage.md", "receives a name"),
+            ("docs/usage.md", "!recieve"),
+        ],
+    ),
+    (
+        "test",
+        &["tests/test_repeat.sh"],
+        &[("tests/test_repeat.sh", "repeat 3 ab")],
+    ),
+    ("docs", &["README.md"], &[("README.md", "## Text helpers")]),
+    ("ci", &["check.sh"], &[("check.sh", "sh -n")]),
+    (
+        "todo",
+        &["farewell.sh"],
+        &[("farewell.sh", "goodbye, $name"), ("farewell.sh", "!TODO")],
+    ),
+    (
+        "count",
+        &["count.sh", "tests/test_count.sh"],
+        &[("count.sh", "wc -w"), ("tests/test_count.sh", "count ok")],
+    ),
+];
+
+/// A demo run has many shadows and takes seconds; this bounds it on a loaded machine.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `kugetsu demo` with `TMPDIR` inside the test's directory (the throwaway repository goes
+/// there), and that directory.
+fn demo(repo: &TestRepo) -> (kugetsu_tests::Kugetsu, PathBuf) {
     let tmp = repo.root().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let out = repo
+    let command = repo
         .kugetsu()
         .arg("demo")
         .env("TMPDIR", &tmp)
-        .text_stdout()
+        .timeout(DEMO_TIMEOUT);
+    (command, tmp)
+}
+
+/// One row of the closing table.
+#[derive(Debug)]
+struct Row {
+    id: String,
+    job: String,
+    line: String,
+    changed: String,
+    branch: String,
+}
+
+/// The rows of the closing table in `text`: the lines after the `SHADOW JOB RESULT ...`
+/// header up to the first empty line.
+fn closing_rows(text: &str) -> Vec<Row> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !(l.starts_with("SHADOW") && l.contains("PEAK RSS")));
+    assert!(lines.next().is_some(), "no closing table in:\n{text}");
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|w| w.starts_with("kugetsu/"))
+                .unwrap_or_else(|| panic!("no branch in row {line:?}"));
+            Row {
+                id: words[0].to_owned(),
+                job: words[1].to_owned(),
+                line: line.to_owned(),
+                changed: words[at - 1].to_owned(),
+                branch: words[at].to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn assert_no_escape_codes(what: &str, text: &str) {
+    assert!(
+        !text.contains('\x1b'),
+        "{what} holds terminal escape codes though it is not a terminal:\n{text:?}"
+    );
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
         .output()
-        .await;
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The directory `--keep` kept, as said on stderr.
+fn kept_dir(out: &RunOutput) -> PathBuf {
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("kept the demo's files in "))
+        .unwrap_or_else(|| panic!("--keep did not say where:\n{}", out.stderr));
+    PathBuf::from(line.trim())
+}
+
+#[tokio::test]
+async fn kugetsu_demo_runs_eight_shadows_each_leaving_its_job_on_its_own_branch() {
+    let repo = TestRepo::new();
+    let (command, _tmp) = demo(&repo);
+    let out = command.arg("--keep").text_stdout().output().await;
     out.assert_code(0);
-    let all = format!("{}\n{}", out.stdout, out.stderr);
-    assert!(all.contains("greet.sh"), "{all}");
-    assert!(
-        all.lines()
-            .any(|l| l.starts_with('+') && !l.starts_with("+++") && l.contains("verbose")),
-        "the diff adds the --verbose handling:\n{all}"
+    // Not a terminal: plain lines, no escape codes, on either stream.
+    assert_no_escape_codes("stderr", &out.stderr);
+    assert_no_escape_codes("stdout", &out.stdout);
+    let rows = closing_rows(&out.stdout);
+    assert_eq!(rows.len(), 8, "{}", out.stdout);
+    let ids: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 8, "task ids repeat: {}", out.stdout);
+    let base = kept_dir(&out);
+    let demo_repo = base.join("repo");
+    for (job, changes, contents) in DEMO_JOBS {
+        let row = rows
+            .iter()
+            .find(|r| r.job == *job)
+            .unwrap_or_else(|| panic!("no row for job {job}:\n{}", out.stdout));
+        let context = || format!("job {job}, row {:?}\n{}", row.line, out.stdout);
+        assert!(row.line.contains("completed: Done."), "{}", context());
+        assert!(row.line.ends_with("MiB"), "no peak memory: {}", context());
+        assert_eq!(row.branch, format!("kugetsu/{}", row.id), "{}", context());
+        assert_eq!(row.changed, changes.join(","), "{}", context());
+        // The branch exists in the kept repository and carries exactly the job's change.
+        let changed = git(&demo_repo, &["diff", "--name-only", "main", &row.branch]);
+        assert_eq!(
+            changed.lines().collect::<Vec<_>>(),
+            *changes,
+            "{}",
+            context()
+        );
+        for (file, text) in *contents {
+            let content = git(&demo_repo, &["show", &format!("{}:{file}", row.branch)]);
+            match text.strip_prefix('!') {
+                Some(gone) => assert!(!content.contains(gone), "{file}: {content}"),
+                None => assert!(content.contains(text), "{file}: {content}"),
+            }
+        }
+        // The live view told of its start and its end.
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&row.id) && l.contains("started")),
+            "{}\n{}",
+            context(),
+            out.stderr
+        );
+    }
+    // The user-facing checkout of the demo repository is untouched: one commit, clean.
+    assert_eq!(
+        git(&demo_repo, &["rev-list", "--count", "main"]).trim(),
+        "1"
     );
+    assert_eq!(git(&demo_repo, &["status", "--porcelain"]), "");
+    assert!(out.stdout.contains("8 of 8 completed"), "{}", out.stdout);
+    assert!(out.stdout.contains("all of them at once"), "{}", out.stdout);
     assert!(
-        all.lines()
-            .any(|l| l.starts_with("+++") && l.contains("greet.sh")),
-        "a unified diff of greet.sh:\n{all}"
+        out.stdout
+            .contains(&format!("git -C {} log", demo_repo.display())),
+        "{}",
+        out.stdout
     );
-    // The throwaway repository is gone afterwards.
+    // The demo's daemon is gone: its socket was removed when it stopped.
+    assert!(!base.join("state/kugetsu.sock").exists());
+}
+
+#[tokio::test]
+async fn kugetsu_demo_json_streams_every_shadow_s_envelopes_and_they_overlap() {
+    let repo = TestRepo::new();
+    let (command, tmp) = demo(&repo);
+    // Every stdout line must parse as JSON (the harness checks), and as an envelope (below).
+    let out = command.arg("--json").output().await;
+    out.assert_code(0);
+    assert_no_escape_codes("stderr", &out.stderr);
+    let mut per_task: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for event in out.events.all() {
+        per_task
+            .entry(str_of(event, "task").to_owned())
+            .or_default()
+            .push(event.clone());
+    }
+    assert_eq!(per_task.len(), 8, "{:?}", out.events);
+    let mut models = BTreeSet::new();
+    for events in per_task.values() {
+        let events = Events(events.clone());
+        // Each task's stream is complete and well formed: seq 1..N, `finished` last.
+        events.assert_well_formed();
+        assert_eq!(kind(&events.0[0]), "queued", "{events:?}");
+        assert_eq!(events.status(), "completed", "{events:?}");
+        let model = str_of(events.first("started"), "model").to_owned();
+        if model == "scripted/demo/verbose" {
+            let tools: Vec<&str> = events
+                .tool_starts()
+                .iter()
+                .map(|e| str_of(e, "tool"))
+                .collect();
+            assert_eq!(tools, ["ls", "read", "edit", "write", "bash"]);
+        }
+        models.insert(model);
+    }
+    let expected: BTreeSet<String> = DEMO_JOBS
+        .iter()
+        .map(|(job, _, _)| format!("scripted/demo/{job}"))
+        .collect();
+    assert_eq!(models, expected);
+    // Every tool is shown, and they all worked.
+    let tools: BTreeSet<&str> = out
+        .events
+        .tool_ends()
+        .iter()
+        .map(|e| str_of(e, "tool"))
+        .collect();
+    assert_eq!(
+        tools,
+        BTreeSet::from(["bash", "edit", "grep", "ls", "read", "write"])
+    );
+    assert!(out.events.tool_ends().iter().all(|e| e["ok"] == true));
+    // They ran at once: several had started before the first one finished.
+    let first_finish = out
+        .events
+        .all()
+        .iter()
+        .position(|e| kind(e) == "finished")
+        .unwrap();
+    let started_before: BTreeSet<&str> = out.events.all()[..first_finish]
+        .iter()
+        .filter(|e| kind(e) == "started")
+        .map(|e| str_of(e, "task"))
+        .collect();
+    assert!(
+        started_before.len() >= 2,
+        "only {started_before:?} had started before the first finished"
+    );
+    // The closing table went to stderr, with all eight.
+    assert_eq!(closing_rows(&out.stderr).len(), 8, "{}", out.stderr);
+    // The throwaway repository and state are gone afterwards.
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(left.is_empty(), "demo left {left:?} behind");
 }
 
 #[tokio::test]
-async fn kugetsu_demo_json_prints_a_well_formed_event_stream() {
+async fn kugetsu_demo_refuses_a_number_of_shadows_out_of_range() {
     let repo = TestRepo::new();
-    let tmp = repo.root().join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let out = repo
-        .kugetsu()
-        .args(["demo", "--json"])
-        .env("TMPDIR", &tmp)
-        .output()
-        .await;
-    out.assert_code(0).assert_status("completed");
-    let events: &Events = &out.events;
-    events.assert_well_formed();
-    let tools: Vec<&str> = events
-        .tool_starts()
-        .iter()
-        .map(|e| str_of(e, "tool"))
-        .collect();
-    assert_eq!(tools, ["ls", "read", "edit", "write", "bash"]);
+    for bad in ["0", "65", "many"] {
+        let (command, tmp) = demo(&repo);
+        let out = command
+            .args(["--shadows", bad])
+            .text_stdout()
+            .output()
+            .await;
+        out.assert_code(2);
+        assert!(out.stderr.contains("--shadows"), "{bad}: {}", out.stderr);
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{bad}: demo left {left:?} behind");
+    }
 }
