@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod report;
 pub mod view;
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ use crate::cli::client::Client;
 use crate::cli::demo::board::{Applied, Board};
 use crate::cli::demo::daemon::Daemon;
 use crate::cli::demo::report::Closing;
-use crate::cli::demo::view::{Mode, View};
+use crate::cli::demo::view::{Ending, Mode, View};
 use crate::cli::run::print_json;
 use crate::exit::CliError;
 use crate::rpc::{self, EventsParams, ListParams, SubmitParams, SubscribeParams, TaskParams};
@@ -77,8 +78,8 @@ async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("cannot create the demo repository: {e}")))?;
     eprintln!(
-        "kugetsu demo: {} shadows on the scripted model (offline, no key), each with its own job, \
-         worktree and branch, run by a daemon of its own",
+        "kugetsu demo: {} shadows at once on the scripted model (offline, no key),\n  \
+         each with its own job, worktree and branch, run by a daemon of its own",
         args.shadows
     );
     eprintln!("  repo    {} (a tiny shell project)", repo.display());
@@ -96,7 +97,14 @@ async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
         json: args.json,
     };
     let watched = demo.run(&repo, args.shadows).await;
-    demo.view.close(&demo.board);
+    demo.view.close(
+        &demo.board,
+        if watched.is_ok() {
+            Ending::Done
+        } else {
+            Ending::Failed
+        },
+    );
     let wall = since.elapsed();
     let Demo { daemon, board, .. } = demo;
     let (socket, state) = (daemon.socket.clone(), daemon.state.clone());
@@ -111,6 +119,7 @@ async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
         state: &state,
         socket: &socket,
         kept: args.keep,
+        width: terminal_width(args.json),
     }
     .render();
     if args.json {
@@ -126,6 +135,20 @@ async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
             crate::exit::FAILED
         },
     ))
+}
+
+/// The width of the terminal the closing table goes to (stdout, or stderr with `--json`),
+/// if it goes to one.
+fn terminal_width(json: bool) -> Option<usize> {
+    let terminal = if json {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    terminal
+        .then(|| ratatui::crossterm::terminal::size().ok())
+        .flatten()
+        .map(|(cols, _)| usize::from(cols).saturating_sub(1))
 }
 
 /// What the event reader hands the demo.
@@ -272,7 +295,8 @@ impl Demo {
 
     /// Asks the daemon to cancel every shadow still going (each then finishes `cancelled`).
     async fn cancel_all(&mut self, control: &mut Client) {
-        eprintln!("kugetsu demo: cancelling the shadows (again to stop at once)");
+        self.view
+            .say("kugetsu demo: cancelling the shadows (again to stop at once)");
         for id in self.board.unfinished() {
             // One that ended meanwhile answers with an error: nothing to do then.
             let _ = control.call::<rpc::Cancel>(&TaskParams { task: id }).await;

@@ -288,9 +288,10 @@ impl Board {
                         Tone::Bad
                     },
                     format!(
-                        "{} after {} turns, {files}",
+                        "{} after {} turn{}, {files}",
                         finished.status.as_str(),
-                        finished.turns
+                        finished.turns,
+                        if finished.turns == 1 { "" } else { "s" }
                     ),
                 )
             }
@@ -347,7 +348,7 @@ pub fn outcome(finished: &Finished) -> String {
         _ => finished.error.as_deref().or(finished.result.as_deref()),
     };
     let first = detail.and_then(|d| d.lines().next()).unwrap_or("").trim();
-    if first.is_empty() {
+    if first.is_empty() || first == finished.status.as_str() {
         finished.status.as_str().to_owned()
     } else {
         format!("{}: {first}", finished.status.as_str())

@@ -20,16 +20,20 @@ pub struct Closing<'a> {
     pub socket: &'a Path,
     /// Whether the repository and state stay after the demo (`--keep`).
     pub kept: bool,
+    /// The terminal's width when the table goes to one: results are cut to fit it.
+    pub width: Option<usize>,
 }
 
 /// The longest result shown in a row.
 const RESULT_CHARS: usize = 56;
+/// The least of a result shown, however narrow the terminal.
+const RESULT_MIN_CHARS: usize = 20;
 
 impl Closing<'_> {
     /// The table and the lines after it, ready to print.
     pub fn render(&self) -> String {
         let header = ["SHADOW", "JOB", "RESULT", "CHANGED", "BRANCH", "PEAK RSS"];
-        let rows: Vec<[String; 6]> = self
+        let mut rows: Vec<[String; 6]> = self
             .board
             .shadows
             .iter()
@@ -45,7 +49,7 @@ impl Closing<'_> {
                 [
                     shadow.id.clone(),
                     shadow.job.name.to_owned(),
-                    clip(&result, RESULT_CHARS),
+                    result,
                     changed,
                     branch,
                     shadow.peak_rss.map_or_else(|| "-".to_owned(), mib),
@@ -58,6 +62,26 @@ impl Closing<'_> {
                 *width = (*width).max(cell.chars().count());
             }
         }
+        // The result takes what the other columns (and the gaps) leave of the line.
+        let others: usize = widths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, w)| w)
+            .sum();
+        let room = self.width.map_or(RESULT_CHARS, |w| {
+            w.saturating_sub(others + 2 * 5)
+                .clamp(RESULT_MIN_CHARS, RESULT_CHARS)
+        });
+        for row in &mut rows {
+            row[2] = clip_to(&row[2], room);
+        }
+        widths[2] = rows
+            .iter()
+            .map(|r| r[2].chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(header[2].len());
         let line = |cells: [&str; 6]| {
             let mut text = String::new();
             for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
@@ -99,9 +123,9 @@ impl Closing<'_> {
         let ids: Vec<&str> = self.board.shadows.iter().map(|s| s.id.as_str()).collect();
         let first = ids.first().copied().unwrap_or("ID");
         if !self.kept {
-            return "\nthe throwaway repository is removed now; run `kugetsu demo --keep` to keep \
-                    it and look at each shadow's work (git log kugetsu/<id>) or merge it \
-                    (kugetsu merge)\n"
+            return "\nthe throwaway repository is removed now: run `kugetsu demo --keep` to keep \
+                    it, then look at each\nshadow's work (git log kugetsu/<id>, kugetsu diff) and \
+                    land it (kugetsu merge)\n"
                 .to_owned();
         }
         let (repo, state, socket) = (
@@ -118,6 +142,15 @@ impl Closing<'_> {
             ids.join(" "),
             self.repo.parent().unwrap_or(self.repo).display()
         )
+    }
+}
+
+/// `text` in at most `max` characters (the last one `…` when it was cut).
+fn clip_to(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        clip(text, max.saturating_sub(1))
     }
 }
 
@@ -165,6 +198,7 @@ mod tests {
             state: Path::new("/tmp/d/state"),
             socket: Path::new("/tmp/d/state/kugetsu.sock"),
             kept: true,
+            width: None,
         }
         .render();
         let lines: Vec<&str> = text.lines().collect();

@@ -43,6 +43,15 @@ impl Mode {
     }
 }
 
+/// How the demo ended, for [`View::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every shadow finished (whatever its status).
+    Done,
+    /// The demo itself failed (lost daemon, interrupted twice).
+    Failed,
+}
+
 /// The live view.
 #[derive(Debug)]
 pub struct View {
@@ -113,6 +122,7 @@ impl View {
         let lines = frame(board, &self.recent, self.since, width);
         let mut out = String::new();
         if self.drawn > 0 {
+            // Back to the frame's first line, and clear from there down.
             out.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
         }
         for (tone, line) in &lines {
@@ -124,12 +134,39 @@ impl View {
         write_err(&out);
     }
 
-    /// The last frame (terminal), and the cursor back.
-    pub fn close(&mut self, board: &Board) {
+    /// A line about the whole demo (not one shadow): above the table on a terminal.
+    pub fn say(&mut self, text: &str) {
+        match self.mode {
+            Mode::Table { .. } => {
+                self.erase();
+                write_err(&format!("{text}\n"));
+                self.dirty = true;
+            }
+            Mode::Lines | Mode::Quiet => write_err(&format!("{text}\n")),
+        }
+    }
+
+    /// Ends the live view and gives the cursor back. On a terminal the table goes away when
+    /// `ending` is [`Ending::Done`] (the closing table follows, with all it said), and stays
+    /// drawn as it last was when the demo failed.
+    pub fn close(&mut self, board: &Board, ending: Ending) {
         if matches!(self.mode, Mode::Table { .. }) {
-            self.dirty = true;
-            self.draw(board);
+            match ending {
+                Ending::Done => self.erase(),
+                Ending::Failed => {
+                    self.dirty = true;
+                    self.draw(board);
+                }
+            }
             write_err("\x1b[?25h");
+        }
+    }
+
+    /// Clears the frame on screen and leaves the cursor where it began.
+    fn erase(&mut self) {
+        if self.drawn > 0 {
+            write_err(&format!("\x1b[{}F\x1b[J", self.drawn));
+            self.drawn = 0;
         }
     }
 }
@@ -199,8 +236,14 @@ fn frame(
         ),
     ));
     for note in recent {
-        let id = board.shadows.get(note.shadow).map_or("", |s| s.id.as_str());
-        lines.push((Line::Row(note.tone), format!("  {id}  {}", note.text)));
+        let (id, job) = board
+            .shadows
+            .get(note.shadow)
+            .map_or(("", ""), |s| (s.id.as_str(), s.job.name));
+        lines.push((
+            Line::Row(note.tone),
+            format!("  {id}  {job:<8}  {}", note.text),
+        ));
     }
     // Keep the frame's height steady while the recent list fills.
     for _ in recent.len()..RECENT {
