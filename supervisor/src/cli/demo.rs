@@ -146,9 +146,9 @@ fn terminal_width(json: bool) -> Option<usize> {
         std::io::stdout().is_terminal()
     };
     terminal
-        .then(|| ratatui::crossterm::terminal::size().ok())
+        .then(view::columns)
         .flatten()
-        .map(|(cols, _)| usize::from(cols).saturating_sub(1))
+        .map(|cols| cols.saturating_sub(1))
 }
 
 /// What the event reader hands the demo.

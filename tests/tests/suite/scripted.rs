@@ -344,3 +344,89 @@ async fn kugetsu_demo_refuses_a_number_of_shadows_out_of_range() {
         assert!(left.is_empty(), "{bad}: demo left {left:?} behind");
     }
 }
+
+#[tokio::test]
+async fn kugetsu_demo_on_a_terminal_redraws_one_table_in_place() {
+    let repo = TestRepo::new();
+    let tmp = repo.root().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // `script` (util-linux) gives the demo a pseudo-terminal as stdout and stderr.
+    let command = format!(
+        "env -i PATH={} HOME={} TMPDIR={} {} demo",
+        std::env::var("PATH").unwrap_or_default(),
+        repo.home().display(),
+        tmp.display(),
+        kugetsu_tests::harness::bin_path("kugetsu").display()
+    );
+    let out = tokio::time::timeout(
+        DEMO_TIMEOUT,
+        tokio::process::Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the demo under script did not finish")
+    .expect("cannot run script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // The cursor is hidden while the table is redrawn, and shown again at the end.
+    let hidden = text.find("\x1b[?25l").unwrap_or_else(|| panic!("{text:?}"));
+    let shown = text
+        .rfind("\x1b[?25h")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        hidden < shown && text.rfind("\x1b[?25l") == Some(hidden),
+        "{text:?}"
+    );
+    // Each redraw goes back over the whole frame (a header, 8 rows, the totals, 6 recent
+    // events) and clears it: one table in place, not a scrolling log.
+    let redraw = "\x1b[16F\x1b[J";
+    let frames: Vec<String> = text.split(redraw).map(strip_colours).collect();
+    assert!(frames.len() > 3, "the table was not redrawn:\n{text:?}");
+    let moves = text.matches("F\x1b[J").count();
+    assert_eq!(
+        moves,
+        frames.len() - 1,
+        "a redraw of another height:\n{text:?}"
+    );
+    // A frame mid-run (a redrawn one: the first follows the banner and the cursor's hiding):
+    // the header and one line per shadow, several running at once.
+    let busy = frames[1..]
+        .iter()
+        .find(|f| f.lines().filter(|l| l.contains("  running  ")).count() >= 2)
+        .unwrap_or_else(|| panic!("no frame with two shadows running:\n{frames:#?}"));
+    let header = busy.lines().find(|l| l.starts_with("SHADOW")).unwrap();
+    assert!(header.contains("STATUS") && header.contains("TURN") && header.contains("RSS"));
+    for (job, _, _) in DEMO_JOBS {
+        assert!(
+            busy.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(job)),
+            "no row for {job} in:\n{busy}"
+        );
+    }
+    // The last frame was cleared for the closing table, which follows with all eight.
+    let last = frames.last().unwrap();
+    assert!(!last.contains("STATUS"), "{last}");
+    assert_eq!(closing_rows(last).len(), 8, "{last}");
+}
+
+/// `text` without SGR colour sequences.
+fn strip_colours(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 2..];
+        match tail.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(end) if tail[end..].starts_with('m') => rest = &tail[end + 1..],
+            _ => {
+                out.push_str("\x1b[");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}

@@ -115,10 +115,7 @@ impl View {
             return;
         }
         self.dirty = false;
-        let width = ratatui::crossterm::terminal::size()
-            .map_or(100, |(cols, _)| usize::from(cols))
-            .max(20)
-            - 1;
+        let width = columns().unwrap_or(100).max(20) - 1;
         let lines = frame(board, &self.recent, self.since, width);
         let mut out = String::new();
         if self.drawn > 0 {
@@ -169,6 +166,14 @@ impl View {
             self.drawn = 0;
         }
     }
+}
+
+/// The terminal's width in columns, when it tells one (a pty may say 0: unknown).
+pub fn columns() -> Option<usize> {
+    ratatui::crossterm::terminal::size()
+        .ok()
+        .map(|(cols, _)| usize::from(cols))
+        .filter(|cols| *cols > 0)
 }
 
 /// What a line of the frame is, for its colour.
