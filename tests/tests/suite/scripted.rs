@@ -251,7 +251,48 @@ async fn kugetsu_demo_runs_eight_shadows_each_leaving_its_job_on_its_own_branch(
         out.stdout
     );
     // The demo's daemon is gone: its socket was removed when it stopped.
-    assert!(!base.join("state/kugetsu.sock").exists());
+    let state = base.join("state");
+    let socket = state.join("kugetsu.sock");
+    assert!(!socket.exists());
+    // The jobs compose: all eight land on main, one after the other, each tested, with the
+    // `kugetsu merge` the closing table suggests (on the kept state dir, no daemon).
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let suggested = format!(
+        "kugetsu merge --state-dir {} --socket {} --test 'sh tests/run.sh' {}",
+        state.display(),
+        socket.display(),
+        ids.join(" ")
+    );
+    assert!(
+        out.stdout.contains(&suggested),
+        "{suggested}\n{}",
+        out.stdout
+    );
+    let merged = repo
+        .kugetsu()
+        .arg("merge")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--test", "sh tests/run.sh"])
+        .args(&ids)
+        .text_stdout()
+        .output()
+        .await;
+    merged.assert_code(0);
+    assert_eq!(
+        git(&demo_repo, &["rev-list", "--count", "main"]).trim(),
+        "9"
+    );
+    let check = std::process::Command::new("sh")
+        .arg("check.sh")
+        .current_dir(&demo_repo)
+        .output()
+        .unwrap();
+    let check_out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check_out}");
+    assert!(check_out.contains("4 passed, 0 failed"), "{check_out}");
 }
 
 #[tokio::test]
