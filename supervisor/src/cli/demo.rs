@@ -73,6 +73,9 @@ pub async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
 
 async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
     let since = Instant::now();
+    // Taken over from the start, so a Ctrl-C while the daemon starts is not a kill that
+    // leaves the throwaway files behind: it cancels the shadows once they are submitted.
+    let signals = Signals::install()?;
     let repo = base.join("repo");
     make_repo(&repo)
         .await
@@ -96,7 +99,7 @@ async fn run_demo(args: &DemoArgs, base: &Path) -> Result<ExitCode, CliError> {
         view: View::new(Mode::detect(args.json), since),
         json: args.json,
     };
-    let watched = demo.run(&repo, args.shadows).await;
+    let watched = demo.run(&repo, args.shadows, signals).await;
     demo.view.close(
         &demo.board,
         if watched.is_ok() {
@@ -151,6 +154,25 @@ fn terminal_width(json: bool) -> Option<usize> {
         .map(|cols| cols.saturating_sub(1))
 }
 
+/// SIGINT and SIGTERM, handled by the demo (first: cancel the shadows; second: stop).
+#[derive(Debug)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, CliError> {
+        let handle = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| CliError::Failed(format!("cannot handle {name}: {e}")))
+        };
+        Ok(Signals {
+            interrupt: handle(SignalKind::interrupt(), "SIGINT")?,
+            terminate: handle(SignalKind::terminate(), "SIGTERM")?,
+        })
+    }
+}
+
 /// What the event reader hands the demo.
 #[derive(Debug)]
 enum Feed {
@@ -171,7 +193,12 @@ struct Demo {
 
 impl Demo {
     /// Submits the shadows and watches them until all have finished.
-    async fn run(&mut self, repo: &Path, shadows: u32) -> Result<(), CliError> {
+    async fn run(
+        &mut self,
+        repo: &Path,
+        shadows: u32,
+        mut signals: Signals,
+    ) -> Result<(), CliError> {
         let mut control = self.daemon.connect().await?;
         // Subscribed before anything is submitted, so no event is missed.
         let mut events = self.daemon.connect().await?;
@@ -191,10 +218,6 @@ impl Demo {
                 .task;
             self.board.add(id, job);
         }
-        let mut sigint = signal(SignalKind::interrupt())
-            .map_err(|e| CliError::Failed(format!("cannot handle SIGINT: {e}")))?;
-        let mut sigterm = signal(SignalKind::terminate())
-            .map_err(|e| CliError::Failed(format!("cannot handle SIGTERM: {e}")))?;
         let mut sample = tokio::time::interval(SAMPLE_EVERY);
         let mut draw = tokio::time::interval(DRAW_EVERY);
         let deadline = tokio::time::sleep(DEMO_DEADLINE);
@@ -222,14 +245,14 @@ impl Demo {
                         self.daemon.log_hint()
                     )));
                 }
-                _ = sigint.recv() => {
+                _ = signals.interrupt.recv() => {
                     if cancelling {
                         return Err(CliError::Failed("interrupted".to_owned()));
                     }
                     cancelling = true;
                     self.cancel_all(&mut control).await;
                 }
-                _ = sigterm.recv() => {
+                _ = signals.terminate.recv() => {
                     if cancelling {
                         return Err(CliError::Failed("terminated".to_owned()));
                     }

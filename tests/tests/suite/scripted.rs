@@ -471,3 +471,33 @@ fn strip_colours(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+#[tokio::test]
+async fn kugetsu_demo_interrupted_cancels_every_shadow_and_still_shows_the_table() {
+    let repo = TestRepo::new();
+    let (command, tmp) = demo(&repo);
+    let mut live = command.arg("--json").spawn().await;
+    live.wait_for("started", DEMO_TIMEOUT).await;
+    live.signal(nix::sys::signal::Signal::SIGINT);
+    let out = live.finish().await;
+    out.assert_code(1);
+    let finished = out.events.of_type("finished");
+    assert_eq!(finished.len(), 8, "{:?}", out.events);
+    let statuses: BTreeSet<&str> = finished.iter().map(|e| str_of(e, "status")).collect();
+    assert!(statuses.contains("cancelled"), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| ["cancelled", "completed"].contains(s)),
+        "{statuses:?}"
+    );
+    let rows = closing_rows(&out.stderr);
+    assert_eq!(rows.len(), 8, "{}", out.stderr);
+    assert!(
+        rows.iter().any(|r| r.line.contains("cancelled")),
+        "{}",
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "demo left {left:?} behind");
+}
