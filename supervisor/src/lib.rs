@@ -32,6 +32,7 @@
 //! - [`rpc`]: the typed JSON-RPC vocabulary shared by the daemon and its clients.
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`exit`]: exit codes and the error type that carries one.
+//! - [`log`]: the supervisor's own log lines (`tracing`), human or JSON.
 
 pub mod cli;
 pub mod config;
@@ -39,5 +40,6 @@ pub mod daemon;
 pub mod exit;
 pub mod govern;
 pub mod land;
+pub mod log;
 pub mod rpc;
 pub mod task;

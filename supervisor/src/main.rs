@@ -4,11 +4,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kugetsu_supervisor::cli::args::{Cli, Command};
-use kugetsu_supervisor::cli::{client, demo, doctor, land, run};
-use kugetsu_supervisor::daemon;
+use kugetsu_supervisor::cli::{client, demo, doctor, generate, land, run, top};
+use kugetsu_supervisor::{daemon, log};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (format, role) = match &cli.command {
+        Command::Serve(args) => (args.log_format, log::Role::Daemon),
+        _ => (log::LogFormat::Human, log::Role::Command),
+    };
+    match log::filter(std::env::var("KUGETSU_LOG").ok().as_deref()) {
+        Ok(filter) => log::init(format, role, filter),
+        Err(e) => {
+            eprintln!("kugetsu: {e}");
+            return ExitCode::from(kugetsu_supervisor::exit::USAGE);
+        }
+    }
     kugetsu_os::crash::arm();
     if matches!(
         cli.command,
@@ -57,12 +68,14 @@ fn main() -> ExitCode {
             Command::Cancel(args) => client::cancel(args).await,
             Command::Resume(args) => client::resume(args).await,
             Command::Steer(args) => client::steer(args).await,
-            Command::Top(args) => client::top(args).await,
+            Command::Top(args) => top::top(args).await,
             Command::Clean(args) => client::clean(args).await,
             Command::Shutdown(args) => client::shutdown(args).await,
             Command::Diff(args) => land::diff(args).await,
             Command::Merge(args) => land::merge(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
+            Command::Completions(args) => generate::completions(&args),
+            Command::Man(args) => generate::man(&args),
         }
     });
     match result {

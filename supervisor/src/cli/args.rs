@@ -35,7 +35,7 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Hand a message to a running task's model.
     Steer(SteerArgs),
-    /// Live view of running shadows and their memory.
+    /// Terminal dashboard: shadows, memory, the queue; cancel, steer, open a log.
     Top(TopArgs),
     /// Remove the worktrees of finished tasks (their branches stay).
     Clean(CleanArgs),
@@ -47,6 +47,27 @@ pub enum Command {
     Merge(MergeArgs),
     /// Check config, providers, git, limits and sandbox.
     Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+/// `kugetsu completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `kugetsu man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write kugetsu.1 and kugetsu-COMMAND.1 for every command into DIR instead of printing
+    /// kugetsu.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `kugetsu doctor`.
@@ -143,6 +164,15 @@ pub struct ServeArgs {
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How the daemon writes its log lines on stderr (`KUGETSU_LOG` picks which).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "KUGETSU_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: crate::log::LogFormat,
 }
 
 /// `kugetsu submit`.
@@ -232,7 +262,8 @@ pub struct SteerArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub client: ClientOptions,
-    /// Print one frame and exit.
+    /// Print the plain `ps` table of live tasks once and exit (for scripts; no terminal
+    /// needed).
     #[arg(long)]
     pub once: bool,
 }

@@ -1,5 +1,6 @@
-//! The CLI side of the daemon: `submit`, `ps`, `show`, `logs`, `cancel`, `steer`, `top`,
-//! `clean`, `shutdown`. Each connects to the socket, makes JSON-RPC calls, and prints.
+//! The CLI side of the daemon: `submit`, `ps`, `show`, `logs`, `cancel`, `steer`, `clean`,
+//! `shutdown`. Each connects to the socket, makes JSON-RPC calls, and prints. `top` lives in
+//! [`crate::cli::top`] and uses the [`Client`] and the `ps` table from here.
 //!
 //! Without a daemon every command says so in one line and exits 2. A full queue exits 75.
 
@@ -13,7 +14,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::cli::args::{
     CleanArgs, ClientOptions, IdArgs, LogsArgs, PsArgs, ResumeArgs, ShowArgs, ShutdownArgs,
-    SteerArgs, SubmitArgs, TopArgs,
+    SteerArgs, SubmitArgs,
 };
 use crate::cli::render::Renderer;
 use crate::cli::run::{print_json, print_result};
@@ -28,6 +29,8 @@ use crate::rpc::{
 /// A connection to the daemon.
 #[derive(Debug)]
 pub struct Client {
+    /// The socket it connected to (shown by `top`).
+    path: std::path::PathBuf,
     reader: LineReader<BufReader<Half>>,
     send: Half,
     next_id: u64,
@@ -57,10 +60,16 @@ impl Client {
         })?;
         let (recv, send) = halves(stream);
         Ok(Client {
+            path,
             reader: LineReader::with_limit(BufReader::new(recv), MAX_RESPONSE_BYTES),
             send,
             next_id: 1,
         })
+    }
+
+    /// The daemon's socket this client is connected to.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Calls method `M` and waits for its response (notifications before it are dropped).
@@ -260,7 +269,8 @@ async fn follow(
     }
 }
 
-async fn list(client: &mut Client, all: bool) -> Result<Vec<TaskSummary>, CliError> {
+/// The daemon's tasks (`list`): live ones and the recently finished, or `all` of them.
+pub(crate) async fn list(client: &mut Client, all: bool) -> Result<Vec<TaskSummary>, CliError> {
     Ok(client.call::<rpc::List>(&ListParams { all }).await?.tasks)
 }
 
@@ -276,7 +286,8 @@ pub async fn ps(args: PsArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn table(tasks: &[TaskSummary]) -> String {
+/// The `ps` table of `tasks`, with the counts and the queue's reasons below it.
+pub(crate) fn table(tasks: &[TaskSummary]) -> String {
     let mut out = format!(
         "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
         "ID", "STATUS", "PRIO", "TURNS", "TOKENS", "COST", "MEM", "MODEL", "PROMPT"
@@ -367,7 +378,7 @@ fn table(tasks: &[TaskSummary]) -> String {
 }
 
 /// A token count in a few characters: `950`, `12.3k`, `4.1M`.
-fn tokens_text(n: u64) -> String {
+pub(crate) fn tokens_text(n: u64) -> String {
     match n {
         0 => "-".to_owned(),
         n if n < 10_000 => n.to_string(),
@@ -377,7 +388,7 @@ fn tokens_text(n: u64) -> String {
 }
 
 /// The status column: a completed task that landed shows as `merged`.
-fn status_shown(task: &TaskSummary) -> &'static str {
+pub(crate) fn status_shown(task: &TaskSummary) -> &'static str {
     if task.merged.is_some() {
         "merged"
     } else {
@@ -385,7 +396,8 @@ fn status_shown(task: &TaskSummary) -> &'static str {
     }
 }
 
-fn clip(text: &str, max: usize) -> String {
+/// The first `max` characters of `text`.
+pub(crate) fn clip(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
@@ -539,25 +551,6 @@ pub async fn steer(args: SteerArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kugetsu top`.
-pub async fn top(args: TopArgs) -> Result<ExitCode, CliError> {
-    let mut client = Client::connect(&args.client).await?;
-    loop {
-        let tasks = list(&mut client, false).await?;
-        let live: Vec<TaskSummary> = tasks.into_iter().filter(|t| !t.status.is_final()).collect();
-        let frame = table(&live);
-        if args.once {
-            print_line(&frame);
-            return Ok(ExitCode::SUCCESS);
-        }
-        print_line(&format!("\x1b[2J\x1b[H{frame}"));
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-        }
-    }
-}
-
 /// `kugetsu clean`.
 pub async fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
@@ -623,7 +616,8 @@ pub async fn shutdown(args: ShutdownArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_line(text: &str) {
+/// Writes `text` and a newline to stdout.
+pub(crate) fn print_line(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();

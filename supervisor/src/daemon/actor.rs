@@ -122,9 +122,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let mut config = Config::load(args.config.as_deref(), &env)?;
     args.apply(&mut config);
     if config.sandbox == kugetsu_protocol::SandboxMode::Off {
-        eprintln!(
-            "kugetsu: warning: sandbox is off: every shadow's tools run with this daemon's full access"
-        );
+        tracing::warn!("sandbox is off: every shadow's tools run with this daemon's full access");
     }
     let state = StateDir {
         root: crate::config::state_dir(args.state_dir.as_deref(), &env)?,
@@ -137,19 +135,19 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         ))
     })?;
     match crate::daemon::limits::raise_nofile() {
-        Ok(limit) if limit.shadows() < u64::from(config.max_shadows) => eprintln!(
-            "kugetsu: warning: the open-files limit ({}) allows about {} shadows, fewer than max_shadows {}; raise it (ulimit -n, LimitNOFILE=)",
+        Ok(limit) if limit.shadows() < u64::from(config.max_shadows) => tracing::warn!(
+            "the open-files limit ({}) allows about {} shadows, fewer than max_shadows {}; raise it (ulimit -n, LimitNOFILE=)",
             limit.soft,
             limit.shadows(),
             config.max_shadows
         ),
         Ok(_) => {}
-        Err(e) => eprintln!("kugetsu: warning: cannot read the open-files limit: {e}"),
+        Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
     }
     let socket_path = crate::config::socket_path(args.socket.as_deref(), &state.root, &env);
     let listener = crate::daemon::socket::bind(&socket_path).await?;
     if let Err(e) = kugetsu_os::process::become_subreaper() {
-        eprintln!("kugetsu: warning: cannot become a subreaper ({e}); orphans may escape");
+        tracing::warn!("cannot become a subreaper ({e}); orphans may escape");
     }
     let (commands, mut inbox) = mpsc::unbounded_channel();
     let config_retention = config.task_retention;
@@ -210,15 +208,15 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
                     ));
                 }
                 Err(e) => {
-                    eprintln!("kugetsu: accept failed: {}", crate::exit::describe_io(&e));
+                    tracing::warn!("accept failed: {}", crate::exit::describe_io(&e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     });
     drop(commands);
-    eprintln!(
-        "kugetsu: serving on {} (state {}, max_shadows {}, queue_capacity {})",
+    tracing::info!(
+        "serving on {} (state {}, max_shadows {}, queue_capacity {})",
         socket_path.display(),
         daemon.state.root.display(),
         daemon.config.max_shadows,
@@ -278,7 +276,7 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
     let _ = std::fs::remove_file(&socket_path);
     // Let connection writers send their last answers (the `shutdown` reply among them).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    eprintln!("kugetsu: stopped");
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -349,7 +347,7 @@ impl Daemon {
             self.table.live.insert(id, entry);
         }
         if queued + resumed > 0 {
-            eprintln!("kugetsu: recovered {queued} queued and {resumed} running tasks");
+            tracing::info!("recovered {queued} queued and {resumed} running tasks");
         }
     }
 
@@ -377,12 +375,12 @@ impl Daemon {
             None
         };
         match written {
-            Some(_) => eprintln!(
-                "kugetsu: error: queued task {id}: {why}; marked failed in {} and not run",
+            Some(_) => tracing::error!(
+                "queued task {id}: {why}; marked failed in {} and not run",
                 dir.events_file().display()
             ),
-            None => eprintln!(
-                "kugetsu: error: queued task {id}: {why}; its directory {} is gone or \
+            None => tracing::error!(
+                "queued task {id}: {why}; its directory {} is gone or \
                  unwritable, so it is not run",
                 dir.path().display()
             ),
@@ -403,16 +401,13 @@ impl Daemon {
                 .is_some_and(|e| e.event.kind() == "finished");
             if !finished {
                 if let Err(e) = self.state.mark_live(&id) {
-                    eprintln!("kugetsu: warning: cannot mark task {id} live: {e}");
+                    tracing::warn!("cannot mark task {id} live: {e}");
                 }
                 live.push(id);
             }
         }
         if let Err(e) = std::fs::create_dir_all(self.state.live()) {
-            eprintln!(
-                "kugetsu: warning: cannot create {}: {e}",
-                self.state.live().display()
-            );
+            tracing::warn!("cannot create {}: {e}", self.state.live().display());
         }
         live
     }
@@ -525,7 +520,7 @@ impl Daemon {
         }
         if let Some(reason) = self.governor.daily_spent() {
             if !self.budget_held && !self.queue.is_empty() {
-                eprintln!("kugetsu: holding queued tasks: {reason}");
+                tracing::info!("holding queued tasks: {reason}");
             }
             self.budget_held = true;
             return;
@@ -559,7 +554,7 @@ impl Daemon {
                     snapshot.total >> 20
                 );
                 if self.warned_impossible.insert(id.clone()) {
-                    eprintln!("kugetsu: holding queued tasks: task {id} {reason}");
+                    tracing::info!("holding queued tasks: task {id} {reason}");
                 }
                 if let Some(entry) = self.table.live.get_mut(&id) {
                     entry.held = Some(reason);
@@ -572,8 +567,8 @@ impl Daemon {
             }
             if snapshot.available < limit.saturating_add(MEMORY_RESERVE) {
                 if !self.memory_held {
-                    eprintln!(
-                        "kugetsu: holding queued tasks: {} MiB available, a shadow needs {} MiB + {} MiB reserve",
+                    tracing::info!(
+                        "holding queued tasks: {} MiB available, a shadow needs {} MiB + {} MiB reserve",
                         snapshot.available >> 20,
                         limit >> 20,
                         MEMORY_RESERVE >> 20
@@ -636,8 +631,8 @@ impl Daemon {
             return;
         }
         self.stopping = Some(drain);
-        eprintln!(
-            "kugetsu: shutting down{}",
+        tracing::info!(
+            "shutting down{}",
             if drain { " after the queue drains" } else { "" }
         );
         self.notifier.stopping();
@@ -668,9 +663,7 @@ impl Daemon {
                 new
             }
             Err(e) => {
-                eprintln!(
-                    "kugetsu: config reload rejected ({e}); keeping the previous configuration"
-                );
+                tracing::warn!("config reload rejected ({e}); keeping the previous configuration");
                 return;
             }
         };
@@ -678,7 +671,7 @@ impl Daemon {
         if changes.is_empty() {
             return;
         }
-        eprintln!("kugetsu: config reloaded: {}", changes.join(", "));
+        tracing::info!("config reloaded: {}", changes.join(", "));
         self.queue.set_capacity(new.queue_capacity as usize);
         // Queued tasks pick up the new restart policy and context settings when they start.
         for entry in self.table.live.values_mut() {

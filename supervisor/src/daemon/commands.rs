@@ -269,7 +269,7 @@ fn publish_now(dir: &TaskDir, event: Event) -> Option<EventEnvelope> {
     match EventLog::open(&dir.events_file(), dir.id()) {
         Ok(mut log) => Some(log.publish(event)),
         Err(e) => {
-            eprintln!("kugetsu: cannot record the end of task {}: {e}", dir.id());
+            tracing::error!(task = %dir.id(), "cannot record the end of the task: {e}");
             None
         }
     }

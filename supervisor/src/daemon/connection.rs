@@ -53,11 +53,11 @@ pub async fn serve_connection(
     state: StateDir,
 ) {
     if !peer_is_owner(&stream) {
-        eprintln!("kugetsu: refused a connection from another user");
+        tracing::warn!("refused a connection from another user");
         return;
     }
     if let Some(reason) = crate::daemon::peer::shadow_reason(peer_pid(&stream)) {
-        eprintln!("kugetsu: refused a connection from a shadow's process: {reason}");
+        tracing::warn!("refused a connection from a shadow's process: {reason}");
         return;
     }
     let (recv, send) = halves(stream);

@@ -151,17 +151,17 @@ pub fn spawn_retention(
                 }
             }
             if !cleaned.purged.is_empty() || !cleaned.kept.is_empty() {
-                eprintln!(
-                    "kugetsu: retention: removed {} old tasks; kept {} with work not committed or not landed",
+                tracing::info!(
+                    "retention: removed {} old tasks; kept {} with work not committed or not landed",
                     cleaned.purged.len(),
                     cleaned.kept.len()
                 );
                 for kept in cleaned.kept.iter().take(KEPT_SHOWN) {
-                    eprintln!("kugetsu: retention: kept {}: {}", kept.task, kept.reason);
+                    tracing::info!(task = %kept.task, "retention: kept: {}", kept.reason);
                 }
                 if cleaned.kept.len() > KEPT_SHOWN {
-                    eprintln!(
-                        "kugetsu: retention: ... and {} more (`kugetsu clean` lists them)",
+                    tracing::info!(
+                        "retention: ... and {} more (`kugetsu clean` lists them)",
                         cleaned.kept.len() - KEPT_SHOWN
                     );
                 }

@@ -31,13 +31,10 @@ pub fn watch(
             let _ = daemon.send(Command::Reload);
         }
     })
-    .map_err(|e| eprintln!("kugetsu: warning: config hot reload unavailable: {e}"))
+    .map_err(|e| tracing::warn!("config hot reload unavailable: {e}"))
     .ok()?;
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        eprintln!(
-            "kugetsu: warning: cannot watch {} for config changes: {e}",
-            dir.display()
-        );
+        tracing::warn!("cannot watch {} for config changes: {e}", dir.display());
         return None;
     }
     Some(watcher)

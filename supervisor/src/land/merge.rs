@@ -262,8 +262,9 @@ impl Landing<'_> {
             unix_ms: crate::task::prepare::unix_ms(std::time::SystemTime::now()),
         };
         if let Err(e) = write_marker(&self.task.dir, &marker) {
-            eprintln!(
-                "kugetsu: task {id} landed on {target} but its merged marker could not be written: {e}"
+            tracing::error!(
+                task = %id,
+                "the task landed on {target} but its merged marker could not be written: {e}"
             );
         }
         let added = store.commits(&tip, &new).await.map_or(0, |c| c.len());

@@ -387,10 +387,10 @@ pub async fn run(
     // Kept to the end of the attempt: dropping it removes the shadow's cgroup.
     let sandbox = ShadowSandbox::prepare(prepared, &env).await;
     if record.sandbox == SandboxMode::Off {
-        eprintln!(
-            "kugetsu: warning: task {} runs with --sandbox off: its tools can read and write \
-             everything this user can, including secrets and other tasks",
-            record.id
+        tracing::warn!(
+            task = %record.id,
+            "the task runs with --sandbox off: its tools can read and write everything this \
+             user can, including secrets and other tasks"
         );
     }
     let spec = TaskSpec {
@@ -494,7 +494,7 @@ pub async fn run(
                 Effect::CancelWorker => shadow.cancel(),
                 Effect::Steer(text) => shadow.steer(text),
                 Effect::Shutdown => shadow.shutdown(),
-                Effect::Warn(text) => eprintln!("kugetsu: warning: {text}"),
+                Effect::Warn(text) => tracing::warn!(task = %record.id, "{text}"),
                 Effect::Publish(_) => {}
             }
         }

@@ -287,7 +287,7 @@ fn jitter(max: Duration) -> Duration {
 }
 
 fn warn(message: &str) {
-    eprintln!("kugetsu: warning: {message}");
+    tracing::warn!("{message}");
 }
 
 #[cfg(test)]

@@ -114,10 +114,7 @@ impl EventLog {
             && !self.warned
         {
             self.warned = true;
-            eprintln!(
-                "kugetsu: cannot append to the event log of task {}: {e}",
-                self.task
-            );
+            tracing::error!(task = %self.task, "cannot append to the task's event log: {e}");
         }
         envelopes
     }

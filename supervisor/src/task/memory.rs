@@ -314,7 +314,7 @@ impl Tracked {
 
 async fn sample(tx: watch::Sender<Arc<Snapshot>>, roots: Roots) {
     let Ok(mut system) = System::new() else {
-        eprintln!("kugetsu: warning: cannot read process memory; memory limits are not enforced");
+        tracing::warn!("cannot read process memory; memory limits are not enforced");
         return;
     };
     let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

@@ -315,9 +315,9 @@ impl ShadowSandbox {
                 match (seeded, worktree.seed_private_ref(&branch, &refs).await) {
                     (Ok(()), Ok(())) => Some((refs.as_path(), reflogs.as_path())),
                     (Err(e), _) | (_, Err(e)) => {
-                        eprintln!(
-                            "kugetsu: warning: task {}: cannot give its tools a private refs directory ({e})",
-                            record.id
+                        tracing::warn!(
+                            task = %record.id,
+                            "cannot give the task's tools a private refs directory ({e})"
                         );
                         None
                     }
