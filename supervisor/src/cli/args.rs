@@ -17,7 +17,7 @@ pub struct Cli {
 pub enum Command {
     /// Run one shadow in the foreground (no daemon) and print its result.
     Run(Box<RunArgs>),
-    /// Offline showcase: a shadow on the scripted model edits a throwaway repository.
+    /// Offline showcase: 8 shadows at once on the scripted model, each with its own job.
     Demo(DemoArgs),
     /// Run the daemon: a queue and a pool of shadows behind a Unix socket.
     Serve(ServeArgs),
@@ -418,7 +418,12 @@ pub struct RunArgs {
 /// `kugetsu demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Print events as JSON lines on stdout instead of the live view.
+    /// How many shadows to run at once (each gets one of the demo's jobs, in turn).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shadows: u32,
+    /// Print every shadow's events as JSON lines on stdout instead of the live view (the
+    /// closing table then goes to stderr).
     #[arg(long)]
     pub json: bool,
     /// Keep the throwaway repository and state directory instead of deleting them.

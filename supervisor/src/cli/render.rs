@@ -264,7 +264,7 @@ impl Renderer {
 }
 
 /// The one argument a person wants to see for each tool.
-fn summarize_args(tool: &str, args: &serde_json::Value) -> String {
+pub(crate) fn summarize_args(tool: &str, args: &serde_json::Value) -> String {
     let field = |name: &str| args.get(name).and_then(serde_json::Value::as_str);
     let text = match tool {
         "bash" => field("command").map(|c| format!("$ {}", c.lines().next().unwrap_or(""))),
@@ -278,7 +278,8 @@ fn summarize_args(tool: &str, args: &serde_json::Value) -> String {
     clip(&text.unwrap_or_else(|| args.to_string()), 100)
 }
 
-fn clip(text: &str, max_chars: usize) -> String {
+/// `text` cut to `max_chars` characters, with `…` when it was longer.
+pub(crate) fn clip(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         text.to_owned()
     } else {

@@ -273,7 +273,9 @@ fn resolve_model(
             "{key} is not set; model {model} needs it (export {key}=...)"
         )));
     }
-    if model.provider == ProviderKind::Scripted && model.model != "demo" {
+    if model.provider == ProviderKind::Scripted
+        && !kugetsu_protocol::demo::is_builtin_script(&model.model)
+    {
         // The worker runs in the worktree: pin the script's path to where the user stands.
         let path = std::path::absolute(&model.model)
             .map_err(|e| CliError::Usage(format!("script {}: {e}", model.model)))?;

@@ -1,58 +1,30 @@
 //! The `scripted` provider: replays assistant turns from a JSON script, no network.
 //!
-//! `scripted/demo` is the built-in script of `kugetsu demo`; `scripted/PATH.json` loads a file
+//! Built in: `scripted/demo/NAME`, the scripts of `kugetsu demo`'s jobs
+//! ([`kugetsu_protocol::demo::DEMO_JOBS`]: `verbose`, `function`, `typo`, ...), and
+//! `scripted/demo`, the `verbose` job without its pauses. `scripted/PATH.json` loads a file
 //! (relative paths resolve against the worker's cwd, absolute ones as is). A script is either
 //! an array of turns or `{"delay_ms": N, "summary": "...", "turns": [...]}`, each turn
-//! `{"text": "...", "tool_calls": [{"name": "...", "arguments": {...}}]}`.
+//! `{"think_ms": N, "text": "...", "tool_calls": [{"name": "...", "arguments": {...}}]}`:
+//! `delay_ms` is the pause between streamed pieces of text (about 12 bytes each), `think_ms`
+//! (optional, default 0) a pause before the turn's answer begins, as a real model takes to
+//! start answering.
 //!
 //! The turn replayed is chosen by how many assistant messages the conversation already holds,
 //! so a resumed shadow continues the script where it left off.
 
 use std::time::Duration;
 
-use kugetsu_protocol::Usage;
+use kugetsu_protocol::demo::{self, DemoJob};
+use kugetsu_protocol::{RateHeaders, Usage};
 use serde::Deserialize;
 
 use super::gate::Gate;
 use super::{Completion, LlmError, LlmRequest, StopReason};
 use crate::conversation::{Message, ToolCall};
 
-const DEMO_SCRIPT: &str = r##"{
-  "delay_ms": 12,
-  "turns": [
-    {
-      "text": "Let me look at the project first.",
-      "tool_calls": [
-        {"name": "ls", "arguments": {}},
-        {"name": "read", "arguments": {"path": "greet.sh"}}
-      ]
-    },
-    {
-      "text": "greet.sh takes the name as its first argument. I'll accept --verbose before it and print the date when it is given.",
-      "tool_calls": [
-        {"name": "edit", "arguments": {
-          "path": "greet.sh",
-          "old_text": "name=\"${1:-world}\"\necho \"hello, $name\"\n",
-          "new_text": "verbose=0\nif [ \"$1\" = \"--verbose\" ]; then\n  verbose=1\n  shift\nfi\nname=\"${1:-world}\"\necho \"hello, $name\"\nif [ \"$verbose\" = 1 ]; then\n  echo \"date: $(date -u +%Y-%m-%d)\"\nfi\n"
-        }},
-        {"name": "write", "arguments": {
-          "path": "tests/test_greet.sh",
-          "content": "#!/bin/sh\nset -e\ncd \"$(dirname \"$0\")/..\"\n[ \"$(sh greet.sh kugetsu)\" = \"hello, kugetsu\" ]\nsh greet.sh --verbose kugetsu | grep -q '^date: '\necho \"all greet tests passed\"\n"
-        }}
-      ]
-    },
-    {
-      "text": "Now the test.",
-      "tool_calls": [
-        {"name": "bash", "arguments": {"command": "sh tests/test_greet.sh && sh greet.sh --verbose shadow"}}
-      ]
-    },
-    {
-      "text": "Done. greet.sh now accepts `--verbose` (before the name) and then also prints today's date; tests/test_greet.sh checks both modes and passes.",
-      "tool_calls": []
-    }
-  ]
-}"##;
+/// The job `scripted/demo` replays (without its pauses).
+const VERBOSE: &DemoJob = &demo::DEMO_JOBS[0];
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -69,6 +41,9 @@ enum ScriptFile {
 
 #[derive(Debug, Clone, Deserialize)]
 struct ScriptTurn {
+    /// Milliseconds to wait before answering (the model "thinking").
+    #[serde(default)]
+    think_ms: u64,
     #[serde(default)]
     text: String,
     #[serde(default)]
@@ -95,15 +70,32 @@ pub struct Scripted {
 }
 
 impl Scripted {
-    /// Loads `demo` or a script file.
+    /// Loads `demo`, `demo/NAME` (built in) or a script file.
     pub fn load(name: &str) -> Result<Self, LlmError> {
-        let text = if name == "demo" {
-            DEMO_SCRIPT.to_owned()
-        } else {
-            std::fs::read_to_string(name)
-                .map_err(|e| LlmError::Config(format!("cannot read script {name:?}: {e}")))?
-        };
-        Self::parse(&text).map_err(|e| LlmError::Config(format!("script {name:?}: {e}")))
+        let invalid = |e: serde_json::Error| LlmError::Config(format!("script {name:?}: {e}"));
+        if name == "demo" {
+            let mut script = Self::parse(VERBOSE.script).map_err(invalid)?;
+            for turn in &mut script.turns {
+                turn.think_ms = 0;
+            }
+            return Ok(script);
+        }
+        if let Some(job) = name.strip_prefix("demo/").and_then(demo::job) {
+            return Self::parse(job.script).map_err(invalid);
+        }
+        let text = std::fs::read_to_string(name).map_err(|e| {
+            let builtin = if name.starts_with("demo/") {
+                let names: Vec<String> = demo::DEMO_JOBS
+                    .iter()
+                    .map(|job| format!("demo/{}", job.name))
+                    .collect();
+                format!(" (built-in scripts: demo, {})", names.join(", "))
+            } else {
+                String::new()
+            };
+            LlmError::Config(format!("cannot read script {name:?}: {e}{builtin}"))
+        })?;
+        Self::parse(&text).map_err(invalid)
     }
 
     fn parse(text: &str) -> Result<Self, serde_json::Error> {
@@ -143,6 +135,10 @@ impl Scripted {
                 u64::from(request.max_tokens),
             )
             .await?;
+        // A real provider's response head (status, rate-limit headers) arrives before the
+        // model starts thinking; so does this one's, and the governor learns at once that a
+        // script sets no limits rather than holding the fleet behind the first request.
+        permit.head(200, RateHeaders::default());
         let mut completion = self.replay(request, on_text).await?;
         permit.end(Some(&mut completion.usage));
         Ok(completion)
@@ -181,6 +177,9 @@ impl Scripted {
                 index + 1
             ))
         })?;
+        if turn.think_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(turn.think_ms)).await;
+        }
         for piece in chunks(&turn.text, 12) {
             if !self.delay.is_zero() {
                 tokio::time::sleep(self.delay).await;
@@ -256,8 +255,23 @@ mod tests {
     fn demo_script_parses_and_chunks_keep_characters_whole() {
         let script = Scripted::load("demo").unwrap();
         assert_eq!(script.turns.len(), 4);
+        assert!(script.turns.iter().all(|t| t.think_ms == 0));
+        assert_eq!(VERBOSE.name, "verbose");
         let text = "héllo wörld ✓ done";
         let joined: String = chunks(text, 3).collect();
         assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn every_demo_job_is_built_in_and_pauses_between_turns() {
+        for job in demo::DEMO_JOBS {
+            let script = Scripted::load(&format!("demo/{}", job.name)).unwrap();
+            assert!(script.turns.len() >= 2, "{}", job.name);
+            assert!(script.turns.iter().all(|t| t.think_ms > 0), "{}", job.name);
+        }
+        let LlmError::Config(message) = Scripted::load("demo/nope").unwrap_err() else {
+            panic!("not a config error");
+        };
+        assert!(message.contains("demo/verbose"), "{message}");
     }
 }
