@@ -147,6 +147,11 @@ impl Swapper {
                 }
             })
         };
+        // On a loaded machine the thread may not run before the racing loop is over; a race
+        // test must race, so it starts only once the names are being exchanged.
+        while swaps.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
         Self {
             stop,
             swaps,
