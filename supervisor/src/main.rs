@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(kugetsu_supervisor::exit::FAILED);
         }
     };
+    let is_mcp = matches!(cli.command, Command::Mcp(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
@@ -101,6 +102,11 @@ fn main() -> ExitCode {
             Command::Man(args) => generate::man(&args),
         }
     });
+    if is_mcp {
+        // Its stdin may be read on a blocking thread that stays parked in read(2) when the
+        // session ended for another reason than EOF (a signal): do not wait for it.
+        runtime.shutdown_background();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

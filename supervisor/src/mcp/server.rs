@@ -24,6 +24,8 @@ use rmcp::model::{
 };
 use rmcp::service::{Peer, RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::exit::CliError;
@@ -170,14 +172,42 @@ impl Progress {
     }
 }
 
-/// `kugetsu mcp`: serves the tools on stdio until the client closes stdin.
+/// `kugetsu mcp`: serves the tools on stdio until the client closes stdin, or a SIGTERM or
+/// SIGINT arrives (which end the session the same way; a second one stops waiting for the
+/// shadows, which then die with this process).
 pub async fn serve(options: McpOptions) -> Result<ExitCode, CliError> {
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| CliError::Failed(format!("cannot handle SIGTERM: {e}")))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::Failed(format!("cannot handle SIGINT: {e}")))?;
     let server = KugetsuMcp::new(options);
     let runs = server.runs.clone();
     let session = server
-        .serve(rmcp::transport::stdio())
+        .serve(rmcp::transport::stdio_pipes())
         .await
         .map_err(|e| CliError::Failed(format!("the MCP session did not start: {e}")))?;
+    let mut stop = Some(session.cancellation_token());
+    let force = CancellationToken::new();
+    let signals = tokio::spawn({
+        let force = force.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = sigint.recv() => {}
+                }
+                match stop.take() {
+                    Some(stop) => {
+                        tracing::info!(
+                            "stopping: the MCP session ends, running shadows are cancelled"
+                        );
+                        stop.cancel();
+                    }
+                    None => force.cancel(),
+                }
+            }
+        }
+    });
     match session.waiting().await {
         Ok(reason) => tracing::debug!("the MCP session ended: {reason:?}"),
         Err(e) => tracing::warn!("the MCP session ended abnormally: {e}"),
@@ -188,14 +218,15 @@ pub async fn serve(options: McpOptions) -> Result<ExitCode, CliError> {
     if !runs.is_empty() {
         tracing::info!("cancelling {} running shadow(s)", runs.len());
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, runs.wait())
-        .await
-        .is_err()
-    {
+    let stopped = tokio::select! {
+        done = tokio::time::timeout(SHUTDOWN_GRACE, runs.wait()) => done.is_ok(),
+        () = force.cancelled() => false,
+    };
+    signals.abort();
+    if !stopped {
         tracing::warn!(
-            "{} shadow(s) did not stop within {} s; their tasks can be resumed with `kugetsu run --resume ID`",
-            runs.len(),
-            SHUTDOWN_GRACE.as_secs()
+            "{} shadow(s) did not stop in time; their tasks can be resumed with `kugetsu run --resume ID`",
+            runs.len()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -461,92 +461,115 @@ async fn the_daemon_backed_tools_drive_a_real_daemon() {
     );
 }
 
-/// Writes `message` as one line to the server's stdin.
-async fn send(stdin: &mut tokio::process::ChildStdin, message: &str) {
-    stdin.write_all(message.as_bytes()).await.unwrap();
-    stdin.write_all(b"\n").await.unwrap();
-    stdin.flush().await.unwrap();
+/// `kugetsu mcp` spoken to by hand, after the `initialize` handshake.
+struct ByHand {
+    server: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
-/// The next message on the server's stdout with this `id`.
-async fn response(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    id: u64,
-) -> Value {
-    let wait = async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("the server answers before closing stdout");
-            let message: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("stdout carries only JSON-RPC ({e}): {line}"));
-            if message["id"] == id {
-                return message;
+impl ByHand {
+    async fn start(repo: &TestRepo) -> ByHand {
+        let mut server = tokio::process::Command::new(bin_path("kugetsu"))
+            .args(["mcp", "--state-dir"])
+            .arg(repo.state_dir())
+            .current_dir(repo.repo())
+            .env("HOME", repo.home())
+            .env("XDG_CONFIG_HOME", repo.home().join(".config"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = server.stdin.take();
+        let lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let mut this = ByHand {
+            server,
+            stdin,
+            lines,
+        };
+        this.send(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"by-hand","version":"0"}}}"#,
+        )
+        .await;
+        let init = this.response(1).await;
+        assert_eq!(init["result"]["serverInfo"]["name"], "kugetsu", "{init}");
+        assert!(
+            init["result"]["capabilities"]["tools"].is_object(),
+            "{init}"
+        );
+        this.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        this
+    }
+
+    /// Writes `message` as one line to the server's stdin.
+    async fn send(&mut self, message: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(message.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// The next message on stdout matching `pick`; every line must be JSON.
+    async fn next(&mut self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let wait = async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("stdout closed before {what}"));
+                let message: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carries only JSON-RPC ({e}): {line}"));
+                if pick(&message) {
+                    return message;
+                }
             }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .expect("a response")
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {what}"))
+    }
+
+    async fn response(&mut self, id: u64) -> Value {
+        self.next(&format!("response {id}"), |m| m["id"] == id)
+            .await
+    }
+
+    /// Waits for the server to exit; returns whether it exited 0.
+    async fn exit(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(90), self.server.wait())
+            .await
+            .expect("the server exits")
+            .unwrap()
+            .success()
+    }
 }
 
 #[tokio::test]
 async fn protocol_garbage_gets_errors_and_the_session_goes_on() {
     let repo = TestRepo::new();
-    let mut server = tokio::process::Command::new(bin_path("kugetsu"))
-        .args(["mcp", "--state-dir"])
-        .arg(repo.state_dir())
-        .current_dir(repo.repo())
-        .env("HOME", repo.home())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = server.stdin.take().unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    send(
-        &mut stdin,
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"by-hand","version":"0"}}}"#,
-    )
-    .await;
-    let init = response(&mut lines, 1).await;
-    assert_eq!(init["result"]["serverInfo"]["name"], "kugetsu", "{init}");
-    assert!(
-        init["result"]["capabilities"]["tools"].is_object(),
-        "{init}"
-    );
-    send(
-        &mut stdin,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    )
-    .await;
+    let mut mcp = ByHand::start(&repo).await;
     // Not JSON at all, then JSON that is no valid request: neither ends the session.
-    send(&mut stdin, "this is not json {").await;
-    send(
-        &mut stdin,
+    mcp.send("this is not json {").await;
+    mcp.send(
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"kugetsu_run","arguments":"not an object"}}"#,
     )
     .await;
-    let invalid = response(&mut lines, 2).await;
+    let invalid = mcp.response(2).await;
     assert!(invalid["error"]["code"].is_i64(), "{invalid}");
-    send(
-        &mut stdin,
-        r#"{"jsonrpc":"2.0","id":3,"method":"no/such/method","params":{}}"#,
-    )
-    .await;
-    let unknown = response(&mut lines, 3).await;
+    mcp.send(r#"{"jsonrpc":"2.0","id":3,"method":"no/such/method","params":{}}"#)
+        .await;
+    let unknown = mcp.response(3).await;
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
     // A well-formed call with bad arguments is a tool error, not a protocol error.
-    send(
-        &mut stdin,
+    mcp.send(
         r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"kugetsu_cancel","arguments":{}}}"#,
     )
     .await;
-    let tool_error = response(&mut lines, 4).await;
+    let tool_error = mcp.response(4).await;
     assert_eq!(tool_error["result"]["isError"], true, "{tool_error}");
     assert!(
         tool_error["result"]["content"][0]["text"]
@@ -555,22 +578,84 @@ async fn protocol_garbage_gets_errors_and_the_session_goes_on() {
             .contains("`task` is required"),
         "{tool_error}"
     );
-    send(
-        &mut stdin,
-        r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
-    )
-    .await;
-    let list = response(&mut lines, 5).await;
+    mcp.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#)
+        .await;
+    let list = mcp.response(5).await;
     assert_eq!(
         list["result"]["tools"].as_array().unwrap().len(),
         8,
         "{list}"
     );
     // Closing stdin ends the server cleanly.
-    drop(stdin);
-    let status = tokio::time::timeout(Duration::from_secs(30), server.wait())
-        .await
-        .expect("the server exits when its client goes")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    mcp.stdin = None;
+    assert!(mcp.exit().await, "kugetsu mcp exits 0 when its client goes");
+}
+
+/// Starts a `kugetsu_run` held at a gate and waits for its `tool bash` progress; returns the
+/// task id from its `started` progress.
+async fn held_run(mcp: &mut ByHand, repo: &TestRepo) -> String {
+    let gate = Gate::new(repo.root(), "gate");
+    let held = Script::new()
+        .bash("Waiting.", &gate.wait_command())
+        .text("Never reached.")
+        .write(&repo.root().join("scripts/held.json"));
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "kugetsu_run", "arguments": {"prompt": "wait", "model": held},
+                   "_meta": {"progressToken": "p7"}},
+    });
+    mcp.send(&call.to_string()).await;
+    let started = mcp
+        .next("the started progress", |m| {
+            m["method"] == "notifications/progress"
+                && m["params"]["message"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("task "))
+        })
+        .await;
+    assert_eq!(started["params"]["progressToken"], "p7", "{started}");
+    let id = started["params"]["message"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    mcp.next("the tool progress", |m| {
+        m["params"]["message"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("tool bash"))
+    })
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn a_client_that_goes_mid_run_leaves_a_cleanly_cancelled_task() {
+    let repo = TestRepo::new();
+    let mut mcp = ByHand::start(&repo).await;
+    let id = held_run(&mut mcp, &repo).await;
+    mcp.stdin = None;
+    assert!(
+        mcp.exit().await,
+        "kugetsu mcp exits 0 once its shadow stopped"
+    );
+    // Finished before the server exited: nothing left to wait for.
+    let text = std::fs::read_to_string(repo.task_dir(&id).join("events.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "finished", "{last}");
+    assert_eq!(last["status"], "cancelled", "{last}");
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_cancels_the_shadow_before_exiting() {
+    let repo = TestRepo::new();
+    let mut mcp = ByHand::start(&repo).await;
+    let id = held_run(&mut mcp, &repo).await;
+    let pid = nix::unistd::Pid::from_raw(mcp.server.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(mcp.exit().await, "kugetsu mcp exits 0 after a SIGTERM");
+    let text = std::fs::read_to_string(repo.task_dir(&id).join("events.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "cancelled", "{last}");
 }
