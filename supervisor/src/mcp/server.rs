@@ -4,7 +4,9 @@
 //! touches stdout; logs go to stderr through `tracing`). Each request runs in its own task;
 //! its [`RequestContext`] carries the client's progress token and a cancellation token that
 //! rmcp cancels on `notifications/cancelled` for it, and for every request still running when
-//! the session ends (stdin closed). A `kugetsu_run` runs inside this server's [`TaskTracker`],
+//! the session ends (stdin closed, or a SIGTERM or SIGINT, which end it the same way; rmcp
+//! first gives running requests a few seconds to answer). A `kugetsu_run` runs inside this
+//! server's [`TaskTracker`],
 //! so after the session ends [`serve`] waits for each cancelled shadow to finish cleanly
 //! (its `finished` event written, its worker gone) before the process exits.
 //!
