@@ -34,6 +34,7 @@
 //! - [`config`]: config file, `KUGETSU_*` overrides and the state directory.
 //! - [`exit`]: exit codes and the error type that carries one.
 //! - [`log`]: the supervisor's own log lines (`tracing`), human or JSON.
+//! - [`mcp`]: `kugetsu mcp`, kugetsu as an MCP server on stdio (the Hermes plugin's tools).
 
 pub mod cli;
 pub mod config;
@@ -43,5 +44,6 @@ pub mod govern;
 pub mod http;
 pub mod land;
 pub mod log;
+pub mod mcp;
 pub mod rpc;
 pub mod task;

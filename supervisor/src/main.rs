@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kugetsu_supervisor::cli::args::{Cli, Command};
 use kugetsu_supervisor::cli::{client, demo, doctor, generate, land, run, top};
-use kugetsu_supervisor::{daemon, log};
+use kugetsu_supervisor::{daemon, log, mcp};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,7 +13,15 @@ fn main() -> ExitCode {
         Command::Serve(args) => (args.log_format, log::Role::Daemon),
         _ => (log::LogFormat::Human, log::Role::Command),
     };
-    match log::filter(std::env::var("KUGETSU_LOG").ok().as_deref()) {
+    let log_filter = std::env::var("KUGETSU_LOG").ok();
+    match log::filter(log_filter.as_deref()) {
+        // The MCP SDK's own info lines (every message received) are noise on an MCP
+        // client's stderr unless asked for.
+        Ok(filter) if matches!(cli.command, Command::Mcp(_)) && log_filter.is_none() => log::init(
+            format,
+            role,
+            filter.with_target("rmcp", tracing_subscriber::filter::LevelFilter::WARN),
+        ),
         Ok(filter) => log::init(format, role, filter),
         Err(e) => {
             eprintln!("kugetsu: {e}");
@@ -47,6 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(kugetsu_supervisor::exit::FAILED);
         }
     };
+    let is_mcp = matches!(cli.command, Command::Mcp(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
@@ -74,11 +83,30 @@ fn main() -> ExitCode {
             Command::Shutdown(args) => client::shutdown(args).await,
             Command::Diff(args) => land::diff(args).await,
             Command::Merge(args) => land::merge(args).await,
+            Command::Mcp(args) => match std::env::current_dir() {
+                Ok(cwd) => {
+                    mcp::serve(mcp::McpOptions {
+                        socket: args.client.socket,
+                        state_dir: args.client.state_dir,
+                        config: args.config,
+                        cwd,
+                    })
+                    .await
+                }
+                Err(e) => Err(kugetsu_supervisor::exit::CliError::Usage(format!(
+                    "cannot read the current directory: {e}"
+                ))),
+            },
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Completions(args) => generate::completions(&args),
             Command::Man(args) => generate::man(&args),
         }
     });
+    if is_mcp {
+        // Its stdin may be read on a blocking thread that stays parked in read(2) when the
+        // session ended for another reason than EOF (a signal): do not wait for it.
+        runtime.shutdown_background();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

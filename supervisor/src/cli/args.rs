@@ -45,6 +45,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Land finished tasks, in order, onto a branch (tested, only if all holds).
     Merge(MergeArgs),
+    /// Serve kugetsu's tools to an MCP client over stdio (Claude Code, Codex, Hermes, ...).
+    Mcp(McpArgs),
     /// Check config, providers, git, limits and sandbox.
     Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -316,6 +318,16 @@ pub struct MergeArgs {
     /// The tasks, landed in this order.
     #[arg(value_name = "ID", required = true)]
     pub ids: Vec<String>,
+}
+
+/// `kugetsu mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub client: ClientOptions,
+    /// Config file `kugetsu_run` loads (default: $XDG_CONFIG_HOME/kugetsu/config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `kugetsu shutdown`.

@@ -1054,4 +1054,9 @@ impl Gate {
     pub fn open(&self) {
         std::fs::write(&self.path, "open\n").expect("open the gate");
     }
+
+    /// The file whose existence opens the gate.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
