@@ -63,6 +63,7 @@ async fn run_demo(args: &DemoArgs, repo: &Path, state: &Path) -> Result<ExitCode
         priority: kugetsu_protocol::Priority::Normal,
         origin: Origin::Run,
         budget: Default::default(),
+        mcp: Some(Vec::new()),
     };
     // The demo must not depend on the user's config or environment.
     let config = Config::load(None, &|_| None)?;

@@ -17,6 +17,7 @@ mod hermes;
 mod http;
 mod journal_damage;
 mod land;
+mod mcp_tools;
 mod packaging;
 mod providers;
 mod recovery;
