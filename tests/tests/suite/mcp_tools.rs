@@ -415,3 +415,92 @@ async fn a_worker_killed_during_an_mcp_call_resumes_without_rerunning_it() {
     // The dead worker's server did not outlive it, nor did the second worker's.
     procs::wait_until_gone(&script, Duration::from_secs(10)).await;
 }
+
+/// server-everything in its streamable HTTP mode, killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_server(dir: &Path) -> HttpServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("node")
+        .arg(server_js(dir, "server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = HttpServer {
+        child,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server-everything never listened on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+#[tokio::test]
+async fn a_streamable_http_server_serves_its_tools() {
+    let Some(dir) = servers_dir() else { return };
+    let remote = http_server(&dir).await;
+    let repo = TestRepo::new();
+    let config = config(&repo, &format!("[mcp.remote]\nurl = {:?}\n", remote.url));
+    let server = FakeLlm::anthropic();
+    server.push(
+        Turn::new()
+            .tool_call("remote__echo", json!({"message": "over HTTP"}))
+            .tool_call("remote__get-sum", json!({"a": 20, "b": 22})),
+    );
+    server.push(Turn::text("Both answered."));
+    let out = repo
+        .run()
+        .llm(&server)
+        .arg("--config")
+        .arg(&config)
+        .arg("--mcp")
+        .arg("remote")
+        .prompt("Use the remote server.")
+        .output()
+        .await;
+    out.assert_code(0).assert_status("completed");
+    assert!(
+        server
+            .request(1)
+            .tool_names()
+            .contains(&"remote__echo".to_owned())
+    );
+    let ends = out.events.tool_ends();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert_eq!(ends[0]["ok"], true, "{}", ends[0]);
+    assert!(
+        str_of(ends[0], "output").contains("over HTTP"),
+        "{}",
+        ends[0]
+    );
+    assert!(str_of(ends[1], "output").contains("42"), "{}", ends[1]);
+    let told = server.request(2).tool_result(str_of(ends[0], "call_id"));
+    assert!(told.content.contains("over HTTP"), "{told:?}");
+}

@@ -8,6 +8,7 @@
 //! - [`servers`]: the registry: start, list, call, restart a crashed server (bounded).
 //! - [`stdio`]: a server as a child process under the tool guard (the shadow's process group,
 //!   sandbox and scrubbed environment, as bash commands get), spoken to over its stdin/stdout.
+//! - [`http`]: a server at a URL, over streamable HTTP with the worker's own reqwest.
 //! - [`render`]: a call's result as the text the model gets (text joined, other content
 //!   summarized, capped).
 //!
@@ -15,6 +16,7 @@
 //! crashed, answered garbage, hung) is a tool error naming the server. When [`McpTools`] is
 //! dropped, every server process it started is killed.
 
+mod http;
 mod render;
 mod servers;
 mod stdio;

@@ -353,9 +353,15 @@ async fn connect(spec: &McpServer, ctx: &ToolContext) -> Result<(Connection, Vec
             }
         }
         McpTransport::Http { url } => {
-            return Err(format!(
-                "streamable HTTP is not available in this build ({url})"
-            ));
+            let service = tokio::time::timeout(timeout, super::http::connect(url))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer to `initialize` within {} s",
+                        timeout.as_secs_f64()
+                    )
+                })??;
+            (service, None)
         }
     };
     let listed = match tokio::time::timeout(timeout, list_tools(&service)).await {
