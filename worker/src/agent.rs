@@ -572,7 +572,7 @@ async fn run_tool(
     *running = Some((call.id.clone(), call.name.clone(), started));
     let output = match parsed {
         Ok(args) => match mcp {
-            Some(mcp) if mcp.owns(&call.name) => mcp.call(ctx, &call.name, &args).await,
+            Some(mcp) if mcp.owns(&call.name) => mcp.call(&call.name, &args).await,
             _ => tools::run(ctx, &call.id, &call.name, &args).await,
         },
         Err(e) => tools::ToolOutput {

@@ -30,7 +30,7 @@ pub(crate) const MAX_RESTARTS: u32 = 3;
 
 /// A task's MCP servers and the tools they offer the model. Built only for a task that uses
 /// at least one server; dropping it kills every server process.
-pub struct McpTools {
+pub struct Registry {
     servers: Vec<Server>,
     /// What the model calls (`NAME__TOOL`) -> the server's index and the tool's own name.
     routes: HashMap<String, (usize, String)>,
@@ -60,15 +60,15 @@ struct Connection {
     process: Option<ServerProcess>,
 }
 
-impl McpTools {
+impl Registry {
     /// Starts every server of `servers` and lists its tools; `None` when there are none (a
     /// task without MCP pays nothing). A server that fails to start is left down: its calls
     /// get tool errors naming it, and it is tried again at its next call.
-    pub async fn start(servers: &[McpServer], ctx: &ToolContext) -> Option<McpTools> {
+    pub async fn start(servers: &[McpServer], ctx: &ToolContext) -> Option<Registry> {
         if servers.is_empty() {
             return None;
         }
-        let mut tools = McpTools {
+        let mut tools = Registry {
             servers: Vec::with_capacity(servers.len()),
             routes: HashMap::new(),
             specs: Vec::new(),
@@ -100,12 +100,6 @@ impl McpTools {
     /// The servers' tools as offered to the model.
     pub fn specs(&self) -> &[ToolSpec] {
         &self.specs
-    }
-
-    /// Whether the tool `name` belongs to one of the servers (`NAME__...` with a configured
-    /// NAME), listed or not.
-    pub fn owns(&self, name: &str) -> bool {
-        self.server_of(name).is_some()
     }
 
     fn server_of(&self, name: &str) -> Option<usize> {
@@ -410,9 +404,9 @@ async fn list_tools(
     Ok(tools)
 }
 
-impl std::fmt::Debug for McpTools {
+impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("McpTools")
+        f.debug_struct("Registry")
             .field(
                 "servers",
                 &self
