@@ -568,9 +568,13 @@ impl Config {
             task_retention,
             test_command,
             steer_on_conflict,
-            governance,
-            mcp
+            governance
         );
+        // Names only: a server's `env` may hold a token, and this goes to the log.
+        if self.mcp != new.mcp {
+            let names = |c: &Config| c.mcp.keys().cloned().collect::<Vec<_>>();
+            changes.push(format!("mcp {:?} -> {:?}", names(self), names(new)));
+        }
         changes
     }
 }
@@ -824,6 +828,54 @@ mod tests {
                 .starts_with("KUGETSU_STREAM_TIMEOUT=\"0\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn mcp_servers_load_with_defaults_and_reloads_log_names_only() {
+        let dir = std::env::temp_dir().join(format!("kugetsu-config-mcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "[mcp.fs]\ncommand = \"node\"\nargs = [\"fs.js\", \"/\"]\nenv = { TOKEN = \"s3cret\" }\n\
+             [mcp.web]\nurl = \"https://example.com/mcp\"\ntimeout = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &|_| None).unwrap();
+        let fs = &config.mcp["fs"];
+        assert_eq!(fs.call_timeout_ms, 60_000);
+        assert_eq!(fs.startup_timeout_ms, 30_000);
+        assert!(matches!(
+            &fs.transport,
+            kugetsu_protocol::McpTransport::Stdio { command, args, env }
+                if command == "node" && args.len() == 2 && env["TOKEN"] == "s3cret"
+        ));
+        assert_eq!(config.mcp["web"].call_timeout_ms, 5_000);
+        let without = Config::load(None, &|_| None).unwrap();
+        let changes = without.changes_to(&config).join("\n");
+        assert!(changes.contains(r#"mcp [] -> ["fs", "web"]"#), "{changes}");
+        assert!(!changes.contains("s3cret"), "{changes}");
+        for (text, key) in [
+            ("[mcp.fs]\n", "mcp.fs: set `command`"),
+            ("[mcp.none]\ncommand = \"x\"\n", "mcp.none"),
+            ("[mcp.a]\nurl = \"ftp://h\"\n", "mcp.a.url"),
+            (
+                "[mcp.a]\nurl = \"http://h\"\nenv = {}\n",
+                "mcp.a: `args` and `env`",
+            ),
+            (
+                "[mcp.a]\ncommand = \"x\"\nstartup_timeout = \"1ms\"\n",
+                "mcp.a.startup_timeout",
+            ),
+            ("[mcp.a]\ncommand = \"x\"\nport = 3\n", "port"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let Err(CliError::Usage(message)) = Config::load(Some(&path), &|_| None) else {
+                panic!("{text} was accepted");
+            };
+            assert!(message.contains(key), "{text}: {message}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
