@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kugetsu_tests::events::str_of;
-use kugetsu_tests::{FakeLlm, TestRepo, Turn, journal, procs};
+use kugetsu_tests::{Daemon, FakeLlm, TestRepo, Turn, journal, procs};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -58,8 +58,8 @@ fn config(repo: &TestRepo, text: &str) -> PathBuf {
 }
 
 /// A small MCP server that misbehaves on purpose, by `MODE`: `answer` answers `initialize`
-/// and `tools/list` (tools `hang`, `crash`, `slow_append`) and then does what the called
-/// tool says; `garbage` prints non-JSON and never answers.
+/// and `tools/list` (tools `ping`, `hang`, `crash`, `slow_append`) and then does what the
+/// called tool says; `garbage` prints non-JSON and never answers.
 const BROKEN_SERVER: &str = r#"
 import json, sys, time
 mode = sys.argv[1]
@@ -69,7 +69,7 @@ if mode == "garbage":
     time.sleep(600)
     sys.exit(0)
 tools = [{"name": n, "description": d, "inputSchema": {"type": "object", "properties": {}}}
-         for n, d in [("hang", "never answers"), ("crash", "exits"),
+         for n, d in [("ping", "answers pong"), ("hang", "never answers"), ("crash", "exits"),
                       ("slow_append", "appends a line to ran.txt, then sleeps")]]
 def send(m):
     sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
@@ -83,6 +83,8 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": id_, "result": {"tools": tools}})
     elif method == "tools/call":
         name = m["params"]["name"]
+        if name == "ping":
+            send({"jsonrpc": "2.0", "id": id_, "result": {"content": [{"type": "text", "text": "pong"}]}})
         if name == "crash":
             sys.exit(3)
         if name == "slow_append":
@@ -503,4 +505,64 @@ async fn a_streamable_http_server_serves_its_tools() {
     assert!(str_of(ends[1], "output").contains("42"), "{}", ends[1]);
     let told = server.request(2).tool_result(str_of(ends[0], "call_id"));
     assert!(told.content.contains("over HTTP"), "{told:?}");
+}
+
+#[tokio::test]
+async fn submit_takes_the_mcp_field_and_refuses_unknown_names() {
+    let repo = TestRepo::new();
+    let script = broken_script(&repo);
+    let server = FakeLlm::openai();
+    let daemon = Daemon::builder(&repo)
+        .config(format!(
+            "[mcp.flaky]\ncommand = \"python3\"\nargs = [{script:?}, \"answer\", \"unused\"]\n"
+        ))
+        .llm(&server)
+        .start()
+        .await;
+    let mut rpc = daemon.rpc().await;
+    let params = |mcp: serde_json::Value| {
+        json!({
+            "prompt": "Ping.",
+            "repo": repo.repo(),
+            "model": server.model_arg(),
+            "mcp": mcp,
+        })
+    };
+    let refused = rpc
+        .call("submit", params(json!(["nope"])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused["code"], -32602, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("nope") && message.contains("flaky"),
+        "{message}"
+    );
+
+    server.push(Turn::new().tool_call("flaky__ping", json!({})));
+    server.push(Turn::text("Pinged."));
+    let id = rpc.call("submit", params(json!(["flaky"]))).await.unwrap()["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = daemon.wait_finished(&id, Duration::from_secs(120)).await;
+    let end = events.tool_ends()[0];
+    assert_eq!(end["ok"], true, "{end}");
+    assert_eq!(str_of(end, "output"), "pong");
+
+    server.push(Turn::text("No tools needed."));
+    let id = rpc.call("submit", params(json!(["none"]))).await.unwrap()["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    daemon.wait_finished(&id, Duration::from_secs(120)).await;
+    let tools = server.request(3).tool_names();
+    assert!(!tools.iter().any(|t| t.starts_with("flaky__")), "{tools:?}");
+    assert!(
+        server
+            .request(1)
+            .tool_names()
+            .contains(&"flaky__ping".to_owned())
+    );
+    procs::wait_until_gone(&script, Duration::from_secs(10)).await;
 }
