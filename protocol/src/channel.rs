@@ -85,6 +85,10 @@ pub struct TaskSpec {
     /// resolved them from its config and the built-in table.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub prices: std::collections::BTreeMap<String, crate::price::Price>,
+    /// The MCP servers whose tools the shadow offers its model (see [`crate::mcp`]). Absent
+    /// (an older supervisor, or a task that uses none) means none: the worker starts nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<crate::mcp::McpServer>,
 }
 
 /// What a worker asks a permit for: one request to a model.

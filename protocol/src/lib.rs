@@ -10,6 +10,7 @@
 //! - [`codec`]: the JSON-lines codec with a maximum line length and per-line errors.
 //! - [`demo`]: the built-in demo's files and prompt (shared with the scripted model).
 //! - [`layout`]: the file names inside a task's directory.
+//! - [`mcp`]: the MCP servers a shadow uses, and how their tools are named for the model.
 //! - [`model`]: `PROVIDER/MODEL` strings and what each provider needs from the environment.
 //! - [`price`]: what tokens cost (built-in prices of well-known models).
 //! - [`time`]: the HTTP-date format of `retry-after` headers.
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod demo;
 pub mod event;
 pub mod layout;
+pub mod mcp;
 pub mod model;
 pub mod price;
 pub mod sandbox;
@@ -32,6 +34,7 @@ pub use channel::{
 };
 pub use codec::{DecodeError, LineReader, MAX_LINE_BYTES, decode, encode, error_chain};
 pub use event::{Event, EventEnvelope, FinishStatus, Finished, Priority, Usage};
+pub use mcp::{McpServer, McpTransport};
 pub use model::{ModelError, ModelRef, ProviderKind};
 pub use price::Price;
 pub use sandbox::{Missing, NetworkMode, Protection, SandboxMode, SandboxPolicy, SandboxReport};

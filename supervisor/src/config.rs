@@ -71,6 +71,113 @@ pub struct Config {
     pub governance: Box<Governance>,
     /// `http`: the address the daemon serves its HTTP API on (`None`: no HTTP).
     pub http: Option<String>,
+    /// `[mcp.NAME]`: the MCP servers shadows may use, by name (boxed: rarely set).
+    pub mcp: Box<std::collections::BTreeMap<String, kugetsu_protocol::McpServer>>,
+}
+
+/// Default `timeout` of an MCP server's tool call.
+pub const DEFAULT_MCP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default `startup_timeout` of an MCP server (start, `initialize`, `tools/list`).
+pub const DEFAULT_MCP_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One `[mcp.NAME]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpFile {
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    env: Option<std::collections::BTreeMap<String, String>>,
+    url: Option<String>,
+    timeout: Option<String>,
+    startup_timeout: Option<String>,
+}
+
+/// Checks `[mcp.NAME]` tables and turns them into servers, naming the key at fault.
+fn mcp_servers(
+    file: std::collections::BTreeMap<String, McpFile>,
+) -> Result<std::collections::BTreeMap<String, kugetsu_protocol::McpServer>, String> {
+    use kugetsu_protocol::McpTransport;
+    let mut servers = std::collections::BTreeMap::new();
+    for (name, table) in file {
+        kugetsu_protocol::mcp::valid_server_name(&name)
+            .map_err(|e| format!("mcp.{name}: the name {e}"))?;
+        if name == "none" {
+            return Err("mcp.none: `none` is reserved (`--mcp none` means no server)".to_owned());
+        }
+        let transport = match (table.command, table.url) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "mcp.{name}: set either `command` (a stdio server) or `url` (streamable \
+                     HTTP), not both"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "mcp.{name}: set `command` (a stdio server) or `url` (streamable HTTP)"
+                ));
+            }
+            (Some(command), None) => {
+                if command.trim().is_empty() {
+                    return Err(format!("mcp.{name}.command is empty"));
+                }
+                McpTransport::Stdio {
+                    command,
+                    args: table.args.unwrap_or_default(),
+                    env: table.env.unwrap_or_default(),
+                }
+            }
+            (None, Some(url)) => {
+                if table.args.is_some() || table.env.is_some() {
+                    return Err(format!(
+                        "mcp.{name}: `args` and `env` are for a `command`, not a `url`"
+                    ));
+                }
+                let rest = url
+                    .trim()
+                    .strip_prefix("http://")
+                    .or_else(|| url.trim().strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(format!(
+                        "mcp.{name}.url: {url:?} must be an http:// or https:// URL with a host"
+                    ));
+                }
+                McpTransport::Http {
+                    url: url.trim().to_owned(),
+                }
+            }
+        };
+        let duration = |key: &str, text: Option<String>, default: std::time::Duration| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            let value = humantime::parse_duration(text.trim()).map_err(|e| {
+                format!("mcp.{name}.{key}: {text:?} is not a duration ({e}; e.g. 60s, 5m)")
+            })?;
+            if value < std::time::Duration::from_millis(100) || value > MAX_STREAM_TIMEOUT {
+                return Err(format!(
+                    "mcp.{name}.{key}: {text:?} is refused (between 100ms and 24h)"
+                ));
+            }
+            Ok(value)
+        };
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let call_timeout = duration("timeout", table.timeout, DEFAULT_MCP_TIMEOUT)?;
+        let startup_timeout = duration(
+            "startup_timeout",
+            table.startup_timeout,
+            DEFAULT_MCP_STARTUP_TIMEOUT,
+        )?;
+        servers.insert(
+            name.clone(),
+            kugetsu_protocol::McpServer {
+                name,
+                transport,
+                call_timeout_ms: millis(call_timeout),
+                startup_timeout_ms: millis(startup_timeout),
+            },
+        );
+    }
+    Ok(servers)
 }
 
 /// `governor`, `[rate_limits.PROVIDER]`, `[prices."PROVIDER/MODEL"]` and the budgets.
@@ -170,6 +277,7 @@ struct FileConfig {
     test_command: Option<String>,
     steer_on_conflict: Option<bool>,
     http: Option<String>,
+    mcp: Option<std::collections::BTreeMap<String, McpFile>>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -244,7 +352,10 @@ impl Config {
             daily_budget_usd: file.daily_budget_usd,
         };
         validate_governance(&governance).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
+        let mcp = mcp_servers(file.mcp.unwrap_or_default())
+            .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         let mut config = Config {
+            mcp: Box::new(mcp),
             path,
             governance: Box::new(governance),
             sandbox,
@@ -459,6 +570,11 @@ impl Config {
             steer_on_conflict,
             governance
         );
+        // Names only: a server's `env` may hold a token, and this goes to the log.
+        if self.mcp != new.mcp {
+            let names = |c: &Config| c.mcp.keys().cloned().collect::<Vec<_>>();
+            changes.push(format!("mcp {:?} -> {:?}", names(self), names(new)));
+        }
         changes
     }
 }
@@ -712,6 +828,54 @@ mod tests {
                 .starts_with("KUGETSU_STREAM_TIMEOUT=\"0\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn mcp_servers_load_with_defaults_and_reloads_log_names_only() {
+        let dir = std::env::temp_dir().join(format!("kugetsu-config-mcp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(
+            &path,
+            "[mcp.fs]\ncommand = \"node\"\nargs = [\"fs.js\", \"/\"]\nenv = { TOKEN = \"s3cret\" }\n\
+             [mcp.web]\nurl = \"https://example.com/mcp\"\ntimeout = \"5s\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), &|_| None).unwrap();
+        let fs = &config.mcp["fs"];
+        assert_eq!(fs.call_timeout_ms, 60_000);
+        assert_eq!(fs.startup_timeout_ms, 30_000);
+        assert!(matches!(
+            &fs.transport,
+            kugetsu_protocol::McpTransport::Stdio { command, args, env }
+                if command == "node" && args.len() == 2 && env["TOKEN"] == "s3cret"
+        ));
+        assert_eq!(config.mcp["web"].call_timeout_ms, 5_000);
+        let without = Config::load(None, &|_| None).unwrap();
+        let changes = without.changes_to(&config).join("\n");
+        assert!(changes.contains(r#"mcp [] -> ["fs", "web"]"#), "{changes}");
+        assert!(!changes.contains("s3cret"), "{changes}");
+        for (text, key) in [
+            ("[mcp.fs]\n", "mcp.fs: set `command`"),
+            ("[mcp.none]\ncommand = \"x\"\n", "mcp.none"),
+            ("[mcp.a]\nurl = \"ftp://h\"\n", "mcp.a.url"),
+            (
+                "[mcp.a]\nurl = \"http://h\"\nenv = {}\n",
+                "mcp.a: `args` and `env`",
+            ),
+            (
+                "[mcp.a]\ncommand = \"x\"\nstartup_timeout = \"1ms\"\n",
+                "mcp.a.startup_timeout",
+            ),
+            ("[mcp.a]\ncommand = \"x\"\nport = 3\n", "port"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let Err(CliError::Usage(message)) = Config::load(Some(&path), &|_| None) else {
+                panic!("{text} was accepted");
+            };
+            assert!(message.contains(key), "{text}: {message}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -362,6 +362,10 @@ pub struct SubmitParams {
     /// The same in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// The MCP servers (`[mcp.NAME]` names) the shadow uses; every configured one when
+    /// absent, none for `["none"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<Vec<String>>,
 }
 
 /// `resume` params: a paused task, and optionally a new budget.

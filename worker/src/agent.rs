@@ -22,6 +22,7 @@ use crate::conversation::{ToolCall, ToolSpec};
 use crate::ipc::{Control, Outbox};
 use crate::llm::gate::{Gate, Shared};
 use crate::llm::{LlmError, LlmRequest, Provider, StreamSink};
+use crate::mcp::McpTools;
 use crate::session::{Next, Session};
 use crate::tools::{self, ToolContext};
 use kugetsu_protocol::error_chain;
@@ -189,6 +190,9 @@ struct Setup {
     summarizer: Arc<Provider>,
     ctx: ToolContext,
     specs: Vec<ToolSpec>,
+    /// The task's MCP servers; `None` for a task that uses none (nothing started, nothing
+    /// allocated).
+    mcp: Option<McpTools>,
     system: String,
     budget: Budget,
 }
@@ -255,6 +259,7 @@ fn setup(task: &TaskSpec, gate: &Arc<Shared>) -> Result<Setup, String> {
             sandbox: task.sandbox.as_deref().cloned().map(Arc::new),
         },
         specs: tools::specs(),
+        mcp: None,
         system: system_prompt(&root),
         budget: Budget::new(
             task.context_window
@@ -285,6 +290,12 @@ async fn agent_turns(
     running: &mut RunningTool,
 ) -> Result<LoopEnd, Stop> {
     let mut setup = setup(task, &control.gate)?;
+    if !task.mcp.is_empty() {
+        setup.mcp = McpTools::start(&task.mcp, &setup.ctx).await;
+        if let Some(mcp) = &setup.mcp {
+            setup.specs.extend_from_slice(mcp.specs());
+        }
+    }
     let mut compactor = Compactor::default();
     let journal_err = |e: crate::session::JournalError| error_chain(&e);
 
@@ -293,7 +304,15 @@ async fn agent_turns(
             Next::RunTools(calls) => {
                 for call in &calls {
                     control.phase.send_replace(Phase::Tool);
-                    run_tool(&setup.ctx, call, outbox, session, running).await?;
+                    run_tool(
+                        &setup.ctx,
+                        setup.mcp.as_mut(),
+                        call,
+                        outbox,
+                        session,
+                        running,
+                    )
+                    .await?;
                 }
                 session.turn_end().map_err(journal_err)?;
                 outbox.emit(Event::TurnEnd {
@@ -526,6 +545,7 @@ fn deliver_steering(
 
 async fn run_tool(
     ctx: &ToolContext,
+    mcp: Option<&mut McpTools>,
     call: &ToolCall,
     outbox: &Outbox,
     session: &mut Session,
@@ -551,7 +571,10 @@ async fn run_tool(
     let started = Instant::now();
     *running = Some((call.id.clone(), call.name.clone(), started));
     let output = match parsed {
-        Ok(args) => tools::run(ctx, &call.id, &call.name, &args).await,
+        Ok(args) => match mcp {
+            Some(mcp) if mcp.owns(&call.name) => mcp.call(&call.name, &args).await,
+            _ => tools::run(ctx, &call.id, &call.name, &args).await,
+        },
         Err(e) => tools::ToolOutput {
             ok: false,
             output: format!("the arguments are not valid JSON ({e}); send a JSON object"),
@@ -692,7 +715,7 @@ mod tests {
             .unwrap();
         let (outbox, mut rx) = Outbox::channel();
         let mut running: RunningTool = None;
-        run_tool(&ctx, &call, &outbox, &mut session, &mut running)
+        run_tool(&ctx, None, &call, &outbox, &mut session, &mut running)
             .await
             .unwrap();
         assert!(running.is_none());

@@ -36,8 +36,9 @@ pub enum Message {
 /// A tool offered to the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {
-    pub name: &'static str,
-    pub description: &'static str,
+    /// Built-in tools have static names; an MCP server's tools are named at run time.
+    pub name: std::borrow::Cow<'static, str>,
+    pub description: std::borrow::Cow<'static, str>,
     /// JSON Schema of the arguments object.
     pub parameters: serde_json::Value,
 }

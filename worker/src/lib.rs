@@ -12,6 +12,8 @@
 //! - [`context`]: token budget, background compaction, deterministic pruning.
 //! - [`conversation`]: provider-neutral messages.
 //! - [`journal`]: the checkpoint journal (append, fdatasync, longest-valid-prefix replay).
+//! - [`mcp`]: MCP servers' tools for the model (`NAME__TOOL`), started only for a task that
+//!   uses some.
 //! - [`llm`]: model providers (OpenAI, Anthropic, scripted) and stream parsing.
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
 //! - [`session`]: the conversation plus its journal; rebuilds itself on resume.
@@ -27,6 +29,7 @@ pub mod guard;
 pub mod ipc;
 pub mod journal;
 pub mod llm;
+pub mod mcp;
 pub mod sandbox;
 pub mod session;
 pub mod tools;

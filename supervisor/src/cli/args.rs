@@ -377,6 +377,10 @@ pub struct TaskOptions {
     pub confine: SandboxArgs,
     #[command(flatten)]
     pub budget: BudgetArgs,
+    /// Give the shadow the tools of MCP server NAME (`[mcp.NAME]` in the config); repeat for
+    /// more. Without it the shadow gets every configured server; `--mcp none` gives it none.
+    #[arg(long = "mcp", value_name = "NAME")]
+    pub mcp: Vec<String>,
     /// Where tasks, worktrees and logs live.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -410,7 +414,13 @@ impl TaskOptions {
             priority,
             origin,
             budget: self.budget.budget(),
+            mcp: self.mcp_choice(),
         }
+    }
+
+    /// `--mcp` as a request field: `None` (every configured server) when not given.
+    pub fn mcp_choice(&self) -> Option<Vec<String>> {
+        (!self.mcp.is_empty()).then(|| self.mcp.clone())
     }
 }
 

@@ -206,6 +206,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
         priority: args.priority,
         budget_tokens: args.task.budget.budget_tokens,
         budget_usd: args.task.budget.budget_usd,
+        mcp: args.task.mcp_choice(),
     };
     let mut client =
         Client::connect_to(args.socket.as_deref(), args.task.state_dir.as_deref()).await?;

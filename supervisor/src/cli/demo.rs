@@ -362,6 +362,8 @@ fn submission(job: &DemoJob, repo: &Path) -> SubmitParams {
         priority: Priority::Normal,
         budget_tokens: None,
         budget_usd: None,
+        // The demo's daemon has a private config without MCP servers.
+        mcp: None,
     }
 }
 

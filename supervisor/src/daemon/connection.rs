@@ -443,6 +443,7 @@ async fn submit(
             tokens: params.budget_tokens,
             usd: params.budget_usd,
         },
+        mcp: params.mcp,
     };
     let env = |key: &str| std::env::var(key).ok();
     let prepared = prepare::prepare(&request, &state, &config, &env)

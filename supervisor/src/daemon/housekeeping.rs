@@ -210,6 +210,7 @@ mod tests {
             origin: Origin::Daemon,
             budget_tokens: None,
             budget_usd: None,
+            mcp: Vec::new(),
         })
         .unwrap();
         let mut log = EventLog::open(&dir.events_file(), &id).unwrap();

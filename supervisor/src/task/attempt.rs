@@ -416,6 +416,20 @@ pub async fn run(
             .chain(prepared.config.compaction_model.as_deref())
             .filter_map(|m| Some((m.to_owned(), prepared.config.governance.price(m)?)))
             .collect(),
+        mcp: record
+            .mcp
+            .iter()
+            .filter_map(|name| {
+                let server = prepared.config.mcp.get(name).cloned();
+                if server.is_none() {
+                    tracing::warn!(
+                        task = %record.id,
+                        "MCP server `{name}` is no longer configured: the shadow runs without it"
+                    );
+                }
+                server
+            })
+            .collect(),
     };
     if resume.from_journal {
         crate::task::shadow::kill_task_leftovers(&record.id);

@@ -53,6 +53,42 @@ pub fn check_budget(
     Ok(())
 }
 
+/// The MCP servers a task uses: every configured one without `--mcp`, none for `--mcp none`,
+/// else the ones named (each must be configured).
+pub fn resolve_mcp(choice: Option<&[String]>, config: &Config) -> Result<Vec<String>, CliError> {
+    let Some(names) = choice else {
+        return Ok(config.mcp.keys().cloned().collect());
+    };
+    if names.iter().any(|n| n == "none") {
+        if names.len() > 1 {
+            return Err(CliError::Usage(
+                "--mcp none cannot be combined with server names".to_owned(),
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    let mut chosen: Vec<String> = Vec::new();
+    for name in names {
+        if !config.mcp.contains_key(name) {
+            let configured: Vec<&str> = config.mcp.keys().map(String::as_str).collect();
+            return Err(CliError::Usage(if configured.is_empty() {
+                format!(
+                    "--mcp {name}: no MCP server is configured (add [mcp.{name}] to the config)"
+                )
+            } else {
+                format!(
+                    "--mcp {name}: no such MCP server; the configured ones are {} (or none)",
+                    configured.join(", ")
+                )
+            }));
+        }
+        if !chosen.contains(name) {
+            chosen.push(name.clone());
+        }
+    }
+    Ok(chosen)
+}
+
 /// Checks the request and creates the task: its directory and `task.json`.
 ///
 /// The worktree is not created yet (see [`materialize`]): a queued task costs a directory and
@@ -70,6 +106,7 @@ pub async fn prepare(
     let budget_tokens = request.budget.tokens.or(config.governance.budget_tokens);
     let budget_usd = request.budget.usd.or(config.governance.budget_usd);
     check_budget(&model.to_string(), budget_tokens, budget_usd, config)?;
+    let mcp = resolve_mcp(request.mcp.as_deref(), config)?;
     if request.no_worktree && request.base.is_some() {
         return Err(CliError::Usage(
             "--base needs a worktree; drop --no-worktree or --base".to_owned(),
@@ -118,6 +155,7 @@ pub async fn prepare(
         origin: request.origin,
         budget_tokens,
         budget_usd,
+        mcp,
     };
     // Durable before anyone is told the task exists.
     if let Err(e) = dir.save(&record) {

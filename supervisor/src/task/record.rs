@@ -106,6 +106,10 @@ pub struct TaskRecord {
     /// The same in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// The MCP servers (`[mcp.NAME]` names) whose tools the shadow gets, as resolved at
+    /// submission (absent in older records and for `--mcp none`: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<String>,
 }
 
 /// Who created a task.
@@ -439,6 +443,7 @@ mod tests {
             origin: Origin::Daemon,
             budget_tokens: None,
             budget_usd: None,
+            mcp: vec!["everything".to_owned()],
         };
         dir.save(&record).unwrap();
         assert_eq!(dir.load().unwrap(), record);

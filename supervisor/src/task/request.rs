@@ -35,6 +35,9 @@ pub struct TaskRequest {
     pub origin: Origin,
     /// `--budget-tokens`, `--budget-usd`: the task pauses before a request that would pass it.
     pub budget: Budget,
+    /// `--mcp`: the MCP servers the shadow uses; `None` means every configured one, and
+    /// `["none"]` none.
+    pub mcp: Option<Vec<String>>,
 }
 
 /// A task's budget; `None` falls back to the config's `budget_tokens` / `budget_usd`.

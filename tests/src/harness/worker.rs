@@ -410,5 +410,6 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         budget_tokens: None,
         budget_usd: None,
         prices: Default::default(),
+        mcp: Vec::new(),
     }
 }

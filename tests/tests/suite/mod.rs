@@ -18,6 +18,7 @@ mod http;
 mod journal_damage;
 mod land;
 mod mcp_server;
+mod mcp_tools;
 mod packaging;
 mod providers;
 mod recovery;

@@ -164,8 +164,8 @@ impl<'a> MessagesRequest<'a> {
                 .tools
                 .iter()
                 .map(|spec: &'a ToolSpec| ApiTool {
-                    name: spec.name,
-                    description: spec.description,
+                    name: &spec.name,
+                    description: &spec.description,
                     input_schema: &spec.parameters,
                 })
                 .collect(),
@@ -313,8 +313,8 @@ mod tests {
             },
         ];
         let tools = [ToolSpec {
-            name: "read",
-            description: "Reads a file.",
+            name: std::borrow::Cow::Borrowed("read"),
+            description: std::borrow::Cow::Borrowed("Reads a file."),
             parameters: json!({"type": "object"}),
         }];
         let request = LlmRequest {

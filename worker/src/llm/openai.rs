@@ -242,8 +242,8 @@ fn chat_tool(spec: &ToolSpec) -> ChatTool<'_> {
     ChatTool {
         kind: "function",
         function: ChatFunction {
-            name: spec.name,
-            description: spec.description,
+            name: &spec.name,
+            description: &spec.description,
             parameters: &spec.parameters,
         },
     }
@@ -285,8 +285,8 @@ mod tests {
             },
         ];
         let tools = [ToolSpec {
-            name: "read",
-            description: "Reads a file.",
+            name: std::borrow::Cow::Borrowed("read"),
+            description: std::borrow::Cow::Borrowed("Reads a file."),
             parameters: json!({"type": "object"}),
         }];
         let request = LlmRequest {

@@ -50,8 +50,8 @@ fn conversation() -> Vec<Message> {
 
 fn tools() -> Vec<ToolSpec> {
     vec![ToolSpec {
-        name: "ls",
-        description: "Lists a directory.",
+        name: std::borrow::Cow::Borrowed("ls"),
+        description: std::borrow::Cow::Borrowed("Lists a directory."),
         parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
     }]
 }

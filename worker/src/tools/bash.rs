@@ -40,14 +40,12 @@ use tokio::time::Instant;
 use super::args::Args;
 use super::cap::HeadTail;
 use super::context::ToolContext;
-use super::env::scrubbed;
 use super::memory::{Baseline, MemoryWatch, Usage, human_size};
 use super::outcome::{MemoryExceeded, ToolError, ToolOutput};
+use super::process;
 use super::reap::{CallProcesses, CallTag, TAG_VAR};
 use crate::conversation::ToolSpec;
-use crate::sandbox::POLICY_VAR;
 use kugetsu_os::process::ProcessGroup;
-use kugetsu_protocol::SandboxMode;
 
 /// Seconds a command may run when the model gives no `timeout_s`.
 const DEFAULT_TIMEOUT_S: f64 = 120.0;
@@ -70,14 +68,16 @@ const LOG_LIMIT: u64 = 64 * 1024 * 1024;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "bash",
-        description: "Run a shell command with `bash -c` in the worktree root. stdin is \
+        name: std::borrow::Cow::Borrowed("bash"),
+        description: std::borrow::Cow::Borrowed(
+            "Run a shell command with `bash -c` in the worktree root. stdin is \
             closed (no interactive input); stdout and stderr are merged. The command is \
             killed, with everything it started, after `timeout_s` seconds (default 120); \
             background processes still running when it exits are killed too, and so is a \
             command that takes the agent over its memory limit. Long output keeps its first \
             and last 12 KiB; the full output is saved to a file whose path is given. Ends \
             with the exit code.",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {
@@ -127,32 +127,13 @@ where
     }
 
     let tag = CallTag::new();
-    let mut env = scrubbed(vars);
+    let mut env = process::environment(ctx, vars)?;
     env.extend([
         ("GIT_TERMINAL_PROMPT".into(), "0".into()),
         ("PAGER".into(), "cat".into()),
         ("PWD".into(), ctx.root.clone().into_os_string()),
         (TAG_VAR.into(), tag.value().into()),
     ]);
-    if let Some(policy) = ctx.sandbox.as_deref()
-        && policy.mode == SandboxMode::Workspace
-    {
-        if ctx.guard.is_none() {
-            return Err(ToolError::Failed(
-                "the sandbox needs the tool guard (the worker binary), which was not found"
-                    .to_owned(),
-            ));
-        }
-        if let Some(tmp) = &policy.tmp_dir {
-            env.retain(|(k, _)| !["TMPDIR", "TMP", "TEMP"].iter().any(|name| k == name));
-            for name in ["TMPDIR", "TMP", "TEMP"] {
-                env.push((name.into(), tmp.into()));
-            }
-        }
-        let json = serde_json::to_string(policy)
-            .map_err(|e| ToolError::Failed(format!("cannot encode the sandbox: {e}")))?;
-        env.push((POLICY_VAR.into(), json.into()));
-    }
     let log = Log::create(&ctx.output_dir, call_id);
     // Listed before the shell exists, so nothing in it can be the call's.
     let baseline = ctx.mem_limit.map(|limit| (limit, Baseline::take()));
@@ -186,28 +167,20 @@ fn spawn(
 ) -> Result<(Child, pipe::Receiver), ToolError> {
     let start_error = |e: std::io::Error| ToolError::Failed(format!("cannot start the shell: {e}"));
     let (reader, writer) = std::io::pipe().map_err(start_error)?;
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let path = process::path_of(env);
     for shell in ["bash", "sh"] {
         let stdout = writer.try_clone().map_err(start_error)?;
         let stderr = writer.try_clone().map_err(start_error)?;
         let mut cmd = match guard {
             Some(guard) => {
                 // The guard cannot report a missing shell the way spawn does: look it up.
-                let Some(found) = find_in_path(shell, &path) else {
+                let Some(found) = process::find_in_path(shell, &path) else {
                     if shell == "bash" {
                         continue;
                     }
                     break;
                 };
-                let mut cmd = Command::new(guard);
-                cmd.arg(crate::guard::GUARD_ARG)
-                    .arg(std::process::id().to_string())
-                    .arg(found);
-                cmd
+                process::guarded(&found, Some(guard))
             }
             None => Command::new(shell),
         };
@@ -237,18 +210,6 @@ fn spawn(
     Err(ToolError::Failed(
         "cannot start the shell: neither bash nor sh was found on PATH".to_owned(),
     ))
-}
-
-/// The first `name` in the directories of `path` that is an executable file.
-fn find_in_path(name: &str, path: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// How a command ended.

@@ -23,12 +23,14 @@ const MAX_EDIT_BYTES: u64 = 8 * 1024 * 1024;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "edit",
-        description: "Replace text in a file. `old_text` must match the file exactly \
+        name: std::borrow::Cow::Borrowed("edit"),
+        description: std::borrow::Cow::Borrowed(
+            "Replace text in a file. `old_text` must match the file exactly \
             (including whitespace and indentation) and occur exactly once; include enough \
             surrounding lines to make it unique. `new_text` replaces it (it may be empty to \
             delete). Paths are relative to the worktree root (or absolute inside it); `.git` \
             cannot be edited.",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {

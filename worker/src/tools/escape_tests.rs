@@ -155,7 +155,7 @@ async fn unknown_tools_and_bad_arguments_are_reported() {
         out.output,
         "the arguments must be a JSON object, not a string"
     );
-    let names: Vec<_> = super::specs().iter().map(|s| s.name).collect();
+    let names: Vec<_> = super::specs().iter().map(|s| s.name.clone()).collect();
     assert_eq!(names, ["read", "write", "edit", "bash", "grep", "ls"]);
 }
 

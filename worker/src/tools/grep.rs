@@ -53,12 +53,14 @@ const REGEX_SIZE_LIMIT: usize = 8 * 1024 * 1024;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "grep",
-        description: "Search file contents with a regular expression (Rust regex syntax; \
+        name: std::borrow::Cow::Borrowed("grep"),
+        description: std::borrow::Cow::Borrowed(
+            "Search file contents with a regular expression (Rust regex syntax; \
             `(?i)` for case-insensitive) under the worktree root or `path`. Skips files \
             ignored by .gitignore, the .git directory and binary files. `glob` limits the \
             files searched, e.g. `*.rs` or `src/**/*.ts`. Prints `path:line: text`, at most \
             200 matches.",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {

@@ -27,10 +27,12 @@ const MAX_ENTRIES: usize = 1000;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "ls",
-        description: "List a directory (default: the worktree root), sorted by name. \
+        name: std::borrow::Cow::Borrowed("ls"),
+        description: std::borrow::Cow::Borrowed(
+            "List a directory (default: the worktree root), sorted by name. \
             Directories end with `/`, symlinks show as `name -> target`. Paths are relative to \
             the worktree root (or absolute inside it).",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {

@@ -16,6 +16,8 @@
 //! - [`reap`]: finding and killing every process a bash call started, even outside its group.
 //! - [`memory`]: measuring a bash call's processes against the shadow's memory limit.
 //! - [`env`]: the scrubbed environment bash commands get (no API keys, tokens or sockets).
+//! - [`process`]: that environment with the sandbox's variables, and the tool guard's command,
+//!   shared with the MCP servers a shadow starts.
 //! - [`cap`]: head + tail capture and line cutting, so outputs stay small.
 //! - [`lines`]: a line reader that never holds more than a bounded slice of a line.
 //! - [`args`]: typed access to the JSON arguments, with errors that name the argument.
@@ -41,6 +43,7 @@ mod ls;
 mod memory;
 mod outcome;
 mod path;
+pub(crate) mod process;
 mod read;
 mod reap;
 mod replace;

@@ -37,12 +37,14 @@ const COUNT_LINES_UP_TO: u64 = 32 * 1024 * 1024;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "read",
-        description: "Read a text file. Lines are numbered from 1 as `number<TAB>text`. Shows at \
+        name: std::borrow::Cow::Borrowed("read"),
+        description: std::borrow::Cow::Borrowed(
+            "Read a text file. Lines are numbered from 1 as `number<TAB>text`. Shows at \
             most `limit` lines (default 2000) starting at line `offset` (default 1), lines \
             longer than 2000 bytes are cut, and output stops at about 50 KB; a note at the end \
             says which offset continues. Paths are relative to the worktree root (or absolute \
             inside it).",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {

@@ -19,10 +19,12 @@ use crate::conversation::ToolSpec;
 /// The schema offered to the model.
 pub(crate) fn spec() -> ToolSpec {
     ToolSpec {
-        name: "write",
-        description: "Create a file or replace its whole content. Missing parent directories \
+        name: std::borrow::Cow::Borrowed("write"),
+        description: std::borrow::Cow::Borrowed(
+            "Create a file or replace its whole content. Missing parent directories \
             are created. To change part of an existing file, prefer edit. Paths are relative \
             to the worktree root (or absolute inside it); `.git` cannot be written.",
+        ),
         parameters: json!({
             "type": "object",
             "properties": {
