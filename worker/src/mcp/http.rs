@@ -88,17 +88,54 @@ fn session_of(response: &reqwest::Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The response's body as an SSE stream, read chunk by chunk.
+/// The response's body as an SSE stream, read chunk by chunk. No event may grow past
+/// [`MAX_JSON_BODY`]: a server that never ends one gets an error, not the worker's memory.
 fn sse(response: reqwest::Response) -> BoxStream<'static, Result<Sse, SseError>> {
-    let chunks = futures::stream::unfold(Some(response), |response| async move {
-        let mut response = response?;
-        match response.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), None)),
-        }
-    });
+    let chunks = futures::stream::unfold(
+        Some((response, EventBound::default())),
+        |state| async move {
+            let (mut response, mut bound) = state?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => match bound.feed(&chunk) {
+                    Ok(()) => Some((Ok(chunk), Some((response, bound)))),
+                    Err(e) => Some((Err(e), None)),
+                },
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        },
+    );
     SseStream::from_bytes_stream(chunks).boxed()
+}
+
+/// Bytes since the last SSE event boundary (a blank line), across chunks.
+#[derive(Debug, Default)]
+struct EventBound {
+    pending: usize,
+    /// The last byte seen other than `\r` (so `\r\n\r\n` ends an event as `\n\n` does).
+    last: u8,
+}
+
+impl EventBound {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), std::io::Error> {
+        for &byte in chunk {
+            if byte == b'\r' {
+                continue;
+            }
+            if byte == b'\n' && self.last == b'\n' {
+                self.pending = 0;
+            } else {
+                self.pending += 1;
+                if self.pending > MAX_JSON_BODY {
+                    return Err(std::io::Error::other(format!(
+                        "an SSE event over {MAX_JSON_BODY} bytes"
+                    )));
+                }
+            }
+            self.last = byte;
+        }
+        Ok(())
+    }
 }
 
 /// A non-success status as rmcp's error, with the start of the body.
@@ -252,5 +289,29 @@ impl StreamableHttpClient for HttpClient {
             Some(ct) if ct.starts_with(EVENT_STREAM_MIME_TYPE) => Ok(sse(response)),
             _ => Err(StreamableHttpError::ServerDoesNotSupportSse),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_sse_event_may_not_grow_past_the_cap_but_events_reset_it() {
+        let mut bound = EventBound::default();
+        let half = vec![b'x'; MAX_JSON_BODY / 2 + 1];
+        assert!(bound.feed(&half).is_ok());
+        // An event boundary split across chunks, with CRLF line ends.
+        assert!(bound.feed(b"\r\n\r").is_ok());
+        assert!(bound.feed(b"\n").is_ok());
+        assert!(bound.feed(&half).is_ok());
+        assert!(bound.feed(b"\n\n").is_ok());
+        assert!(bound.feed(&half).is_ok());
+        let error = bound
+            .feed(&half)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("SSE event over"), "{error}");
     }
 }
