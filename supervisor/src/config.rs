@@ -73,6 +73,99 @@ pub struct Config {
     pub http: Option<String>,
     /// `[mcp.NAME]`: the MCP servers shadows may use, by name (boxed: rarely set).
     pub mcp: Box<std::collections::BTreeMap<String, kugetsu_protocol::McpServer>>,
+    /// `cluster` and its companions: this daemon is a node of a fleet on one PostgreSQL
+    /// (`None`: a single-box daemon, and nothing of the cluster is loaded).
+    pub cluster: Option<Box<ClusterConfig>>,
+}
+
+/// `cluster = "postgres://..."`, `node_id`, `lease_ttl`, `checkpoint_remote`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The PostgreSQL connection string (may hold a password: never logged whole).
+    pub url: String,
+    /// This node's name in the cluster (default: the host name).
+    pub node_id: String,
+    /// How long a claim holds without a renewal (default 30 s).
+    pub lease_ttl: std::time::Duration,
+    /// A git remote every node reaches (a path or URL) for checkpoints (`None`: no
+    /// checkpoints; a task taken over starts from its base commit with its journal).
+    pub checkpoint_remote: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("url", &redact_url(&self.url))
+            .field("node_id", &self.node_id)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("checkpoint_remote", &self.checkpoint_remote)
+            .finish()
+    }
+}
+
+/// Default `lease_ttl`.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Shortest `lease_ttl`: renewals run three times per lease, and a database round trip must fit.
+pub const MIN_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A connection string with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db -> postgres://user:***@host/db
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, host)) = rest.rsplit_once('@')
+        && let Some((user, _)) = auth.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    // key=value form: password=...
+    url.split_whitespace()
+        .map(|part| {
+            if part.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_owned()
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses `lease_ttl`.
+pub fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}; e.g. 30s, 1m)"))?;
+    if ttl < MIN_LEASE_TTL {
+        return Err(format!(
+            "{text:?} is too short: a lease is renewed three times per lease_ttl (at least {})",
+            humantime::format_duration(MIN_LEASE_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Checks a node id: what `ps` shows and what a lease names.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!("node_id {id:?} must be 1 to 64 characters"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "node_id {id:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// This host's name, the default `node_id`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| check_node_id(h).is_ok())
+        .unwrap_or_else(|| "node".to_owned())
 }
 
 /// Default `timeout` of an MCP server's tool call.
@@ -278,6 +371,10 @@ struct FileConfig {
     steer_on_conflict: Option<bool>,
     http: Option<String>,
     mcp: Option<std::collections::BTreeMap<String, McpFile>>,
+    cluster: Option<String>,
+    node_id: Option<String>,
+    lease_ttl: Option<String>,
+    checkpoint_remote: Option<String>,
 }
 
 /// `network` written as `"on"`/`"off"` or a boolean.
@@ -354,7 +451,24 @@ impl Config {
         validate_governance(&governance).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         let mcp = mcp_servers(file.mcp.unwrap_or_default())
             .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
+        let lease_ttl = match &file.lease_ttl {
+            None => DEFAULT_LEASE_TTL,
+            Some(text) => parse_lease_ttl(text)
+                .map_err(|e| CliError::Usage(format!("{origin}: lease_ttl: {e}")))?,
+        };
+        if let Some(id) = &file.node_id {
+            check_node_id(id).map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
+        }
+        // Built even without `cluster`, so that KUGETSU_CLUSTER finds the file's companions;
+        // dropped below unless a connection string is set.
+        let cluster = Some(Box::new(ClusterConfig {
+            url: file.cluster.unwrap_or_default().trim().to_owned(),
+            node_id: file.node_id.clone().unwrap_or_else(host_name),
+            lease_ttl,
+            checkpoint_remote: file.checkpoint_remote.filter(|r| !r.trim().is_empty()),
+        }));
         let mut config = Config {
+            cluster,
             mcp: Box::new(mcp),
             path,
             governance: Box::new(governance),
@@ -392,6 +506,9 @@ impl Config {
             .check_counts()
             .map_err(|e| CliError::Usage(format!("{origin}: {e}")))?;
         config.apply_env(env)?;
+        if config.cluster.as_ref().is_some_and(|c| c.url.is_empty()) {
+            config.cluster = None;
+        }
         config.check_counts().map_err(CliError::Usage)?;
         Ok(config)
     }
@@ -502,6 +619,30 @@ impl Config {
                     )));
                 }
             };
+        }
+        if let Some(v) = get("KUGETSU_CLUSTER")
+            && let Some(cluster) = &mut self.cluster
+        {
+            cluster.url = v.trim().to_owned();
+        }
+        if let Some(v) = get("KUGETSU_NODE_ID") {
+            let v = v.trim().to_owned();
+            check_node_id(&v).map_err(|e| CliError::Usage(format!("KUGETSU_NODE_ID: {e}")))?;
+            if let Some(cluster) = &mut self.cluster {
+                cluster.node_id = v;
+            }
+        }
+        if let Some(v) = get("KUGETSU_LEASE_TTL") {
+            let ttl = parse_lease_ttl(&v)
+                .map_err(|e| CliError::Usage(format!("KUGETSU_LEASE_TTL: {e}")))?;
+            if let Some(cluster) = &mut self.cluster {
+                cluster.lease_ttl = ttl;
+            }
+        }
+        if let Some(v) = get("KUGETSU_CHECKPOINT_REMOTE") {
+            if let Some(cluster) = &mut self.cluster {
+                cluster.checkpoint_remote = Some(v.trim().to_owned());
+            }
         }
         if let Some(v) = get("KUGETSU_HTTP") {
             self.http = Some(v.trim().to_owned());
