@@ -639,10 +639,10 @@ impl Config {
                 cluster.lease_ttl = ttl;
             }
         }
-        if let Some(v) = get("KUGETSU_CHECKPOINT_REMOTE") {
-            if let Some(cluster) = &mut self.cluster {
-                cluster.checkpoint_remote = Some(v.trim().to_owned());
-            }
+        if let Some(v) = get("KUGETSU_CHECKPOINT_REMOTE")
+            && let Some(cluster) = &mut self.cluster
+        {
+            cluster.checkpoint_remote = Some(v.trim().to_owned());
         }
         if let Some(v) = get("KUGETSU_HTTP") {
             self.http = Some(v.trim().to_owned());
