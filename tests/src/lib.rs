@@ -12,6 +12,7 @@
 //! - [`browser`]: headless Chromium driven over WebDriver by a small client, for the
 //!   dashboard's tests.
 //! - [`events`]: the `--json` event stream of one task, and the checks every stream must pass.
+//! - [`postgres`]: a real PostgreSQL server in a temporary directory, for the cluster's tests.
 //! - [`procs`]: finding processes by command line, to prove nothing a task started survives it.
 //! - [`journal`]: a task's checkpoint journal read back with the worker's own reader, and the
 //!   invariants it keeps across crashes.
@@ -47,6 +48,7 @@ pub mod events;
 pub mod fake_llm;
 pub mod harness;
 pub mod journal;
+pub mod postgres;
 pub mod procs;
 pub mod rng;
 
