@@ -215,6 +215,22 @@ pub fn processes_with_env(entry: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// Live processes (other than us) whose environment holds every one of `entries`.
+pub fn processes_with_envs(entries: &[&[u8]]) -> Vec<u32> {
+    let me = std::process::id();
+    pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                entries
+                    .iter()
+                    .all(|entry| environ.split(|b| *b == 0).any(|var| var == *entry))
+            })
+        })
+        .collect()
+}
+
 /// SIGKILLs each of `pids` (gone ones are skipped silently).
 pub fn kill_pids(pids: &[u32]) {
     for &pid in pids {

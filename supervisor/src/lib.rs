@@ -25,6 +25,7 @@
 //!
 //! Modules:
 //! - [`task`]: one task's life, shared by `run` and the daemon.
+//! - [`cluster`]: a fleet on many machines: nodes sharing one PostgreSQL (`cluster = ...`).
 //! - [`govern`]: the governor: shared rate limits per provider account, the daily budget.
 //! - [`daemon`]: `kugetsu serve`: actor, commands, connections, queue, reload, sd_notify.
 //! - [`http`]: the daemon's HTTP API (`serve --http`): REST, SSE, metrics, the dashboard.
@@ -37,6 +38,7 @@
 //! - [`mcp`]: `kugetsu mcp`, kugetsu as an MCP server on stdio (the Hermes plugin's tools).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod exit;

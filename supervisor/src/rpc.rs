@@ -254,6 +254,22 @@ pub struct ListParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskList {
     pub tasks: Vec<TaskSummary>,
+    /// In a cluster, its nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSummary>,
+}
+
+/// One node of a cluster, as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub id: String,
+    /// Whether it renewed its leases lately (and did not stop).
+    pub up: bool,
+    /// Shadows it runs, by its last report.
+    pub running: u32,
+    pub max_shadows: u32,
+    /// Milliseconds since it was last heard from.
+    pub seen_ms_ago: u64,
 }
 
 /// `events` params: one page of a task's log.
@@ -513,6 +529,9 @@ pub struct TaskSummary {
     /// Where `kugetsu merge` landed it, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<MergedMarker>,
+    /// In a cluster, the node that runs it (or ran it last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[cfg(test)]

@@ -278,20 +278,64 @@ pub(crate) async fn list(client: &mut Client, all: bool) -> Result<Vec<TaskSumma
 /// `kugetsu ps`.
 pub async fn ps(args: PsArgs) -> Result<ExitCode, CliError> {
     let mut client = Client::connect(&args.client).await?;
-    let tasks = list(&mut client, args.all).await?;
+    let listed = client
+        .call::<rpc::List>(&ListParams { all: args.all })
+        .await?;
     if args.json {
-        print_line(&json!({ "tasks": tasks }).to_string());
+        let mut out = json!({ "tasks": listed.tasks });
+        if !listed.nodes.is_empty() {
+            out["nodes"] = json!(listed.nodes);
+        }
+        print_line(&out.to_string());
     } else {
-        print_line(&table(&tasks));
+        let mut text = table(&listed.tasks);
+        if !listed.nodes.is_empty() {
+            text.push_str(&nodes_line(&listed.nodes));
+        }
+        print_line(&text);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The cluster's nodes under the `ps` table.
+fn nodes_line(nodes: &[rpc::NodeSummary]) -> String {
+    let shown: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            if n.up {
+                format!("{} up, {}/{} running", n.id, n.running, n.max_shadows)
+            } else {
+                format!("{} down (last seen {} s ago)", n.id, n.seen_ms_ago / 1000)
+            }
+        })
+        .collect();
+    format!("\nnodes: {}\n", shown.join(" · "))
+}
+
 /// The `ps` table of `tasks`, with the counts and the queue's reasons below it.
 pub(crate) fn table(tasks: &[TaskSummary]) -> String {
+    // In a cluster, which node runs each task.
+    let node_width = tasks
+        .iter()
+        .filter_map(|t| t.node.as_ref().map(|n| n.chars().count()))
+        .max()
+        .map(|w| w.clamp(4, 24));
+    let node_cell = |node: Option<&str>| match node_width {
+        Some(w) => format!("{:<w$} ", clip(node.unwrap_or("-"), w)),
+        None => String::new(),
+    };
     let mut out = format!(
-        "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
-        "ID", "STATUS", "PRIO", "TURNS", "TOKENS", "COST", "MEM", "MODEL", "PROMPT"
+        "{:<14} {:<10} {}{:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
+        "ID",
+        "STATUS",
+        node_cell(Some("NODE")),
+        "PRIO",
+        "TURNS",
+        "TOKENS",
+        "COST",
+        "MEM",
+        "MODEL",
+        "PROMPT"
     );
     for task in tasks {
         let mem = task
@@ -306,9 +350,10 @@ pub(crate) fn table(tasks: &[TaskSummary]) -> String {
             .take(50)
             .collect();
         out.push_str(&format!(
-            "{:<14} {:<10} {:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
+            "{:<14} {:<10} {}{:<7} {:>5} {:>8} {:>9} {:>8} {:<24} {}\n",
             task.id,
             status_shown(task),
+            node_cell(task.node.as_deref()),
             format!("{:?}", task.priority).to_lowercase(),
             task.turns,
             tokens_text(task.usage.tokens()),

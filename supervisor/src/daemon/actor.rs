@@ -92,6 +92,8 @@ pub struct Daemon {
     retention: tokio::sync::watch::Sender<Option<Duration>>,
     /// The conflict radar, shown every event; its findings come back as `Command::Conflict`.
     radar: crate::land::radar::Radar,
+    /// The node loop, when this daemon is a node of a cluster.
+    node: Option<crate::cluster::node::NodeHandle>,
 }
 
 /// Where `kugetsu serve` was told to find its config, socket and state.
@@ -153,6 +155,33 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         Some(addr) => Some(crate::http::server::bind(addr, &state.root).await?),
         None => None,
     };
+    // A node joins its cluster before it takes the socket: a database it cannot reach, or
+    // another live process under the same node_id, stops it here.
+    let cluster = match config.cluster.as_deref() {
+        Some(settings) => {
+            let joined = async {
+                let cluster = crate::cluster::Cluster::install(
+                    settings,
+                    state.clone(),
+                    config.queue_capacity,
+                )?;
+                let listener = crate::cluster::node::join(&cluster, config.max_shadows).await?;
+                Ok::<_, crate::cluster::db::DbError>((cluster, listener))
+            }
+            .await;
+            match joined {
+                Ok(joined) => Some(joined),
+                Err(e) => {
+                    return Err(CliError::Failed(format!(
+                        "cannot join the cluster at {} as node {}: {e}",
+                        crate::config::redact_url(&settings.url),
+                        settings.node_id
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
     let socket_path = crate::config::socket_path(args.socket.as_deref(), &state.root, &env);
     let listener = crate::daemon::socket::bind(&socket_path).await?;
     if let Err(e) = kugetsu_os::process::become_subreaper() {
@@ -189,10 +218,33 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
                 let _ = commands.send(Command::Conflict(conflict));
             })
         },
+        node: None,
     };
     // Admission needs real numbers: never schedule on an empty snapshot.
     daemon.sampler.first_sample(Duration::from_secs(2)).await;
-    daemon.recover().await;
+    match cluster {
+        // A node's tasks live in the database; this state dir holds its copies.
+        Some((cluster, listener)) => {
+            tracing::info!(
+                "node {} of the cluster at {} (lease_ttl {} ms, checkpoints {})",
+                cluster.node_id,
+                daemon
+                    .config
+                    .cluster
+                    .as_ref()
+                    .map(|c| crate::config::redact_url(&c.url))
+                    .unwrap_or_default(),
+                cluster.ttl.as_millis(),
+                cluster.checkpoint_remote.as_deref().unwrap_or("off")
+            );
+            daemon.node = Some(crate::cluster::node::spawn(
+                &cluster,
+                listener,
+                commands.clone(),
+            ));
+        }
+        None => daemon.recover().await,
+    }
     crate::daemon::housekeeping::spawn_retention(
         daemon.state.clone(),
         daemon.retention.subscribe(),
@@ -283,6 +335,16 @@ pub async fn serve(args: ServeOptions) -> Result<ExitCode, CliError> {
         }
     }
     daemon.notifier.stopping();
+    if let Some(node) = daemon.node.take()
+        && let Some(cluster) = crate::cluster::active()
+    {
+        // Let the writers land their last events and give their leases back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cluster.fences().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.stop(cluster).await;
+    }
     acceptor.abort();
     if let Some(http) = http {
         http.stop().await;
@@ -490,6 +552,13 @@ impl Daemon {
                         self.table.finish(&id, finished);
                         self.state.unmark_live(&id);
                     }
+                    None if self.node.is_some() => {
+                        // Detached or lost: the task is the cluster's again.
+                        self.table.live.remove(&id);
+                        if let Some(lease) = crate::cluster::active().and_then(|c| c.lease(&id)) {
+                            let _ = lease.writer.send(crate::cluster::writer::Message::Detached);
+                        }
+                    }
                     None => {
                         if let Some(entry) = self.table.live.get_mut(&id) {
                             entry.control = None;
@@ -499,6 +568,10 @@ impl Daemon {
                 self.schedule();
             }
             Command::Reload => self.reload(),
+            Command::Adopt(adopted) => self.adopt(*adopted),
+            Command::Capacity { reply } => {
+                let _ = reply.send(self.capacity());
+            }
             Command::Fleet { reply } => {
                 let _ = reply.send(self.fleet_stats());
             }
@@ -609,11 +682,54 @@ impl Daemon {
         let Some(entry) = self.table.live.get_mut(id) else {
             return;
         };
-        let (control, mut controls) = mpsc::unbounded_channel();
+        let (control, controls) = mpsc::unbounded_channel();
         for text in entry.pending_steers.drain(..) {
             let _ = control.send(ShadowControl::Steer(text));
         }
         entry.control = Some(control);
+        self.launch(id, controls, None, None);
+    }
+
+    /// Runs a task a cluster node claimed, at once (the node already judged the capacity).
+    fn adopt(&mut self, adopted: crate::daemon::command::Adopted) {
+        let id = adopted.prepared.record.id.clone();
+        let mut entry = Entry::new(adopted.prepared, adopted.progress);
+        entry.control = Some(adopted.control);
+        self.table.live.insert(id.clone(), entry);
+        self.launch(&id, adopted.controls, Some(adopted.writer), adopted.failure);
+    }
+
+    /// What a cluster node may claim now: free slots, and the memory a new shadow may have.
+    fn capacity(&self) -> crate::daemon::command::Capacity {
+        let snapshot = self.sampler.latest();
+        let none = crate::daemon::command::Capacity {
+            slots: 0,
+            memory: 0,
+        };
+        if self.stopping.is_some() || !snapshot.valid || self.governor.daily_spent().is_some() {
+            return none;
+        }
+        crate::daemon::command::Capacity {
+            slots: (self.config.max_shadows as usize).saturating_sub(self.running),
+            memory: snapshot
+                .available
+                .min(snapshot.total)
+                .saturating_sub(MEMORY_RESERVE),
+        }
+    }
+
+    /// Spawns the task that drives `id`'s shadow; its events also go to `writer` (a cluster
+    /// node's database writer) when there is one; with `failure`, it ends `failed` at once.
+    fn launch(
+        &mut self,
+        id: &str,
+        mut controls: mpsc::UnboundedReceiver<ShadowControl>,
+        writer: Option<mpsc::UnboundedSender<crate::cluster::writer::Message>>,
+        failure: Option<String>,
+    ) {
+        let Some(entry) = self.table.live.get_mut(id) else {
+            return;
+        };
         entry.status = TaskStatus::Running;
         let mut prepared = entry.prepared.clone();
         let resume = entry.resume;
@@ -625,20 +741,21 @@ impl Daemon {
         let id = id.to_owned();
         self.running += 1;
         tokio::spawn(async move {
-            let finished = match prepare::materialize(&mut prepared).await {
-                Ok(()) => {
-                    let events = commands.clone();
-                    drive::drive(&prepared, resume, &fleet, &mut controls, &mut |e| {
-                        let _ = events.send(Command::Event(e.clone()));
-                    })
-                    .await
+            let events = commands.clone();
+            let mut watch = move |e: &kugetsu_protocol::EventEnvelope| {
+                let _ = events.send(Command::Event(e.clone()));
+                if let Some(writer) = &writer {
+                    let _ =
+                        writer.send(crate::cluster::writer::Message::Event(Box::new(e.clone())));
                 }
-                Err(error) => Some(
-                    drive::fail(&prepared, error, &mut |e| {
-                        let _ = commands.send(Command::Event(e.clone()));
-                    })
-                    .await,
-                ),
+            };
+            let materialized = match failure {
+                Some(why) => Err(why),
+                None => prepare::materialize(&mut prepared).await,
+            };
+            let finished = match materialized {
+                Ok(()) => drive::drive(&prepared, resume, &fleet, &mut controls, &mut watch).await,
+                Err(error) => Some(drive::fail(&prepared, error, &mut watch).await),
             };
             let _ = commands.send(Command::Done { id, finished });
         });
@@ -649,6 +766,9 @@ impl Daemon {
             return;
         }
         self.stopping = Some(drain);
+        if let Some(node) = &self.node {
+            node.stop_claiming();
+        }
         tracing::info!(
             "shutting down{}",
             if drain { " after the queue drains" } else { "" }

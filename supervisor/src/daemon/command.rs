@@ -21,6 +21,29 @@ pub struct Replay {
     pub live: bool,
 }
 
+/// A task a cluster node claimed and laid out, ready to start here at once.
+#[derive(Debug)]
+pub struct Adopted {
+    pub prepared: Prepared,
+    pub progress: crate::task::events::Progress,
+    /// The shadow's control channel (the node's lease holds the sender too).
+    pub control: tokio::sync::mpsc::UnboundedSender<crate::task::control::ShadowControl>,
+    pub controls: tokio::sync::mpsc::UnboundedReceiver<crate::task::control::ShadowControl>,
+    /// Where the task's events go to be written to the cluster's database.
+    pub writer: tokio::sync::mpsc::UnboundedSender<crate::cluster::writer::Message>,
+    /// Laying the task out failed: it ends `failed` with this reason.
+    pub failure: Option<String>,
+}
+
+/// What a node may claim now.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Free slots under `max_shadows` (0 while stopping or held by the daily budget).
+    pub slots: usize,
+    /// The biggest `mem_limit` a new shadow may have for the host's free memory.
+    pub memory: u64,
+}
+
 /// Everything the actor hears.
 #[derive(Debug)]
 pub enum Command {
@@ -78,6 +101,10 @@ pub enum Command {
     },
     /// The config file changed.
     Reload,
+    /// A cluster node claimed a task: run it now.
+    Adopt(Box<Adopted>),
+    /// How many tasks a cluster node may claim now.
+    Capacity { reply: oneshot::Sender<Capacity> },
     /// The pool, the queue and the counters now (the HTTP API's metrics and fleet chart).
     Fleet {
         reply: oneshot::Sender<crate::daemon::stats::FleetStats>,

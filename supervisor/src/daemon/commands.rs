@@ -181,7 +181,10 @@ impl Daemon {
                 .map(|e| e.summary(&snapshot, &self.governor)),
         );
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
-        TaskList { tasks }
+        TaskList {
+            tasks,
+            nodes: Vec::new(),
+        }
     }
 
     fn get(&self, task: &str) -> Result<TaskSummary, RpcError> {

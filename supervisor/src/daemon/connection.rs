@@ -301,7 +301,7 @@ async fn serve_call(
 ) -> Answer {
     match call {
         Call::Subscribe(params) => subscribe(id, params, &daemon).await,
-        Call::Events(params) => match read_events(&params, &daemon).await {
+        Call::Events(params) => match events_page(&params, &daemon).await {
             // The page is built from the log's own lines, never as a tree of values.
             Ok(page) => Answer {
                 response: id.map(|id| {
@@ -334,9 +334,42 @@ pub async fn dispatch(
             "subscribe is a stream of events, not a request with one answer",
         )),
         Call::Submit(params) => typed::<rpc::Submit>(submit(params, daemon).await),
-        Call::Resume(params) => typed::<rpc::Resume>(resume(params, daemon).await),
+        Call::Resume(params) => match crate::cluster::active() {
+            Some(cluster) => typed::<rpc::Resume>(
+                cluster
+                    .resume(&params.task, params.budget_tokens, params.budget_usd)
+                    .await,
+            ),
+            None => typed::<rpc::Resume>(resume(params, daemon).await),
+        },
+        Call::List(params) if crate::cluster::active().is_some() => {
+            let cluster = cluster_of()?;
+            typed::<rpc::List>(cluster.list(params.all).await)
+        }
+        Call::Get(params) if crate::cluster::active().is_some() => {
+            typed::<rpc::Get>(cluster_of()?.get(&params.task).await)
+        }
+        Call::Cancel(params) if crate::cluster::active().is_some() => {
+            typed::<rpc::Cancel>(cluster_of()?.cancel(&params.task).await)
+        }
+        Call::Steer(params) if crate::cluster::active().is_some() => {
+            typed::<rpc::Steer>(cluster_of()?.steer(&params.task, &params.text).await)
+        }
+        Call::Diff(params) if crate::cluster::active().is_some() => {
+            cluster_of()?.ensure_local(&params.task).await?;
+            let result = crate::land::diff::diff(state, &params)
+                .await
+                .map_err(|e| RpcError::from_cli(&e));
+            typed::<rpc::Diff>(result)
+        }
+        Call::Merge(params) if crate::cluster::active().is_some() => {
+            for task in &params.tasks {
+                cluster_of()?.ensure_local(task).await?;
+            }
+            typed::<rpc::Merge>(merge(params, daemon).await)
+        }
         Call::Events(params) => {
-            let page = read_events(&params, daemon).await?;
+            let page = events_page(&params, daemon).await?;
             serde_json::from_slice(&page)
                 .map_err(|e| RpcError::new(rpc::INTERNAL_ERROR, e.to_string()))
         }
@@ -377,6 +410,27 @@ async fn ask<T>(
         .send(make(reply))
         .map_err(|_| RpcError::shutting_down())?;
     answer.await.map_err(|_| RpcError::shutting_down())
+}
+
+/// The cluster this daemon is a node of (checked by the caller).
+fn cluster_of() -> Result<&'static std::sync::Arc<crate::cluster::Cluster>, RpcError> {
+    crate::cluster::active()
+        .ok_or_else(|| RpcError::new(rpc::INTERNAL_ERROR, "not a node of a cluster"))
+}
+
+/// One page of a task's events: from the cluster's database on a node, else from disk.
+async fn events_page(
+    params: &EventsParams,
+    daemon: &mpsc::UnboundedSender<Command>,
+) -> Result<Vec<u8>, RpcError> {
+    match crate::cluster::active() {
+        Some(cluster) => {
+            cluster
+                .events_page(&params.task, params.after_seq, params.limit)
+                .await
+        }
+        None => read_events(params, daemon).await,
+    }
 }
 
 /// Lands tasks (slow: merges and a test command), then tells the actor what landed.
@@ -450,6 +504,14 @@ async fn submit(
         .await
         .map_err(|e| RpcError::from_cli(&e))?;
     let id = prepared.record.id.clone();
+    if let Some(cluster) = crate::cluster::active() {
+        // The cluster's queue holds it now; whichever node claims it lays it out again.
+        let queued = cluster.submit(&prepared.record).await;
+        let _ = prepared.dir.remove();
+        queued?;
+        kugetsu_os::crash::point("queue.enqueued");
+        return Ok(Submitted { task: id });
+    }
     let undo = |why: String| {
         state.unmark_live(&id);
         let _ = prepared.dir.remove();
@@ -606,6 +668,21 @@ pub async fn open_subscription(
 ) -> Result<(Replay, Feed), RpcError> {
     let (sink, feed) = subscribers::channel();
     let task = params.task.clone();
+    if let Some(cluster) = crate::cluster::active() {
+        // Events come from the database (the task may run on another node).
+        if let Some(task) = &task {
+            cluster.get(task).await?;
+        }
+        let after = params.after_seq;
+        tokio::spawn(async move { cluster.follow(task, after, sink).await });
+        return Ok((
+            Replay {
+                log: None,
+                live: true,
+            },
+            feed,
+        ));
+    }
     let replay = ask(daemon, |reply| Command::Subscribe {
         task,
         after_seq: params.after_seq,

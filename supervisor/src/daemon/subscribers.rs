@@ -86,6 +86,22 @@ pub fn channel() -> (Sink, Feed) {
 }
 
 impl Sink {
+    /// Queues `line`, waiting while the subscriber's feed is full (for a producer that can
+    /// wait, such as a follower reading a cluster's database); false once the feed is gone.
+    pub async fn push(&self, line: Arc<Line>) -> bool {
+        let len = line.bytes.len();
+        if self.lines.send(line).await.is_err() {
+            return false;
+        }
+        self.backlog.fetch_add(len, Ordering::AcqRel);
+        true
+    }
+
+    /// Whether the feed's end is gone.
+    pub fn is_closed(&self) -> bool {
+        self.lines.is_closed()
+    }
+
     /// Queues `line` unless the subscriber is too far behind.
     fn offer(&self, line: &Arc<Line>) -> Result<(), Offer> {
         let queued = self.backlog.load(Ordering::Acquire);

@@ -115,6 +115,7 @@ pub fn summarize(record: &TaskRecord, progress: &Progress, status: TaskStatus) -
         budget_usd: record.budget_usd,
         conflicts: progress.conflicts.clone(),
         merged: None,
+        node: None,
     }
 }
 
@@ -279,5 +280,6 @@ pub fn damaged_summary(id: &str, finished: &Finished) -> TaskSummary {
         budget_usd: None,
         conflicts: Default::default(),
         merged: None,
+        node: None,
     }
 }

@@ -259,6 +259,7 @@ impl Attempt {
                 Step::Continue(vec![Effect::Steer(text)])
             }
             Some(ShadowControl::Publish(event)) => Step::Continue(vec![Effect::Publish(event)]),
+            Some(ShadowControl::Proceed(_)) => Step::Continue(Vec::new()),
             Some(ShadowControl::Detach) | None => {
                 Step::End(vec![Effect::Shutdown], Outcome::Detached)
             }

@@ -16,6 +16,8 @@ pub enum ShadowControl {
     /// Record an event the owner made about the task (the conflict radar's `conflict`) in
     /// its log, in order with the worker's.
     Publish(kugetsu_protocol::Event),
+    /// The tool call with this id may run (its intent is durable where the owner keeps it).
+    Proceed(String),
 }
 
 /// Where a run starts: which attempt, and whether the worker resumes from its journal.

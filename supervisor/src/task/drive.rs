@@ -212,6 +212,8 @@ async fn run_workers(
                     Some(ShadowControl::Publish(event)) => {
                         out.publish(event);
                     }
+                    // A go-ahead for a call of the worker that died: nothing to run.
+                    Some(ShadowControl::Proceed(_)) => {}
                     Some(ShadowControl::Detach) | None => return None,
                 },
             }

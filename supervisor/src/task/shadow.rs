@@ -39,6 +39,10 @@ const SUPERVISOR_ONLY_ENV: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
+    // The cluster's connection string (it may carry a password): only nodes reach the database.
+    "KUGETSU_CLUSTER",
+    "PGPASSWORD",
+    "PGPASSFILE",
 ];
 
 /// Why a worker could not be started.
@@ -162,6 +166,9 @@ impl Shadow {
         }
         // Inherited by every process the shadow starts, so leftovers can be found later.
         command.env(SHADOW_ENV, &task.id);
+        if let Some(cluster) = crate::cluster::active() {
+            command.env(crate::cluster::NODE_ENV, &cluster.node_id);
+        }
         contain(&mut command);
         let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
             program: program.display().to_string(),
@@ -301,7 +308,23 @@ impl Drop for Shadow {
 /// Kills every process carrying task `id`'s `KUGETSU_SHADOW` marker: what an earlier worker
 /// of the task (of this supervisor, or of one that was killed) left running. Call it before
 /// a resumed worker starts, so nothing old works in the worktree beside it.
+///
+/// On a node of a cluster, only this node's processes of the task are killed (another node on
+/// the same machine may run the task now).
 pub fn kill_task_leftovers(id: &str) -> usize {
+    if let Some(cluster) = crate::cluster::active() {
+        let mut killed = 0;
+        for _ in 0..4 {
+            let leftovers = crate::cluster::task_processes(id, &cluster.node_id);
+            if leftovers.is_empty() {
+                break;
+            }
+            killed += leftovers.len();
+            kugetsu_os::process::kill_pids(&leftovers);
+            kugetsu_os::process::reap(&leftovers, Duration::from_millis(500));
+        }
+        return killed;
+    }
     kill_marked(format!("{SHADOW_ENV}={id}").as_bytes(), None)
 }
 

@@ -436,6 +436,7 @@ mod tests {
             budget_usd: None,
             conflicts: Default::default(),
             merged: None,
+            node: None,
         }
     }
 

@@ -405,6 +405,7 @@ pub(crate) mod tests {
             budget_usd: None,
             conflicts: Default::default(),
             merged: None,
+            node: None,
         }
     }
 

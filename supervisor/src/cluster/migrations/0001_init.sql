@@ -39,6 +39,8 @@ CREATE TABLE kugetsu.tasks (
     cancel        boolean NOT NULL DEFAULT false,
     status        text,
     finished      jsonb,
+    -- what `ps` shows, kept by the node that runs the task (an rpc TaskSummary)
+    summary       jsonb,
     submitted_at  timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
     finished_at   timestamptz
@@ -49,12 +51,15 @@ CREATE INDEX tasks_node ON kugetsu.tasks (node) WHERE state = 'running';
 
 -- A task's events, one row per envelope (`body` is the JSON line as events.jsonl holds it).
 CREATE TABLE kugetsu.events (
+    -- commit-ordered enough for followers of every task (see cluster::api)
+    gid   bigserial,
     task  text NOT NULL REFERENCES kugetsu.tasks (id) ON DELETE CASCADE,
     seq   bigint NOT NULL,
     fence bigint,
     body  text NOT NULL,
     PRIMARY KEY (task, seq)
 );
+CREATE INDEX events_gid ON kugetsu.events (gid);
 
 -- A task's checkpoint journal, one row per line as the worker wrote it (0-based line number).
 CREATE TABLE kugetsu.journal (
