@@ -365,7 +365,7 @@ async fn claim_loop(
 
 /// Claims up to `capacity.slots` tasks that fit the memory this node has: tasks whose lease
 /// expired first (takeovers), then queued ones by priority and submission order.
-async fn claim(cluster: &Cluster, capacity: &Capacity) -> Result<Vec<Claimed>, DbError> {
+pub async fn claim(cluster: &Cluster, capacity: &Capacity) -> Result<Vec<Claimed>, DbError> {
     let ttl = millis(cluster.ttl);
     let fits = i64::try_from(capacity.memory).unwrap_or(i64::MAX);
     let mut left = i64::try_from(capacity.slots).unwrap_or(0);
