@@ -91,7 +91,9 @@ impl Listener {
     }
 }
 
-/// Opens the listening connection; the returned receiver resolves when it closes.
+/// Opens the listening connection: it takes the node's name (a session advisory lock, so a
+/// second live process under one `node_id` is refused) and LISTENs. The returned receiver
+/// resolves when the connection closes.
 async fn open_listener(
     cluster: &Arc<Cluster>,
     wake: mpsc::UnboundedSender<()>,
@@ -117,11 +119,44 @@ async fn open_listener(
             }
         }
         let _ = closed_tx.send(());
-        // Keep the client alive (and so the lock held) until the connection ends.
-        drop(client);
     });
-    let _ = &closed;
-    Ok(closed)
+    let name = format!("kugetsu node {}", cluster.node_id);
+    let locked: bool = timed(async {
+        Ok(client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&name],
+            )
+            .await?
+            .get(0))
+    })
+    .await?;
+    if !locked {
+        return Err(DbError::Schema(format!(
+            "another live process already runs as node {:?}: give each node its own node_id",
+            cluster.node_id
+        )));
+    }
+    timed(async {
+        client
+            .batch_execute("LISTEN kugetsu_tasks; LISTEN kugetsu_control")
+            .await?;
+        Ok(())
+    })
+    .await?;
+    // The client (and so the lock and the LISTEN) lives as long as its connection.
+    let (hold_tx, hold) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _client = client;
+        let _ = hold.await;
+    });
+    let (done_tx, done) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = closed.await;
+        drop(hold_tx);
+        let _ = done_tx.send(());
+    });
+    Ok(done)
 }
 
 /// Runs the node: the claimer and the lease keeper, until `stop` is set.
