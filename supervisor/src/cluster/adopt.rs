@@ -73,24 +73,31 @@ pub async fn lay_out(
     // The record names the submitting node's paths; this node's are its own.
     if record.worktree {
         record.workdir = cluster.state.worktree(&record.id);
-        // Where the task's worktree is now, for `diff` and `merge` on any node.
-        let workdir = record.workdir.display().to_string();
-        timed(async {
-            let mut client = cluster.db.client().await?;
-            let tx = client.transaction().await?;
-            crate::cluster::db::check_fence(&tx, &record.id, claimed.fence).await?;
-            tx.execute(
-                "UPDATE kugetsu.tasks SET record = jsonb_set(record, '{workdir}', to_jsonb($2::text))
-                  WHERE id = $1",
-                &[&record.id, &workdir],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| format!("cannot record the task's worktree in the cluster database: {e}"))?;
     }
+    // The deadline runs from the first start, on whichever node: set once, kept in the
+    // database with the worktree's place (for `diff` and `merge` on any node).
+    if record.deadline_unix_ms.is_none()
+        && let Some(timeout) = record.timeout_ms
+    {
+        record.deadline_unix_ms = Some(
+            crate::task::prepare::unix_ms(std::time::SystemTime::now()).saturating_add(timeout),
+        );
+    }
+    let updated = serde_json::to_value(&record).map_err(|e| e.to_string())?;
+    timed(async {
+        let mut client = cluster.db.client().await?;
+        let tx = client.transaction().await?;
+        crate::cluster::db::check_fence(&tx, &record.id, claimed.fence).await?;
+        tx.execute(
+            "UPDATE kugetsu.tasks SET record = $2 WHERE id = $1",
+            &[&record.id, &updated],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("cannot record the task's start in the cluster database: {e}"))?;
     let dir = cluster.state.task(&record.id);
     let (events, journal) = read_logs(cluster, &record.id)
         .await
