@@ -88,6 +88,17 @@ impl DaemonBuilder {
         self
     }
 
+    /// Gives the daemon its own directory `dir` (created): its config file, default socket,
+    /// working directory and instance marker there, its state directory `dir/state`. Several
+    /// daemons of one [`TestRepo`] (the nodes of a cluster) share the repository and home.
+    pub fn node_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).expect("create the daemon's directory");
+        self.state_dir = dir.join("state");
+        self.root = dir;
+        self
+    }
+
     /// Starts the daemon with its open-files soft limit lowered to `soft` (through `sh`'s
     /// `ulimit`, which then execs it: the daemon keeps the shell's pid).
     pub fn soft_nofile(mut self, soft: u64) -> Self {

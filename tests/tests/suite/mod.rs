@@ -2,6 +2,7 @@
 
 mod bash;
 mod cli;
+mod cluster;
 mod compaction;
 mod confinement;
 mod crash_loop;
