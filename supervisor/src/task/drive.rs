@@ -212,6 +212,9 @@ async fn run_workers(
                     Some(ShadowControl::Publish(event)) => {
                         out.publish(event);
                     }
+                    // The call belonged to the worker that died: the next one replays it and
+                    // never runs it, so there is nothing to let through.
+                    Some(ShadowControl::Proceed(_)) => {}
                     Some(ShadowControl::Detach) | None => return None,
                 },
             }
