@@ -3,9 +3,11 @@
 //! `proceed {call_id}` before it runs. A `proceed` for another call changes nothing; `cancel`
 //! while a call waits closes it without running it; a supervisor gone while a call waits
 //! (stdin closed) leaves the call unanswered, and whoever resumes the task never runs it.
+//! MCP tools wait like built-in ones.
 
 use std::time::Duration;
 
+use kugetsu_protocol::mcp::{McpServer, McpTransport};
 use kugetsu_tests::events::{kind, str_of};
 use kugetsu_tests::journal::{self, INTERRUPTED_RESULT, Record};
 use kugetsu_tests::{FakeLlm, TestRepo, Turn, WorkerProcess};
@@ -152,4 +154,65 @@ async fn a_supervisor_gone_while_a_call_waits_leaves_it_unanswered_and_never_run
         .unwrap_or_else(|| panic!("the resumed worker did not close the call: {out:#?}"));
     assert_eq!(end["ok"], false);
     assert_eq!(str_of(end, "output"), INTERRUPTED_RESULT, "{out:#?}");
+}
+
+/// An MCP server with one tool, `mark`, that creates the file named by its first argument.
+const MARK_SERVER: &str = r#"
+import json, sys
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    method, id_ = m.get("method"), m.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": id_, "result": {"protocolVersion": m["params"]["protocolVersion"],
+              "capabilities": {"tools": {}}, "serverInfo": {"name": "marker", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": id_, "result": {"tools": [{"name": "mark",
+              "description": "creates the marker", "inputSchema": {"type": "object", "properties": {}}}]}})
+    elif method == "tools/call":
+        open(sys.argv[1], "w").close()
+        send({"jsonrpc": "2.0", "id": id_, "result": {"content": [{"type": "text", "text": "marked"}]}})
+"#;
+
+#[tokio::test]
+async fn an_mcp_tool_waits_for_its_proceed_too() {
+    let repo = TestRepo::new();
+    let server = FakeLlm::openai();
+    let script = repo.side_dir().join("mark_mcp.py");
+    std::fs::write(&script, MARK_SERVER).unwrap();
+    let marker = repo.side_dir().join("mcp-marker");
+    server.push(Turn::text("Marking.").tool_call("marker__mark", json!({})));
+    server.push(Turn::text("Done."));
+    let mut worker = repo.worker().llm(&server).spawn().await;
+    let mut task = repo.worker_task("Mark it.", &server);
+    task.tool_gate = true;
+    task.mcp = vec![McpServer {
+        name: "marker".to_owned(),
+        transport: McpTransport::Stdio {
+            command: "python3".to_owned(),
+            args: vec![script.display().to_string(), marker.display().to_string()],
+            env: Default::default(),
+        },
+        call_timeout_ms: 20_000,
+        startup_timeout_ms: 20_000,
+    }];
+    worker.start(task, false).await;
+    let tool = worker.wait_for("tool_start", WAIT).await;
+    assert_eq!(str_of(&tool, "tool"), "marker__mark", "{tool}");
+    let call = str_of(&tool, "call_id").to_owned();
+
+    tokio::time::sleep(NOT_YET).await;
+    assert!(!marker.exists(), "the MCP tool ran before its proceed");
+    worker.proceed(&call).await;
+    let out = worker.finish().await;
+    assert_eq!(out.finished()["status"], "completed", "{out:#?}");
+    assert!(
+        marker.exists(),
+        "the MCP tool did not run after its proceed"
+    );
+    let ends = out.of_type("tool_end");
+    assert_eq!(ends.len(), 1, "{out:#?}");
+    assert_eq!(ends[0]["ok"], true, "{out:#?}");
+    assert_eq!(str_of(ends[0], "output"), "marked", "{out:#?}");
 }
