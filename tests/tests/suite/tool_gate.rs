@@ -70,8 +70,9 @@ async fn a_gated_tool_runs_only_after_its_proceed() {
     assert!(intent, "tool_start came before the intent was journaled");
     assert_eq!(result, None, "the call has a result before its proceed");
 
-    // Another call's go-ahead lets nothing through.
+    // Another call's go-ahead lets nothing through; a steer waits for the next safe point.
     worker.proceed("call_not_waiting").await;
+    worker.steer("Also say hello.").await;
     tokio::time::sleep(NOT_YET).await;
     assert!(!marker.exists(), "the tool ran on another call's proceed");
 
@@ -83,6 +84,13 @@ async fn a_gated_tool_runs_only_after_its_proceed() {
     assert_eq!(ends.len(), 1, "{out:#?}");
     assert_eq!(ends[0]["call_id"], call.as_str());
     assert_eq!(ends[0]["ok"], true, "{out:#?}");
+    let types = out.types();
+    let end = types.iter().position(|t| *t == "tool_end");
+    let steered = types.iter().position(|t| *t == "steered");
+    assert!(
+        end.is_some() && steered > end,
+        "the steer was not delivered after the call's result: {types:?}"
+    );
     assert!(
         out.log
             .contains("ignoring proceed for call call_not_waiting"),
