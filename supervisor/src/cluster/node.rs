@@ -532,6 +532,8 @@ fn fallback(
     let dir = cluster.state.task(&record.id);
     std::fs::create_dir_all(dir.path()).ok()?;
     dir.save(&record).ok()?;
+    // No worker starts: the journal stays the database's, and nothing of it is written again.
+    let _ = std::fs::remove_file(dir.journal_file());
     Some(adopt::Laid {
         prepared: crate::task::prepare::Prepared {
             record,
