@@ -208,6 +208,15 @@ impl NodeHandle {
                     &[&cluster.node_id],
                 )
                 .await?;
+            // Whatever this node still holds (a claim it had no time to start) goes back.
+            let fences: Vec<i64> = cluster.fences().iter().map(|(_, f)| *f).collect();
+            client
+                .execute(
+                    "UPDATE kugetsu.tasks SET lease_until = now()
+                      WHERE node = $1 AND state = 'running' AND fence = ANY($2)",
+                    &[&cluster.node_id, &fences],
+                )
+                .await?;
             Ok(())
         })
         .await;
