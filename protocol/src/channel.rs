@@ -13,8 +13,19 @@
 //!    back; then it reports the response's status and rate-limit headers
 //!    ([`WorkerMessage::PermitHead`]) and, once the request is over, its usage
 //!    ([`WorkerMessage::PermitEnd`]). Every permit granted ends with exactly one `permit_end`.
+//! 5. When the tools are gated ([`TaskSpec::tool_gate`], a daemon that is a node of a
+//!    cluster), every tool call waits for the supervisor's go-ahead: the worker journals the
+//!    intent durably, sends `tool_start`, and runs nothing until [`SupervisorMessage::Proceed`]
+//!    with the call's id comes back (the supervisor sends it once the intent is in the
+//!    cluster's database, so a node that takes the task over knows the call may have run). The
+//!    wait has no timeout; `cancel`, `shutdown` and `steer` act as at any other time, and a
+//!    `proceed` for another call is ignored. A resumed worker's re-announced calls never run
+//!    again and wait for nothing.
 //!
 //! A worker whose stdin reaches end-of-file treats it as `cancel`: nobody is listening any more.
+//! While a gated tool call waits for its `proceed`, it treats it as `shutdown` instead: the
+//! supervisor is gone and another node may take the task over, so the worker records nothing
+//! more and exits.
 
 use std::time::Duration;
 
@@ -89,6 +100,11 @@ pub struct TaskSpec {
     /// (an older supervisor, or a task that uses none) means none: the worker starts nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp: Vec<crate::mcp::McpServer>,
+    /// Whether every tool call waits for [`SupervisorMessage::Proceed`] after its `tool_start`
+    /// (a cluster node: the intent must be in the database before the tool can have an
+    /// effect). Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool_gate: bool,
 }
 
 /// What a worker asks a permit for: one request to a model.
@@ -175,12 +191,16 @@ pub enum SupervisorMessage {
         #[serde(default)]
         pause: bool,
     },
+    /// The tool call `call_id` may run now (gated tools only, see [`TaskSpec::tool_gate`]):
+    /// sent once its intent is durable where the supervisor keeps it.
+    Proceed { call_id: String },
 }
 
 impl SupervisorMessage {
     /// Every `type` tag a supervisor message can carry.
-    pub const TYPES: &'static [&'static str] =
-        &["start", "steer", "cancel", "shutdown", "grant", "deny"];
+    pub const TYPES: &'static [&'static str] = &[
+        "start", "steer", "cancel", "shutdown", "grant", "deny", "proceed",
+    ];
 }
 
 /// Messages from worker to supervisor.

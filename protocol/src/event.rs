@@ -122,6 +122,10 @@ pub enum Event {
         /// Absent in logs written before the field existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<SandboxReport>,
+        /// The cluster node (its `node_id`) that runs this attempt; absent on a single-box
+        /// daemon and in logs written before the field existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// Emitted by the worker before it asks the model for turn `turn` (1-based).
     TurnStart { turn: u32 },

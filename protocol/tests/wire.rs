@@ -102,6 +102,38 @@ fn channel_messages_round_trip_byte_for_byte() {
         panic!("no usage: {}", lines[13]);
     };
     assert_eq!(usage.cost_usd, Some(0.0038));
+    // A cluster node's: tools gated, and the go-ahead for one call.
+    let SupervisorMessage::Start { task, .. } = round_trips::<SupervisorMessage>(lines[14]) else {
+        panic!("not a start: {}", lines[14]);
+    };
+    assert!(task.tool_gate);
+    assert_eq!(
+        round_trips::<SupervisorMessage>(lines[15]),
+        SupervisorMessage::Proceed {
+            call_id: "call_1".to_owned()
+        }
+    );
+    for line in &lines {
+        let tag: serde_json::Value = serde_json::from_str(line).unwrap();
+        let tag = tag["type"].as_str().unwrap();
+        assert!(
+            SupervisorMessage::TYPES.contains(&tag) || WorkerMessage::is_known_type(tag),
+            "{tag} is not a known type"
+        );
+    }
+}
+
+#[test]
+fn started_names_its_node_only_in_a_cluster() {
+    let nodes: Vec<Option<String>> = EVENTS
+        .lines()
+        .map(|line| decode::<EventEnvelope>(line.as_bytes()).unwrap())
+        .filter_map(|envelope| match envelope.event {
+            Event::Started { node, .. } => Some(node),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nodes, [None, Some("node-b".to_owned())]);
 }
 
 #[test]
@@ -122,6 +154,7 @@ fn a_start_from_an_older_supervisor_has_no_memory_limit() {
     };
     assert_eq!(task.mem_limit_bytes, None);
     assert_eq!(task.context_window, None);
+    assert!(!task.tool_gate, "an older supervisor's tools are not gated");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use crate::llm::gate::{Gate, Shared};
 use crate::llm::{LlmError, LlmRequest, Provider, StreamSink};
 use crate::mcp::McpTools;
 use crate::session::{Next, Session};
+use crate::tool_gate::ToolGate;
 use crate::tools::{self, ToolContext};
 use kugetsu_protocol::error_chain;
 
@@ -52,8 +53,17 @@ enum LoopEnd {
     Paused(String),
 }
 
-/// The tool running right now, so a stopped task can close its `tool_start`.
-type RunningTool = Option<(String, String, Instant)>;
+/// The tool call between its `tool_start` and its result, so a stopped task can close it.
+type RunningTool = Option<Running>;
+
+/// A tool call that has sent its `tool_start` and has no result yet.
+#[derive(Debug)]
+struct Running {
+    call_id: String,
+    tool: String,
+    /// When the tool began; `None` while it waits for the supervisor's `proceed`.
+    started: Option<Instant>,
+}
 
 /// Runs `task` to its end. Returns the `finished` event to send, or `None` on `shutdown`.
 pub async fn run(
@@ -112,19 +122,7 @@ pub async fn run(
         () = shutdown.cancelled() => return None,
         () = sleep_until(deadline) => Err(FinishStatus::TimedOut),
     };
-    if let Some((call_id, tool, started)) = running.take() {
-        let output = "interrupted: the task was stopped while this tool ran".to_owned();
-        // Journal the outcome so a later resume does not report it as unknown.
-        let _ = session.tool_result(&call_id, &tool, false, &output, false);
-        outbox.emit(Event::ToolEnd {
-            call_id,
-            tool,
-            ok: false,
-            output,
-            truncated: false,
-            duration_ms: millis(started.elapsed()),
-        });
-    }
+    close_stopped(&outbox, &mut session, &mut running);
     let (status, error) = match end {
         Ok(LoopEnd::Completed) => (FinishStatus::Completed, None),
         Ok(LoopEnd::Failed(error)) => (FinishStatus::Failed, Some(error)),
@@ -139,6 +137,33 @@ pub async fn run(
         ),
     };
     Some(finished(Some(&session), status, error))
+}
+
+/// Gives the tool call a stopped task left open its result (journaled, so a later resume does
+/// not report it as unknown) and its `tool_end`.
+fn close_stopped(outbox: &Outbox, session: &mut Session, running: &mut RunningTool) {
+    let Some(Running {
+        call_id,
+        tool,
+        started,
+    }) = running.take()
+    else {
+        return;
+    };
+    let output = match started {
+        Some(_) => "interrupted: the task was stopped while this tool ran",
+        None => "interrupted: the task was stopped before this tool ran (it was waiting for the supervisor's go-ahead)",
+    }
+    .to_owned();
+    let _ = session.tool_result(&call_id, &tool, false, &output, false);
+    outbox.emit(Event::ToolEnd {
+        call_id,
+        tool,
+        ok: false,
+        output,
+        truncated: false,
+        duration_ms: started.map_or(0, |at| millis(at.elapsed())),
+    });
 }
 
 fn finished(session: Option<&Session>, status: FinishStatus, error: Option<String>) -> Finished {
@@ -307,6 +332,7 @@ async fn agent_turns(
                     run_tool(
                         &setup.ctx,
                         setup.mcp.as_mut(),
+                        control.tool_gate.as_deref(),
                         call,
                         outbox,
                         session,
@@ -543,9 +569,12 @@ fn deliver_steering(
     Ok(any)
 }
 
+/// Runs one tool call: its intent journaled durably, `tool_start`, with `gate` the wait for
+/// the supervisor's `proceed`, the tool, its result journaled, `tool_end`.
 async fn run_tool(
     ctx: &ToolContext,
     mcp: Option<&mut McpTools>,
+    gate: Option<&ToolGate>,
     call: &ToolCall,
     outbox: &Outbox,
     session: &mut Session,
@@ -563,13 +592,26 @@ async fn run_tool(
     // The intent is durable before the tool can have any effect.
     session.tool_intent(call).map_err(|e| error_chain(&e))?;
     kugetsu_os::crash::point("tool.intent");
+    // Registered before `tool_start` goes out, so the answer cannot beat the wait.
+    let pass = gate.map(|gate| gate.expect(&call.id));
     outbox.emit(Event::ToolStart {
         call_id: call.id.clone(),
         tool: call.name.clone(),
         args: args_for_event,
     });
+    *running = Some(Running {
+        call_id: call.id.clone(),
+        tool: call.name.clone(),
+        started: None,
+    });
+    if let Some(pass) = pass {
+        // No timeout: the supervisor decides whether a worker that waits too long is killed.
+        pass.wait().await;
+    }
     let started = Instant::now();
-    *running = Some((call.id.clone(), call.name.clone(), started));
+    if let Some(running) = running.as_mut() {
+        running.started = Some(started);
+    }
     let output = match parsed {
         Ok(args) => match mcp {
             Some(mcp) if mcp.owns(&call.name) => mcp.call(&call.name, &args).await,
@@ -715,7 +757,7 @@ mod tests {
             .unwrap();
         let (outbox, mut rx) = Outbox::channel();
         let mut running: RunningTool = None;
-        run_tool(&ctx, None, &call, &outbox, &mut session, &mut running)
+        run_tool(&ctx, None, None, &call, &outbox, &mut session, &mut running)
             .await
             .unwrap();
         assert!(running.is_none());
@@ -739,6 +781,168 @@ mod tests {
         assert!(
             output.contains("over the shadow's memory limit of 64 MiB"),
             "{output}"
+        );
+    }
+
+    /// A session with one turn calling bash to create `marker`, a tool context in `dir`, and
+    /// that call.
+    fn gated_setup(dir: &Path, marker: &Path) -> (ToolContext, Session, ToolCall) {
+        let root = dir.canonicalize().unwrap().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let ctx = ToolContext {
+            root,
+            output_dir: dir.join("tool-output"),
+            mem_limit: None,
+            guard: None,
+            sandbox: None,
+        };
+        let mut session = Session::start(&dir.join("journal.jsonl"), "touch it").unwrap();
+        let call = ToolCall {
+            id: "call_gated".to_owned(),
+            name: "bash".to_owned(),
+            arguments: serde_json::json!({ "command": format!("touch '{}'", marker.display()) })
+                .to_string(),
+        };
+        session
+            .assistant(String::new(), vec![call.clone()], Default::default())
+            .unwrap();
+        (ctx, session, call)
+    }
+
+    /// Long enough for an ungated `touch` to have run: the tool must not have run by then.
+    const NOT_YET: Duration = Duration::from_millis(500);
+    const WAIT: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_gated_call_waits_for_its_proceed_and_ignores_another_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        let (ctx, mut session, call) = gated_setup(dir.path(), &marker);
+        let gate = ToolGate::new();
+        let (outbox, mut rx) = Outbox::channel();
+        let mut running: RunningTool = None;
+        {
+            let tool = run_tool(
+                &ctx,
+                None,
+                Some(&gate),
+                &call,
+                &outbox,
+                &mut session,
+                &mut running,
+            );
+            tokio::pin!(tool);
+            assert!(
+                tokio::time::timeout(NOT_YET, &mut tool).await.is_err(),
+                "the call finished without a proceed"
+            );
+            assert!(!marker.exists(), "the tool ran before its proceed");
+            assert!(gate.is_waiting());
+            let got = events(&mut rx);
+            assert!(
+                matches!(&got[..], [Event::ToolStart { call_id, .. }] if call_id == "call_gated"),
+                "{got:?}"
+            );
+
+            gate.proceed("call_other");
+            assert!(
+                tokio::time::timeout(NOT_YET, &mut tool).await.is_err(),
+                "another call's proceed let it run"
+            );
+            assert!(!marker.exists(), "the tool ran on another call's proceed");
+            assert!(gate.is_waiting());
+
+            gate.proceed("call_gated");
+            tokio::time::timeout(WAIT, tool)
+                .await
+                .expect("the call ran once it had its proceed")
+                .unwrap();
+        }
+        assert!(marker.exists(), "the tool did not run");
+        assert!(running.is_none());
+        assert!(!gate.is_waiting());
+        let got = events(&mut rx);
+        assert!(
+            matches!(&got[..], [Event::ToolEnd { ok: true, call_id, .. }] if call_id == "call_gated"),
+            "{got:?}"
+        );
+        assert_eq!(session.next(), Next::AskModel, "the call has its result");
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_while_it_waits_never_runs_and_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        let (ctx, mut session, call) = gated_setup(dir.path(), &marker);
+        let journal = dir.path().join("journal.jsonl");
+        let gate = ToolGate::new();
+        let (outbox, mut rx) = Outbox::channel();
+        let mut running: RunningTool = None;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let cancelled = {
+            let tool = run_tool(
+                &ctx,
+                None,
+                Some(&gate),
+                &call,
+                &outbox,
+                &mut session,
+                &mut running,
+            );
+            let cancel_later = async {
+                tokio::time::sleep(NOT_YET).await;
+                cancel.cancel();
+            };
+            // What `run` does: the loop's future loses the race against the cancel token.
+            tokio::select! {
+                _ = tool => false,
+                () = async { tokio::join!(cancel.cancelled(), cancel_later); } => true,
+            }
+        };
+        assert!(cancelled, "the call finished without a proceed");
+        assert!(!gate.is_waiting(), "a dropped call still counts as waiting");
+        close_stopped(&outbox, &mut session, &mut running);
+        // A proceed that comes too late runs nothing either.
+        gate.proceed("call_gated");
+        tokio::time::sleep(NOT_YET).await;
+        assert!(!marker.exists(), "a cancelled call ran");
+
+        let got = events(&mut rx);
+        let [Event::ToolStart { .. }, Event::ToolEnd { ok, output, .. }] = &got[..] else {
+            panic!("not tool_start then tool_end: {got:?}");
+        };
+        assert!(!ok);
+        assert!(output.contains("before this tool ran"), "{output}");
+        // The result is journaled: a resumed worker does not run the call either.
+        drop(session);
+        let (session, replayed, _) = Session::resume(&journal, "touch it").unwrap();
+        assert_eq!(session.next(), Next::AskModel);
+        let (ok, output, _) = replayed[0].result.clone().unwrap();
+        assert!(!ok && output.contains("before this tool ran"), "{output}");
+    }
+
+    #[tokio::test]
+    async fn an_ungated_call_runs_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        let (ctx, mut session, call) = gated_setup(dir.path(), &marker);
+        let (outbox, mut rx) = Outbox::channel();
+        let mut running: RunningTool = None;
+        tokio::time::timeout(
+            WAIT,
+            run_tool(&ctx, None, None, &call, &outbox, &mut session, &mut running),
+        )
+        .await
+        .expect("an ungated call waits for nothing")
+        .unwrap();
+        assert!(marker.exists());
+        let got = events(&mut rx);
+        assert!(
+            matches!(
+                &got[..],
+                [Event::ToolStart { .. }, Event::ToolEnd { ok: true, .. }]
+            ),
+            "{got:?}"
         );
     }
 }

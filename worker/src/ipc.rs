@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::gate::Answer;
+use crate::tool_gate::ToolGate;
 use crate::{agent, fit};
 
 /// How often a worker reports that it is alive. A quarter of the supervisor's 60 s silence
@@ -109,7 +110,8 @@ impl Outbox {
 pub struct Control {
     /// Fired by `cancel` or by the supervisor closing our stdin.
     pub cancel: CancellationToken,
-    /// Fired by `shutdown`: stop without a `finished` event, the task will be resumed.
+    /// Fired by `shutdown`: stop without a `finished` event, the task will be resumed. Also
+    /// fired when stdin closes while a gated tool call waits for its `proceed`.
     pub shutdown: CancellationToken,
     /// Steering messages, in arrival order; never dropped.
     pub steer: mpsc::UnboundedReceiver<String>,
@@ -117,6 +119,9 @@ pub struct Control {
     pub phase: watch::Sender<Phase>,
     /// The task's budget and the governor's permits, shared by its providers.
     pub gate: Arc<crate::llm::gate::Shared>,
+    /// Where each tool call waits for the supervisor's `proceed`, shared with the reader
+    /// task; `None` when the task's tools are not gated (nothing to wait for, nothing paid).
+    pub tool_gate: Option<Arc<ToolGate>>,
 }
 
 /// The writer task: the one place that writes protocol lines to stdout (`out`).
@@ -194,12 +199,14 @@ pub async fn serve() -> ExitCode {
             kugetsu_protocol::Usage::default(),
             task.governed.then(|| outbox.clone()),
         ),
+        tool_gate: task.tool_gate.then(ToolGate::new),
     };
     let mailbox = Mailbox {
         cancel: control.cancel.clone(),
         shutdown: control.shutdown.clone(),
         steer: steer_tx,
         gate: control.gate.clone(),
+        tool_gate: control.tool_gate.clone(),
     };
     // What the supervisor sent together with `start` (e.g. steers kept across a restart) is
     // already buffered: hand it over before the loop's first safe point, not one turn late.
@@ -242,6 +249,9 @@ where
             Ok(SupervisorMessage::Grant { .. } | SupervisorMessage::Deny { .. }) => {
                 eprintln!("kugetsu-worker: ignoring a permit answer before start");
             }
+            Ok(SupervisorMessage::Proceed { call_id }) => {
+                eprintln!("kugetsu-worker: ignoring proceed for call {call_id} before start");
+            }
             Err(DecodeError::Io { source }) => {
                 eprintln!("kugetsu-worker: reading stdin failed: {source}");
                 return None;
@@ -261,6 +271,8 @@ struct Mailbox {
     steer: mpsc::UnboundedSender<String>,
     /// Where permit answers go.
     gate: Arc<crate::llm::gate::Shared>,
+    /// Where `proceed` goes (`None`: the task's tools are not gated).
+    tool_gate: Option<Arc<ToolGate>>,
 }
 
 impl Mailbox {
@@ -279,6 +291,12 @@ impl Mailbox {
             Ok(SupervisorMessage::Deny { id, reason, pause }) => {
                 self.gate.answer(id, Answer::Deny { reason, pause });
             }
+            Ok(SupervisorMessage::Proceed { call_id }) => match &self.tool_gate {
+                Some(gate) => gate.proceed(&call_id),
+                None => eprintln!(
+                    "kugetsu-worker: ignoring proceed for call {call_id}: this task's tools are not gated"
+                ),
+            },
             Err(DecodeError::Io { source }) => {
                 eprintln!("kugetsu-worker: reading stdin failed: {source}");
                 return false;
@@ -289,6 +307,18 @@ impl Mailbox {
             ),
         }
         true
+    }
+
+    /// The supervisor closed our stdin (or reading it failed): nobody is listening any more.
+    /// That cancels the task, unless a tool call waits for its `proceed`: then the call has
+    /// not run and another node may take the task over, so the worker stops as on `shutdown`
+    /// and records no result for it.
+    fn closed(&self) {
+        if self.tool_gate.as_ref().is_some_and(|g| g.is_waiting()) {
+            self.shutdown.cancel();
+        } else {
+            self.cancel.cancel();
+        }
     }
 }
 
@@ -302,7 +332,7 @@ where
         }
     }
     // End of stdin: the supervisor is gone or wants us gone.
-    mailbox.cancel.cancel();
+    mailbox.closed();
 }
 
 async fn heartbeat(outbox: Outbox, phase: watch::Receiver<Phase>) {
@@ -387,5 +417,78 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), outbox.delivered())
             .await
             .expect("a channel outbox has nothing to wait for");
+    }
+
+    fn new_mailbox(tool_gate: Option<Arc<ToolGate>>) -> (Mailbox, mpsc::UnboundedReceiver<String>) {
+        let (steer, steers) = mpsc::unbounded_channel();
+        let mailbox = Mailbox {
+            cancel: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            steer,
+            gate: Arc::default(),
+            tool_gate,
+        };
+        (mailbox, steers)
+    }
+
+    /// Runs the reader task over `input` (then end-of-file) to its end.
+    async fn read_all(input: &'static [u8], mailbox: &Mailbox) {
+        let copy = Mailbox {
+            cancel: mailbox.cancel.clone(),
+            shutdown: mailbox.shutdown.clone(),
+            steer: mailbox.steer.clone(),
+            gate: mailbox.gate.clone(),
+            tool_gate: mailbox.tool_gate.clone(),
+        };
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            read_control(LineReader::new(BufReader::new(input)), copy),
+        )
+        .await
+        .expect("the reader stops at end-of-file");
+    }
+
+    #[tokio::test]
+    async fn stdin_closing_while_a_gated_call_waits_is_a_shutdown() {
+        let gate = ToolGate::new();
+        let pass = gate.expect("call_a");
+        let (mailbox, mut steers) = new_mailbox(Some(gate.clone()));
+        read_all(
+            b"{\"type\":\"steer\",\"text\":\"also docs\"}\n{\"type\":\"proceed\",\"call_id\":\"call_b\"}\n",
+            &mailbox,
+        )
+        .await;
+        assert!(
+            mailbox.shutdown.is_cancelled(),
+            "not stopped as on shutdown"
+        );
+        assert!(
+            !mailbox.cancel.is_cancelled(),
+            "cancelled: the call would be answered"
+        );
+        // The steer is queued as at any other time; the other call's proceed changed nothing.
+        assert_eq!(steers.try_recv().ok().as_deref(), Some("also docs"));
+        assert!(gate.is_waiting());
+        drop(pass);
+    }
+
+    #[tokio::test]
+    async fn stdin_closing_when_no_call_waits_is_a_cancel() {
+        // A call that got its proceed no longer waits.
+        let gate = ToolGate::new();
+        let pass = gate.expect("call_a");
+        let (mailbox, _steers) = new_mailbox(Some(gate.clone()));
+        read_all(b"{\"type\":\"proceed\",\"call_id\":\"call_a\"}\n", &mailbox).await;
+        tokio::time::timeout(Duration::from_secs(5), pass.wait())
+            .await
+            .expect("the proceed read from stdin let the call go");
+        assert!(mailbox.cancel.is_cancelled());
+        assert!(!mailbox.shutdown.is_cancelled());
+
+        // Nor does anything wait in a task whose tools are not gated (a proceed is ignored).
+        let (mailbox, _steers) = new_mailbox(None);
+        read_all(b"{\"type\":\"proceed\",\"call_id\":\"call_a\"}\n", &mailbox).await;
+        assert!(mailbox.cancel.is_cancelled());
+        assert!(!mailbox.shutdown.is_cancelled());
     }
 }

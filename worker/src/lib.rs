@@ -18,6 +18,7 @@
 //! - [`tools`]: read, write, edit, bash, grep, ls, confined to the worktree.
 //! - [`session`]: the conversation plus its journal; rebuilds itself on resume.
 //! - [`sandbox`]: the sandbox a shadow's tool processes run in, applied by the tool guard.
+//! - [`tool_gate`]: a cluster node's go-ahead (`proceed`) that each tool call waits for.
 
 #![deny(clippy::print_stdout)]
 
@@ -32,4 +33,5 @@ pub mod llm;
 pub mod mcp;
 pub mod sandbox;
 pub mod session;
+pub mod tool_gate;
 pub mod tools;

@@ -210,6 +210,9 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
         ),
     }
     sandbox_lines(&mut report, &config);
+    if let Some(cluster) = config.cluster.as_deref() {
+        cluster_lines(&mut report, cluster).await;
+    }
 
     let socket = crate::config::state_dir(args.state_dir.as_deref(), &env)
         .map(|dir| crate::config::socket_path(None, &dir, &env));
@@ -234,6 +237,93 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Whether the cluster's database answers, its schema, and its nodes.
+async fn cluster_lines(report: &mut Report, cluster: &crate::config::ClusterConfig) {
+    let url = crate::config::redact_url(&cluster.url);
+    let checked = async {
+        let db = crate::cluster::db::Db::new(&cluster.url)?;
+        crate::cluster::db::timed(async {
+            let client = db.client().await?;
+            let version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
+            let schema: Option<i32> = client
+                .query_one(
+                    "SELECT CASE WHEN to_regclass('kugetsu.migrations') IS NULL THEN NULL
+                            ELSE (SELECT max(version) FROM kugetsu.migrations) END",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let nodes: Vec<(String, bool)> = if schema.is_some() {
+                client
+                    .query(
+                        "SELECT id, NOT stopped AND seen_at > now() - interval '2 minutes'
+                           FROM kugetsu.nodes ORDER BY id",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok((version, schema, nodes))
+        })
+        .await
+    }
+    .await;
+    match checked {
+        Ok((version, schema, nodes)) => {
+            let major: u32 = version
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let verdict = if major >= 15 {
+                Verdict::Ok
+            } else {
+                Verdict::Fail
+            };
+            let schema = schema.map_or_else(
+                || "no kugetsu schema yet (the first node creates it)".to_owned(),
+                |v| format!("schema version {v}"),
+            );
+            let up: Vec<&str> = nodes
+                .iter()
+                .filter(|(_, up)| *up)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            report.line(
+                verdict,
+                "cluster",
+                &format!(
+                    "{url}: PostgreSQL {version}{}, {schema}; node {} here; nodes up: {}",
+                    if major >= 15 {
+                        ""
+                    } else {
+                        " (kugetsu needs 15 or newer)"
+                    },
+                    cluster.node_id,
+                    if up.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        up.join(", ")
+                    }
+                ),
+            );
+        }
+        Err(e) => report.line(Verdict::Fail, "cluster", &format!("{url}: {e}")),
+    }
+    match &cluster.checkpoint_remote {
+        Some(remote) => report.line(Verdict::Ok, "checkpoints", remote),
+        None => report.line(
+            Verdict::Warn,
+            "checkpoints",
+            "no checkpoint_remote: a task taken over by another node starts from its base commit",
+        ),
+    }
 }
 
 /// What this host offers the sandbox, and which protections a task gets here by default.

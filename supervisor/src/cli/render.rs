@@ -59,9 +59,13 @@ impl Renderer {
                 branch,
                 model,
                 sandbox,
+                node,
             } => {
                 let head = self.paint("1", &format!("kugetsu ▸ task {}", envelope.task));
                 let mut detail = format!("{model} · worker pid {pid}");
+                if let Some(node) = node {
+                    detail.push_str(&format!(" on node {node}"));
+                }
                 if *attempt > 1 {
                     detail.push_str(&format!(" · attempt {attempt}"));
                 }

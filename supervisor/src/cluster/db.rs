@@ -63,6 +63,14 @@ impl DbError {
     }
 }
 
+impl DbError {
+    /// Whether a row the write adds is already there: this node's copy of the task is out
+    /// of step with the database, and retrying cannot help.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, DbError::Query(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> DbError {
         match e {

@@ -208,6 +208,15 @@ impl NodeHandle {
                     &[&cluster.node_id],
                 )
                 .await?;
+            // Whatever this node still holds (a claim it had no time to start) goes back.
+            let fences: Vec<i64> = cluster.fences().iter().map(|(_, f)| *f).collect();
+            client
+                .execute(
+                    "UPDATE kugetsu.tasks SET lease_until = now()
+                      WHERE node = $1 AND state = 'running' AND fence = ANY($2)",
+                    &[&cluster.node_id, &fences],
+                )
+                .await?;
             Ok(())
         })
         .await;
@@ -532,6 +541,8 @@ fn fallback(
     let dir = cluster.state.task(&record.id);
     std::fs::create_dir_all(dir.path()).ok()?;
     dir.save(&record).ok()?;
+    // No worker starts: the journal stays the database's, and nothing of it is written again.
+    let _ = std::fs::remove_file(dir.journal_file());
     Some(adopt::Laid {
         prepared: crate::task::prepare::Prepared {
             record,

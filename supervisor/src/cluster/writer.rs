@@ -115,6 +115,14 @@ impl Writer {
                             let _ = self.lost.send(self.task.clone());
                             return;
                         }
+                        Err(e) if e.is_duplicate() => {
+                            tracing::error!(
+                                task = %self.task,
+                                "this node's copy of the task is out of step with the cluster database ({e}): giving the task up for another claim"
+                            );
+                            let _ = self.lost.send(self.task.clone());
+                            return;
+                        }
                         Err(e) => {
                             if !warned {
                                 tracing::warn!(task = %self.task, "cannot write events to the cluster database ({e}); retrying");

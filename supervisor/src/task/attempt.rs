@@ -98,6 +98,8 @@ pub enum Effect {
     CancelWorker,
     /// Hand a steering message to the worker.
     Steer(String),
+    /// Let the worker's tool call with this id run (`proceed`).
+    Proceed(String),
     /// Ask the worker to exit, leaving the task resumable.
     Shutdown,
     /// Tell the operator something odd (on stderr).
@@ -259,7 +261,7 @@ impl Attempt {
                 Step::Continue(vec![Effect::Steer(text)])
             }
             Some(ShadowControl::Publish(event)) => Step::Continue(vec![Effect::Publish(event)]),
-            Some(ShadowControl::Proceed(_)) => Step::Continue(Vec::new()),
+            Some(ShadowControl::Proceed(call_id)) => Step::Continue(vec![Effect::Proceed(call_id)]),
             Some(ShadowControl::Detach) | None => {
                 Step::End(vec![Effect::Shutdown], Outcome::Detached)
             }
@@ -431,6 +433,9 @@ pub async fn run(
                 server
             })
             .collect(),
+        // A cluster node sends `proceed` for a call once its intent is in the database, so a
+        // node that takes the task over never runs a call that may have run already.
+        tool_gate: crate::cluster::active().is_some(),
     };
     if resume.from_journal {
         crate::task::shadow::kill_task_leftovers(&record.id);
@@ -468,6 +473,7 @@ pub async fn run(
             branch: record.branch.clone(),
             model: record.model.clone(),
             sandbox: Some(sandbox.report.clone()),
+            node: crate::cluster::active().map(|c| c.node_id.clone()),
         }],
     );
     let mut measured = fleet.sampler.watch(shadow.pid);
@@ -508,6 +514,7 @@ pub async fn run(
                 }
                 Effect::CancelWorker => shadow.cancel(),
                 Effect::Steer(text) => shadow.steer(text),
+                Effect::Proceed(call_id) => shadow.proceed(call_id),
                 Effect::Shutdown => shadow.shutdown(),
                 Effect::Warn(text) => tracing::warn!(task = %record.id, "{text}"),
                 Effect::Publish(_) => {}
@@ -702,6 +709,22 @@ mod tests {
             Step::Continue(effects) if matches!(effects.as_slice(), [Effect::Publish(Event::Steered { .. })])
         ));
         assert!(tracking.pending_steers.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proceed_goes_to_the_worker_and_is_not_kept() {
+        let mut tracking = Tracking::default();
+        let now = Instant::now();
+        let mut attempt = Attempt::new(MIB, None, now);
+        let proceed = Some(ShadowControl::Proceed("call_1".to_owned()));
+        assert_eq!(
+            attempt.on_control(&mut tracking, proceed, now),
+            Step::Continue(vec![Effect::Proceed("call_1".to_owned())])
+        );
+        // Unlike a steer, it is for this worker's waiting call only: the next worker replays
+        // that call and never runs it.
+        let mut next = Attempt::new(MIB, None, now);
+        assert_eq!(next.begin(&tracking, now), []);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,9 @@ pub enum ShadowControl {
     /// Record an event the owner made about the task (the conflict radar's `conflict`) in
     /// its log, in order with the worker's.
     Publish(kugetsu_protocol::Event),
-    /// The tool call with this id may run (its intent is durable where the owner keeps it).
+    /// Let the tool call with this id run: its intent is durable where the owner keeps it (a
+    /// cluster node, once the call's `tool_start` is in the database). Only a task whose
+    /// tools are gated waits for it; the worker ignores it for any call but the waiting one.
     Proceed(String),
 }
 

@@ -212,7 +212,8 @@ async fn run_workers(
                     Some(ShadowControl::Publish(event)) => {
                         out.publish(event);
                     }
-                    // A go-ahead for a call of the worker that died: nothing to run.
+                    // The call belonged to the worker that died: the next one replays it and
+                    // never runs it, so there is nothing to let through.
                     Some(ShadowControl::Proceed(_)) => {}
                     Some(ShadowControl::Detach) | None => return None,
                 },

@@ -362,6 +362,7 @@ mod tests {
                     branch: None,
                     model: "m".to_owned(),
                     sandbox: None,
+                    node: None,
                 },
             ),
             envelope(2, Event::TurnStart { turn: 1 }),

@@ -255,6 +255,11 @@ impl Shadow {
         self.send(SupervisorMessage::Steer { text });
     }
 
+    /// Lets the worker's tool call `call_id` run (a task whose tools are gated).
+    pub fn proceed(&self, call_id: String) {
+        self.send(SupervisorMessage::Proceed { call_id });
+    }
+
     /// Asks the worker to exit without `finished`; the task stays resumable.
     pub fn shutdown(&self) {
         self.send(SupervisorMessage::Shutdown);

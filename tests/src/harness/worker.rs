@@ -269,6 +269,19 @@ impl WorkerProcess {
         .await;
     }
 
+    /// Sends `proceed {call_id}`: the call may run (a task whose tools are gated).
+    pub async fn proceed(&mut self, call_id: &str) {
+        self.send(&SupervisorMessage::Proceed {
+            call_id: call_id.to_owned(),
+        })
+        .await;
+    }
+
+    /// Closes the worker's stdin, as a supervisor that went away does.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
     /// The next message (heartbeats included), or `None` once stdout is closed. Panics after
     /// `timeout` (or the worker's overall deadline) and on a line that is not JSON.
     pub async fn next_message(&mut self, timeout: Duration) -> Option<Value> {
@@ -411,5 +424,6 @@ pub fn task_spec(id: &str, prompt: &str, model: &str, task_dir: &Path) -> TaskSp
         budget_usd: None,
         prices: Default::default(),
         mcp: Vec::new(),
+        tool_gate: false,
     }
 }

@@ -28,5 +28,6 @@ mod sandbox;
 mod scripted;
 mod steering;
 mod streaming;
+mod tool_gate;
 mod tools;
 mod top;

@@ -388,6 +388,7 @@ mod tests {
                 branch: Some(format!("kugetsu/{task}")),
                 model: "scripted/demo/verbose".to_owned(),
                 sandbox: None,
+                node: None,
             },
         )
     }
