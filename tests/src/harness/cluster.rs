@@ -280,6 +280,30 @@ impl TestCluster {
         }
     }
 
+    /// `kugetsu.tasks.finished` of `task` (the `finished` event's fields), `null` before.
+    pub fn finished(&self, task: &str) -> Value {
+        let text = self.pg.psql(
+            "kugetsu",
+            &format!(
+                "SELECT coalesce(finished::text, 'null') FROM kugetsu.tasks WHERE id = '{}'",
+                sql_text(task)
+            ),
+        );
+        serde_json::from_str(text.trim()).unwrap_or(Value::Null)
+    }
+
+    /// Waits until `task` is finished with `status`; panics with its `finished` otherwise.
+    pub async fn assert_finishes(&self, task: &str, status: &str) {
+        let got = self.wait_finished(task, CLUSTER_WAIT).await;
+        assert_eq!(
+            got,
+            status,
+            "task {task} ended {got}: {}\n{}",
+            self.finished(task),
+            self.context()
+        );
+    }
+
     /// Every row of `kugetsu.events` for `task`, in `seq` order.
     pub fn event_rows(&self, task: &str) -> Vec<EventRow> {
         self.pg
