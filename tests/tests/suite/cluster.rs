@@ -320,6 +320,10 @@ async fn cluster_a_killed_node_loses_its_task_to_another_which_completes_it() {
         .await;
 }
 
+/// A node whose daemon is stopped (SIGSTOP) past its lease loses its task to another node.
+/// Its shadow goes on meanwhile (a stopped daemon cannot freeze it); once the daemon runs again
+/// (SIGCONT) its late renewal freezes the shadow and, the lease lost, kills it — and only it:
+/// the new node's shadow of the same task, waiting in its own tool, is untouched.
 #[tokio::test]
 async fn cluster_a_stopped_node_past_its_lease_is_fenced_out_and_its_shadow_killed() {
     let Some(c) = cluster(ClusterOptions::default()).await else {
@@ -327,24 +331,45 @@ async fn cluster_a_stopped_node_past_its_lease_is_fenced_out_and_its_shadow_kill
     };
     let monitor = c.monitor();
     let marker = c.side_file("stop.txt");
-    let gate = Gate::new(c.repo.root(), "stop-gate");
-    let model = gated_model(&c, "stopped", &marker, &gate);
+    let first = Gate::new(c.repo.root(), "stop-gate-1");
+    let second = Gate::new(c.repo.root(), "stop-gate-2");
+    let m = marker.display();
+    let model = c.script(
+        "stopped",
+        &Script::new()
+            .bash(
+                "Step one.",
+                &format!(
+                    "echo s-1 >> '{m}'; {}; echo s-1-done >> '{m}'",
+                    first.wait_command()
+                ),
+            )
+            .bash(
+                "Step two.",
+                &format!(
+                    "echo s-2 >> '{m}'; {}; echo s-2-done >> '{m}'",
+                    second.wait_command()
+                ),
+            )
+            .text("Done stopped."),
+    );
     let task = c.nodes[0]
         .daemon
         .submit(&fault_args(&model), "Survive a pause.")
         .await;
     let (old, fence) = c.wait_running(&task, CLUSTER_WAIT).await;
-    wait_line(&marker, "stopped-1", &c).await;
+    wait_line(&marker, "s-1", &c).await;
     let i = c.index_of(&old);
     c.nodes[i].daemon.signal(Signal::SIGSTOP);
     let stopped_at = std::time::Instant::now();
     let (new, new_fence) = c.wait_claimed_after(&task, fence, CLUSTER_WAIT).await;
     assert_ne!(new, old);
-    wait_line(&marker, "stopped-2", &c).await;
-    // The stopped node's shadow goes on meanwhile (its daemon cannot freeze it): let its tool
-    // end now, so that its daemon has a stale write to attempt once it runs again.
-    gate.open();
-    wait_line(&marker, "stopped-1-done", &c).await;
+    // The new node skipped the interrupted step and waits in the next one.
+    wait_line(&marker, "s-2", &c).await;
+    // The stopped node's shadow ends its tool now: its daemon has a stale write to attempt
+    // once it runs again.
+    first.open();
+    wait_line(&marker, "s-1-done", &c).await;
     let past = LEASE_TTL + Duration::from_secs(2);
     if let Some(left) = past.checked_sub(stopped_at.elapsed()) {
         tokio::time::sleep(left).await;
@@ -368,7 +393,23 @@ async fn cluster_a_stopped_node_past_its_lease_is_fenced_out_and_its_shadow_kill
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     eprintln!("after SIGCONT, node {old}'s shadow was seen frozen before it died: {saw_frozen}");
+    // The old node's end touched nothing of the new node's run.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let theirs = c.shadow_processes(&task, &new);
+    assert!(
+        !theirs.is_empty(),
+        "node {new}'s shadow of {task} died when node {old} gave the task up\n{}",
+        c.context()
+    );
+    second.open();
     c.assert_finishes(&task, "completed").await;
+    let finished = c.finished(&task);
+    assert_eq!(
+        finished["restarts"], 0,
+        "the new node's worker never died: {finished}"
+    );
+    let text = std::fs::read_to_string(&marker).unwrap();
+    assert!(text.lines().any(|l| l == "s-2-done"), "{text}");
     // No row with the old fence after the new claim's first row.
     let rows = c.event_rows(&task);
     let first_new = rows
@@ -402,10 +443,7 @@ async fn cluster_a_stopped_node_past_its_lease_is_fenced_out_and_its_shadow_kill
          {during} of {} polls (a stopped daemon cannot freeze its shadows)",
         report.polls
     );
-    let after: Vec<_> = report
-        .overlaps_since(resumed + Duration::from_secs(5))
-        .into_iter()
-        .collect();
+    let after = report.overlaps_since(resumed + Duration::from_secs(5));
     assert!(after.is_empty(), "overlaps after SIGCONT: {after:#?}");
     c.check_invariants(
         std::slice::from_ref(&task),
