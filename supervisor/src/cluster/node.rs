@@ -361,6 +361,7 @@ async fn claim_loop(
 ) {
     let mut warned = false;
     let mut cancelled = HashSet::new();
+    let mut last_purge = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -381,6 +382,12 @@ async fn claim_loop(
             let Ok(capacity) = answer.await else {
                 return Ok(());
             };
+            if let Some(retention) = capacity.retention
+                && last_purge.elapsed() >= PURGE_EVERY
+            {
+                last_purge = Instant::now();
+                purge(&cluster, retention).await?;
+            }
             if capacity.slots == 0 {
                 return Ok(());
             }
@@ -405,6 +412,32 @@ async fn claim_loop(
             }
         }
     }
+}
+
+/// How often a node removes finished tasks older than `task_retention` from the database.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes finished tasks older than `retention` (their events, journal and steers go with
+/// them); any node may do it, doing it twice is harmless.
+async fn purge(cluster: &Cluster, retention: Duration) -> Result<(), DbError> {
+    let older = millis(retention);
+    let removed = timed(async {
+        let client = cluster.db.client().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM kugetsu.tasks WHERE state = 'finished'
+                   AND finished_at < now() - $1 * interval '1 millisecond'",
+                &[&older],
+            )
+            .await?)
+    })
+    .await?;
+    if removed > 0 {
+        tracing::info!(
+            "cluster: removed {removed} finished tasks past task_retention from the database"
+        );
+    }
+    Ok(())
 }
 
 /// Claims up to `capacity.slots` tasks that fit the memory this node has: tasks whose lease
