@@ -185,6 +185,12 @@ impl<'a> Git<'a> {
         Ok((output.status.code(), output.stdout))
     }
 
+    /// Runs git and returns its whole output, whatever its exit status (for a caller that
+    /// reports git's full stderr or reads `push --porcelain`).
+    pub(crate) async fn output(self) -> Result<std::process::Output, String> {
+        self.run_output().await
+    }
+
     async fn run_output(self) -> Result<std::process::Output, String> {
         let mut child = self
             .command()
@@ -319,7 +325,7 @@ pub async fn common_dir(repo: &Path) -> Result<PathBuf, String> {
 
 /// Serializes worktree changes per repository: git's `worktree add`/`remove` are not safe to
 /// run concurrently on one repository (they read each other's half-written admin files).
-fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
+pub(crate) fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
         LazyLock::new(Default::default);
     let mut locks = LOCKS
@@ -412,6 +418,19 @@ async fn branch_exists(repo: &Path, branch: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the worktree admin dir `admin` records `path` as its worktree (its `gitdir` file
+/// names `path/.git`).
+fn points_back(admin: &Path, path: &Path) -> bool {
+    let Ok(gitdir) = std::fs::read_to_string(admin.join("gitdir")) else {
+        return false;
+    };
+    let expected = path.join(".git");
+    let recorded = PathBuf::from(gitdir.trim_end());
+    recorded == expected
+        || recorded.canonicalize().ok() == expected.canonicalize().ok()
+            && recorded.parent().and_then(|p| p.canonicalize().ok()) == path.canonicalize().ok()
+}
+
 /// A shadow's worktree as our records name it.
 #[derive(Debug, Clone)]
 pub struct Worktree {
@@ -432,21 +451,34 @@ impl Worktree {
         let name = path
             .file_name()
             .ok_or_else(|| format!("{} has no name", path.display()))?;
-        let admin = common.join("worktrees").join(name);
-        let gitdir = std::fs::read_to_string(admin.join("gitdir"))
-            .map_err(|e| format!("{}: {e}", admin.join("gitdir").display()))?;
-        let expected = path.join(".git");
-        let recorded = PathBuf::from(gitdir.trim_end());
-        let same = recorded == expected
-            || recorded.canonicalize().ok() == expected.canonicalize().ok()
-                && recorded.parent().and_then(|p| p.canonicalize().ok())
-                    == path.canonicalize().ok();
-        if !same {
-            return Err(format!(
-                "{} does not belong to the worktree {}",
-                admin.display(),
-                path.display()
-            ));
+        let mut admin = common.join("worktrees").join(name);
+        if !points_back(&admin, path) {
+            // Git names the admin dir after the worktree's directory, with a number added when
+            // that name is taken (a task taken over from another node of the cluster, whose
+            // stale worktree of the same name is registered in the same repository).
+            let numbered = std::fs::read_dir(common.join("worktrees"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|dir| {
+                    dir.file_name()
+                        .and_then(|n| n.to_str())
+                        .zip(name.to_str())
+                        .and_then(|(n, base)| n.strip_prefix(base))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .find(|dir| points_back(dir, path));
+            match numbered {
+                Some(dir) => admin = dir,
+                None => {
+                    return Err(format!(
+                        "{} does not belong to the worktree {}",
+                        admin.display(),
+                        path.display()
+                    ));
+                }
+            }
         }
         Ok(Worktree {
             path: path.to_path_buf(),
@@ -604,21 +636,48 @@ impl Worktree {
         Ok(self.snapshot(branch, scratch).await?.tree)
     }
 
+    /// The commit the worktree's `HEAD` names (read through our records of its admin dir).
+    pub(crate) async fn head(&self) -> Result<String, String> {
+        self.git()
+            .args(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            .run()
+            .await
+            .map_err(|_| format!("the worktree {} has no HEAD commit", self.path.display()))
+    }
+
+    /// The worktree as it is on disk now, hashed into a tree on top of the commit `base` the
+    /// same filter-free way as [`Worktree::commit_all`] (tracked files as they are, deletions,
+    /// untracked files that are not ignored); no ref, no index and no file of the worktree
+    /// changes. `scratch` is an index file of ours, left removed.
+    pub(crate) async fn tree_onto(&self, base: &str, scratch: &Path) -> Result<String, String> {
+        let _ = std::fs::remove_file(scratch);
+        let result = self.hash_tree(base, scratch).await;
+        remove_scratch(scratch);
+        Ok(result?.0)
+    }
+
     /// Hashes the worktree into a tree, leaving `scratch` removed.
     async fn snapshot(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
         let _ = std::fs::remove_file(scratch);
         let result = self.snapshot_with(branch, scratch).await;
-        let _ = std::fs::remove_file(scratch);
-        let mut lock = scratch.as_os_str().to_owned();
-        lock.push(".lock");
-        let _ = std::fs::remove_file(lock);
+        remove_scratch(scratch);
         result
     }
 
     async fn snapshot_with(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
         let tip = self.tip(branch).await?;
+        let (tree, tip_tree) = self.hash_tree(&tip, scratch).await?;
+        Ok(Snapshot {
+            tip,
+            tip_tree,
+            tree,
+        })
+    }
+
+    /// The worktree hashed into a tree on top of `tip` (and `tip`'s own tree).
+    async fn hash_tree(&self, tip: &str, scratch: &Path) -> Result<(String, String), String> {
         let index = || self.git().env("GIT_INDEX_FILE", scratch);
-        index().args(["read-tree"]).arg_ref(&tip).run().await?;
+        index().args(["read-tree"]).arg_ref(tip).run().await?;
         let tracked = index()
             .args(["ls-files", "-z", "--cached"])
             .run_bytes()
@@ -692,11 +751,7 @@ impl Worktree {
             .arg_ref(&format!("{tip}^{{tree}}"))
             .run()
             .await?;
-        Ok(Snapshot {
-            tip,
-            tip_tree,
-            tree,
-        })
+        Ok((tree, tip_tree))
     }
 
     /// What a path listed by git is on disk, never following a symbolic link.
@@ -768,6 +823,14 @@ impl Worktree {
             .run()
             .await
     }
+}
+
+/// Removes a scratch index file and the lock file git may have left beside it.
+fn remove_scratch(scratch: &Path) {
+    let _ = std::fs::remove_file(scratch);
+    let mut lock = scratch.as_os_str().to_owned();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
 }
 
 /// The worktree hashed into a tree, and the branch it would go on.
