@@ -202,6 +202,12 @@ pub async fn push(
     let common = git::common_dir(repo)
         .await
         .map_err(CheckpointError::Repository)?;
+    if local_ref(&common, &commit).await?.as_deref() != Some(commit.as_str()) {
+        return Err(CheckpointError::Invalid(format!(
+            "{commit} is not a commit in {}",
+            repo.display()
+        )));
+    }
     let pushed = local_ref(&common, &reference).await?;
     let lease = format!(
         "--force-with-lease={reference}:{}",
@@ -752,7 +758,7 @@ async fn run(git: Git<'_>, command: &'static str) -> Result<Vec<u8>, CheckpointE
     }
 }
 
-/// What a local ref holds, `None` when it does not exist.
+/// The commit a local ref (or commit id) names, `None` when there is none.
 async fn local_ref(common: &Path, reference: &str) -> Result<Option<String>, CheckpointError> {
     let output = Git::new(Repo::Common(common))
         .args(["rev-parse", "--verify", "--quiet"])
@@ -1213,6 +1219,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("relative path"), "{error}");
+        let unknown = "0123456789abcdef0123456789abcdef01234567";
+        let error = push(&s.repo, &s.remote, "t1", 1, unknown)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("is not a commit in"),
+            "{error:?}"
+        );
         let error = push(&s.repo, &s.remote, "t1", 1, "HEAD").await.unwrap_err();
         assert!(matches!(error, CheckpointError::Invalid(_)), "{error:?}");
         let target = s.root.join("node-b/worktrees/t1");
@@ -1509,6 +1523,14 @@ mod tests {
         );
         make_executable(&script);
         let script = script.to_str().unwrap();
+        // Attributes naming the filter, committed on the shadow's branch (so the checkpoint's
+        // parent has them too) before the trap is set.
+        write(
+            &s.worktree.join(".gitattributes"),
+            "* filter=evil diff=evil\n",
+        );
+        sh(&s.worktree, &["add", ".gitattributes"]);
+        sh(&s.worktree, &["commit", "--quiet", "-m", "attributes"]);
         // What a shadow without the sandbox can write: the repository's config and hooks...
         let hooks = s.root.join("hooks");
         for dir in [hooks.clone(), s.repo.join(".git/hooks")] {
@@ -1535,11 +1557,7 @@ mod tests {
         ] {
             sh(&s.repo, &["config", key, value]);
         }
-        // ...and in its worktree: attributes naming the filter, a `.git` link to its own repo.
-        write(
-            &s.worktree.join(".gitattributes"),
-            "* filter=evil diff=evil\n",
-        );
+        // ...and in its worktree: a `.git` link to a repository of its own.
         shadow_works(&s.worktree);
         let fake = s.root.join("fake.git");
         sh(
@@ -1614,7 +1632,7 @@ mod tests {
         }
         sh(&s.worktree, &["add", "-A"]);
         sh(&s.worktree, &["commit", "--quiet", "-m", "100 files"]);
-        let mut times = Vec::new();
+        let (mut times, mut snapshots, mut pushes) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..20 {
             for i in 0..5 {
                 write(
@@ -1625,17 +1643,26 @@ mod tests {
             write(&s.worktree.join(format!("new{round}.txt")), "new\n");
             let start = std::time::Instant::now();
             let snap = snapshot(&s.worktree, &s.repo).await.unwrap();
+            let snapped = start.elapsed();
             push(&s.repo, &s.remote, "t1", 1, &snap.commit)
                 .await
                 .unwrap();
             times.push(start.elapsed());
+            snapshots.push(snapped);
+            pushes.push(start.elapsed() - snapped);
         }
-        times.sort();
-        println!(
-            "snapshot+push, 100+ files, 20 rounds: median {:?}, min {:?}, max {:?}",
-            times[times.len() / 2],
-            times[0],
-            times[times.len() - 1]
-        );
+        for (what, mut times) in [
+            ("snapshot+push", times),
+            ("snapshot", snapshots),
+            ("push", pushes),
+        ] {
+            times.sort();
+            println!(
+                "{what}, 100+ files, 20 rounds: median {:?}, min {:?}, max {:?}",
+                times[times.len() / 2],
+                times[0],
+                times[times.len() - 1]
+            );
+        }
     }
 }
