@@ -1206,6 +1206,19 @@ mod tests {
             "{error}"
         );
 
+        // An ssh remote is reached with the user's ssh (in batch mode), not refused outright.
+        if Command::new("ssh").arg("-V").output().is_ok() {
+            let error = push(&s.repo, "ssh://127.0.0.1:1/x.git", "t1", 1, &snap.commit)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, CheckpointError::Unreachable { .. }),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains("127.0.0.1"), "{error}");
+            assert!(error.to_string().contains("port 1"), "{error}");
+        }
+
         for (task, fence) in [("", 1), ("a/b", 1), ("-x", 1), ("t1", -1), ("a..b", 1)] {
             let error = push(&s.repo, &s.remote, task, fence, &snap.commit)
                 .await
