@@ -17,19 +17,25 @@
 //!   ours (a private temporary directory, never the worktree's index), and a restore writes the
 //!   checkpoint's blobs itself (`cat-file --batch`, which applies no filter) into a worktree
 //!   made with `--no-checkout`, then points the index at `HEAD` with a plain `read-tree`.
+//!   Files are laid out as the commit stores them (no smudge filter: what a snapshot hashed
+//!   comes back byte for byte; a base commit with filtered files, such as LFS pointers, comes
+//!   back unfiltered).
 //! - The remote's ref is leased. Each claim has its own fence, so its own ref: a claim only
 //!   ever writes `refs/kugetsu/<task>/<its fence>`. The push expects that ref to hold what this
 //!   repository last pushed there (recorded locally under the same ref name, which also keeps
 //!   the commit from being collected), or not to exist when nothing was pushed yet. A second
 //!   turn end of the same claim overwrites its own checkpoint; a ref that someone else wrote
 //!   (another claim given the same fence, another repository) is never overwritten.
-//! - The remote's URL never appears on a command line: it is handed to git through its
-//!   `GIT_CONFIG_*` environment (readable only by our own user) as a remote whose name is new at
-//!   each call, so no configuration in the repository can add to it. Credentials are not
-//!   added: ssh runs in batch mode (keys and agent as the user has them, never a prompt), and
-//!   no credential helper runs.
+//! - The remote is reached the daemon's user's way, never the repository's: the remote's URL
+//!   and the settings for reaching it go to git through its `GIT_CONFIG_*` environment
+//!   (readable only by our own user; nothing secret on a command line), as a remote whose name
+//!   is new at each call, so no configuration in the repository can add a URL or a program to
+//!   it. Those settings are taken from the user's own global git config (credential helpers,
+//!   `http.*`, URL rewrites, `core.sshCommand`) and the daemon's environment (`GIT_SSH_COMMAND`,
+//!   the ssh agent, proxies), over the repository's; without them, no credential helper runs
+//!   and ssh runs in batch mode (keys and agent as the user has them, never a prompt).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
@@ -196,6 +202,17 @@ pub async fn push(
     fence: i64,
     commit: &str,
 ) -> Result<String, CheckpointError> {
+    push_as(&User::from_env(), repo, remote, task, fence, commit).await
+}
+
+async fn push_as(
+    user: &User,
+    repo: &Path,
+    remote: &str,
+    task: &str,
+    fence: i64,
+    commit: &str,
+) -> Result<String, CheckpointError> {
     let reference = checkpoint_ref(task, fence)?;
     let commit = commit_id(commit)?;
     check_remote(remote)?;
@@ -214,7 +231,7 @@ pub async fn push(
         pushed.as_deref().unwrap_or("")
     );
     let shown = redact(remote);
-    let (name, git) = remote_git(&common, remote);
+    let (name, git) = remote_git(&common, remote, user).await?;
     let output = git
         .args([
             "push",
@@ -299,6 +316,27 @@ pub async fn restore(
     worktree: &Path,
     branch: &str,
 ) -> Result<(), CheckpointError> {
+    restore_as(
+        &User::from_env(),
+        repo,
+        remote,
+        reference,
+        commit,
+        worktree,
+        branch,
+    )
+    .await
+}
+
+async fn restore_as(
+    user: &User,
+    repo: &Path,
+    remote: &str,
+    reference: &str,
+    commit: &str,
+    worktree: &Path,
+    branch: &str,
+) -> Result<(), CheckpointError> {
     check_reference(reference)?;
     let commit = commit_id(commit)?;
     check_remote(remote)?;
@@ -307,7 +345,7 @@ pub async fn restore(
         .await
         .map_err(CheckpointError::Repository)?;
     let shown = redact(remote);
-    let (name, git) = remote_git(&common, remote);
+    let (name, git) = remote_git(&common, remote, user).await?;
     let output = git
         .args([
             "fetch",
@@ -706,10 +744,128 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The daemon's user, as far as reaching a remote goes: where their home and git config are,
+/// and their `GIT_SSH_COMMAND`.
+#[derive(Debug, Clone, Default)]
+struct User {
+    home: Option<OsString>,
+    xdg_config: Option<OsString>,
+    ssh_command: Option<OsString>,
+}
+
+impl User {
+    fn from_env() -> Self {
+        User {
+            home: std::env::var_os("HOME").filter(|h| !h.is_empty()),
+            xdg_config: std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty()),
+            ssh_command: std::env::var_os("GIT_SSH_COMMAND").filter(|c| !c.is_empty()),
+        }
+    }
+
+    /// The user's own global git config files, in the order git reads them.
+    fn config_files(&self) -> Vec<PathBuf> {
+        let home = self.home.as_ref().map(PathBuf::from);
+        let xdg = self
+            .xdg_config
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".config")));
+        xdg.map(|x| x.join("git/config"))
+            .into_iter()
+            .chain(home.map(|h| h.join(".gitconfig")))
+            .filter(|f| f.is_file())
+            .collect()
+    }
+}
+
+/// Variables a remote call keeps from our environment, beyond [`Git`]'s own few: the ssh
+/// agent, proxies and certificate locations (a proxy URL may hold a password: the environment,
+/// unlike a command line, is our user's alone).
+const REMOTE_VARS: [&str; 11] = [
+    "SSH_AUTH_SOCK",
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// What of the user's own global git config applies to reaching a remote: credential helpers
+/// and their settings, `http.*`, URL rewrites, `core.sshCommand`.
+const REMOTE_KEYS: &str =
+    r"^(credential\..*|http\..*|core\.sshcommand|url\..*\.(insteadof|pushinsteadof))$";
+
+/// The settings a remote call runs with, in order (the last of a key wins): the remote's URL,
+/// no credential helper and batch-mode ssh unless the user's own global config says otherwise,
+/// then what it says ([`REMOTE_KEYS`]). All of them come
+/// after the repository's config, so nothing it sets about credentials or ssh applies.
+async fn remote_settings(
+    common: &Path,
+    user: &User,
+    name: &str,
+    remote: &str,
+) -> Result<Vec<(String, OsString)>, CheckpointError> {
+    let mut settings: Vec<(String, OsString)> = vec![
+        (format!("remote.{name}.url"), remote.into()),
+        ("credential.helper".to_owned(), OsString::new()),
+        ("core.sshCommand".to_owned(), "ssh -o BatchMode=yes".into()),
+    ];
+    for file in user.config_files() {
+        let mut git = Git::new(Repo::Common(common))
+            .args(["config", "--includes", "-z", "--file"])
+            .args([file.as_os_str()])
+            .args(["--get-regexp", REMOTE_KEYS]);
+        if let Some(home) = &user.home {
+            git = git.env("HOME", home);
+        }
+        let output = git.output().await.map_err(|stderr| CheckpointError::Git {
+            command: "config",
+            stderr,
+        })?;
+        // Exit 1: nothing matched. Anything else is a config file git cannot read.
+        match output.status.code() {
+            Some(0) => {}
+            Some(1) => continue,
+            _ => {
+                return Err(CheckpointError::Git {
+                    command: "config",
+                    stderr: cap(&format!(
+                        "{}: {}",
+                        file.display(),
+                        String::from_utf8_lossy(&output.stderr)
+                    )),
+                });
+            }
+        }
+        for record in output.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            let (key, value) = match record.iter().position(|b| *b == b'\n') {
+                Some(at) => (&record[..at], &record[at + 1..]),
+                // A key without `=`: a boolean true.
+                None => (record, &b"true"[..]),
+            };
+            settings.push((
+                String::from_utf8_lossy(key).into_owned(),
+                OsStr::from_bytes(value).to_owned(),
+            ));
+        }
+    }
+    Ok(settings)
+}
+
 /// A git call that talks to `remote`, and the remote's name for it: a name new at each call,
-/// defined only through git's environment (so nothing in any config file can add a URL or a
-/// program to it), the URL never on a command line.
-fn remote_git<'a>(common: &'a Path, remote: &str) -> (String, Git<'a>) {
+/// defined only through git's environment with the user's settings for reaching remotes (see
+/// [`remote_settings`]), so nothing in the repository's config can add a URL or a program to
+/// it, and the URL is never on a command line.
+async fn remote_git<'a>(
+    common: &'a Path,
+    remote: &str,
+    user: &User,
+) -> Result<(String, Git<'a>), CheckpointError> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -719,22 +875,32 @@ fn remote_git<'a>(common: &'a Path, remote: &str) -> (String, Git<'a>) {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let mut git = Git::new(Repo::Common(common))
-        .env("GIT_CONFIG_COUNT", "1")
-        .env("GIT_CONFIG_KEY_0", format!("remote.{name}.url"))
-        .env("GIT_CONFIG_VALUE_0", remote)
-        .args([
-            "-c",
-            "core.sshCommand=ssh -o BatchMode=yes",
-            "-c",
-            "protocol.ext.allow=never",
-            "-c",
-            "submodule.recurse=false",
-        ]);
-    if let Some(agent) = std::env::var_os("SSH_AUTH_SOCK") {
-        git = git.env("SSH_AUTH_SOCK", agent);
+    let settings = remote_settings(common, user, &name, remote).await?;
+    let mut git = Git::new(Repo::Common(common)).reaching_remote().args([
+        "-c",
+        "protocol.ext.allow=never",
+        "-c",
+        "submodule.recurse=false",
+    ]);
+    for (key, value) in settings {
+        git = git.config_env(&key, value);
     }
-    (name, git)
+    // A credential helper keeps its store under the user's home.
+    if let Some(home) = &user.home {
+        git = git.env("HOME", home);
+    }
+    if let Some(xdg) = &user.xdg_config {
+        git = git.env("XDG_CONFIG_HOME", xdg);
+    }
+    if let Some(command) = &user.ssh_command {
+        git = git.env("GIT_SSH_COMMAND", command);
+    }
+    for name in REMOTE_VARS {
+        if let Some(value) = std::env::var_os(name) {
+            git = git.env(name, value);
+        }
+    }
+    Ok((name, git))
 }
 
 /// Runs git, returning its stdout, or its stderr (trimmed, capped) as the error.
@@ -1628,6 +1794,128 @@ mod tests {
         // The trap is real: plain git in the restored worktree sets it off.
         sh(&target, &["add", "-A"]);
         assert!(marker.exists());
+    }
+
+    #[tokio::test]
+    async fn a_remote_is_reached_the_users_way_never_the_repositorys() {
+        let s = scene().await;
+        let snap = snapshot(&s.worktree, &s.repo).await.unwrap();
+        let marker = s.root.join("MARKER");
+        let evil = s.root.join("evil.sh");
+        write(
+            &evil,
+            &format!(
+                "#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 1\n",
+                marker.display()
+            ),
+        );
+        make_executable(&evil);
+        let evil = evil.to_str().unwrap();
+        // The repository's config (a shadow without the sandbox could write it).
+        sh(&s.repo, &["config", "core.sshCommand", evil]);
+        sh(
+            &s.repo,
+            &["config", "credential.helper", &format!("!{evil}")],
+        );
+        // The daemon's user's own config: their ssh, a helper, a header with a token.
+        let used = s.root.join("USED");
+        let user_ssh = s.root.join("user-ssh.sh");
+        write(
+            &user_ssh,
+            &format!(
+                "#!/bin/sh\n{{ echo \"ssh $*\"; echo \"parent $(tr '\\0' ' ' < /proc/$PPID/cmdline)\"; }} >> '{}'\nexit 1\n",
+                used.display()
+            ),
+        );
+        make_executable(&user_ssh);
+        let home = s.root.join("home");
+        write(
+            &home.join(".gitconfig"),
+            &format!(
+                "[core]\n\tsshCommand = {}\n[credential]\n\thelper = store\n[http]\n\textraHeader = Authorization: Bearer s3cret\n[user]\n\tname = not lifted\n",
+                user_ssh.display()
+            ),
+        );
+        let user = User {
+            home: Some(home.clone().into()),
+            xdg_config: None,
+            ssh_command: None,
+        };
+
+        let settings = remote_settings(&common(&s.repo).await, &user, "n", "/r")
+            .await
+            .unwrap();
+        let settings: Vec<(String, String)> = settings
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            settings,
+            [
+                pair("remote.n.url", "/r"),
+                pair("credential.helper", ""),
+                pair("core.sshCommand", "ssh -o BatchMode=yes"),
+                pair("core.sshcommand", user_ssh.to_str().unwrap()),
+                pair("credential.helper", "store"),
+                pair("http.extraheader", "Authorization: Bearer s3cret"),
+            ]
+        );
+
+        let error = push_as(
+            &user,
+            &s.repo,
+            "ssh://example.invalid/x.git",
+            "t1",
+            1,
+            &snap.commit,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::Unreachable { .. }),
+            "{error:?}"
+        );
+        assert!(
+            !marker.exists(),
+            "{}",
+            fs::read_to_string(&marker).unwrap_or_default()
+        );
+        let used = fs::read_to_string(&used).unwrap();
+        assert!(used.contains("ssh example.invalid"), "{used}");
+        let parent = used.lines().find(|l| l.starts_with("parent ")).unwrap();
+        assert!(parent.contains(" push "), "{parent}");
+        assert!(
+            !parent.contains("example.invalid"),
+            "the URL is on a command line: {parent}"
+        );
+        assert!(
+            !parent.contains("s3cret"),
+            "a secret is on a command line: {parent}"
+        );
+
+        // Without any config of the user's, ssh runs plainly, in batch mode.
+        let bare = User::default();
+        let error = restore_as(
+            &bare,
+            &s.repo,
+            "ssh://127.0.0.1:1/x.git",
+            "refs/kugetsu/t1/1",
+            &snap.commit,
+            &s.root.join("node-b/worktrees/t1"),
+            BRANCH,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::Unreachable { .. }),
+            "{error:?}"
+        );
+        assert!(
+            !marker.exists(),
+            "{}",
+            fs::read_to_string(&marker).unwrap_or_default()
+        );
     }
 
     /// Not a check: measures snapshot + push on a worktree of 100 files (median of 20), for

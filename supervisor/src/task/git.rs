@@ -53,6 +53,9 @@ const INERT: [&str; 12] = [
     "maintenance.auto=false",
 ];
 
+/// The [`INERT`] settings a call that talks to a remote sets for itself.
+const REMOTE_REACH: [&str; 2] = ["core.sshCommand=", "credential.helper="];
+
 /// Variables passed to git from our environment; everything else is dropped.
 const KEPT_VARS: [&str; 5] = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
@@ -72,8 +75,12 @@ pub(crate) enum Repo<'a> {
 pub(crate) struct Git<'a> {
     repo: Repo<'a>,
     args: Vec<OsString>,
-    env: Vec<(&'static str, OsString)>,
+    env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
+    /// Talks to a remote: the caller sets how to reach it (see [`Git::reaching_remote`]).
+    remote: bool,
+    /// How many settings [`Git::config_env`] has numbered.
+    config_count: usize,
 }
 
 impl<'a> Git<'a> {
@@ -83,7 +90,17 @@ impl<'a> Git<'a> {
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
+            remote: false,
+            config_count: 0,
         }
+    }
+
+    /// For a call that talks to a remote: `core.sshCommand` and `credential.helper` are left
+    /// to the caller, which sets them itself (through `GIT_CONFIG_*`, after the repository's
+    /// config) instead of having them switched off.
+    pub(crate) fn reaching_remote(mut self) -> Self {
+        self.remote = true;
+        self
     }
 
     pub(crate) fn args<I, S>(mut self, args: I) -> Self
@@ -101,7 +118,26 @@ impl<'a> Git<'a> {
     }
 
     pub(crate) fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
-        self.env.push((key, value.into()));
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A setting for git's command-line scope, passed as `GIT_CONFIG_KEY_<n>` /
+    /// `GIT_CONFIG_VALUE_<n>` (in the environment, not on the command line), numbered in
+    /// the order given: read after the repository's config, before `-c`.
+    pub(crate) fn config_env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        let n = self.config_count;
+        self.config_count += 1;
+        self.env
+            .push((format!("GIT_CONFIG_KEY_{n}").into(), key.into()));
+        self.env
+            .push((format!("GIT_CONFIG_VALUE_{n}").into(), value.into()));
+        self.env
+            .retain(|(k, _)| k.as_os_str() != "GIT_CONFIG_COUNT");
+        self.env.push((
+            "GIT_CONFIG_COUNT".into(),
+            self.config_count.to_string().into(),
+        ));
         self
     }
 
@@ -128,6 +164,9 @@ impl<'a> Git<'a> {
             .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_OPTIONAL_LOCKS", "0");
         for setting in INERT {
+            if self.remote && REMOTE_REACH.iter().any(|key| setting.starts_with(key)) {
+                continue;
+            }
             command.arg("-c").arg(setting);
         }
         match self.repo {
