@@ -9,7 +9,9 @@
 //! - reads no configuration but the user's own repository config (`GIT_CONFIG_NOSYSTEM`,
 //!   `GIT_CONFIG_GLOBAL=/dev/null`, `HOME` and `XDG_CONFIG_HOME` pointing nowhere) and
 //!   overrides what could run code: `core.hooksPath=/dev/null`, `core.fsmonitor=false`,
-//!   `core.untrackedCache=false`, `core.attributesFile=/dev/null`, no external diff or textconv;
+//!   `core.untrackedCache=false`, `core.attributesFile=/dev/null`, no external diff or textconv
+//!   (a call that talks to a remote, [`Git::reaching_remote`], sets its own ssh command and
+//!   credential helpers from the daemon's user's config instead: `crate::cluster::checkpoint`);
 //! - runs with a scrubbed environment (no provider key, nothing secret), stdin closed, in its
 //!   own process group, killed after [`GIT_TIMEOUT`].
 //!
