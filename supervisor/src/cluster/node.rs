@@ -16,6 +16,9 @@ use crate::cluster::{Cluster, Lease, writer};
 use crate::daemon::command::{Adopted, Capacity, Command};
 use crate::task::control::ShadowControl;
 
+/// How long a starting node waits for its name to be free.
+const NAME_WAIT: Duration = Duration::from_secs(10);
+
 /// How often a node looks for work and for cancels and steers (NOTIFY wakes it sooner).
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -121,16 +124,25 @@ async fn open_listener(
         let _ = closed_tx.send(());
     });
     let name = format!("kugetsu node {}", cluster.node_id);
-    let locked: bool = timed(async {
-        Ok(client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&name],
-            )
-            .await?
-            .get(0))
-    })
-    .await?;
+    // An earlier run of this node that is still going away (or whose connection the server
+    // has not yet seen close) holds the name for a moment: wait a little for it.
+    let deadline = tokio::time::Instant::now() + NAME_WAIT;
+    let locked = loop {
+        let locked: bool = timed(async {
+            Ok(client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await?
+                .get(0))
+        })
+        .await?;
+        if locked || tokio::time::Instant::now() >= deadline {
+            break locked;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     if !locked {
         return Err(DbError::Schema(format!(
             "another live process already runs as node {:?}: give each node its own node_id",
