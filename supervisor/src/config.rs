@@ -926,6 +926,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_keys_come_from_the_file_and_the_environment_and_bad_ones_are_refused() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let none = |_: &str| None;
+        // Without `cluster`, the companions are inert.
+        std::fs::write(&path, "node_id = \"box-1\"\nlease_ttl = \"10s\"\n").unwrap();
+        assert!(Config::load(Some(&path), &none).unwrap().cluster.is_none());
+        // KUGETSU_CLUSTER turns them on.
+        let env = |k: &str| (k == "KUGETSU_CLUSTER").then(|| "postgres://db/k".to_owned());
+        let cluster = Config::load(Some(&path), &env).unwrap().cluster.unwrap();
+        assert_eq!(cluster.url, "postgres://db/k");
+        assert_eq!(cluster.node_id, "box-1");
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+        assert_eq!(cluster.checkpoint_remote, None);
+        std::fs::write(
+            &path,
+            "cluster = \"postgres://u:pw@db/k\"\ncheckpoint_remote = \"/srv/c.git\"\n",
+        )
+        .unwrap();
+        let cluster = Config::load(Some(&path), &none).unwrap().cluster.unwrap();
+        assert_eq!(cluster.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(cluster.checkpoint_remote.as_deref(), Some("/srv/c.git"));
+        assert!(check_node_id(&cluster.node_id).is_ok());
+        // The password never shows.
+        assert!(!format!("{cluster:?}").contains("pw"));
+        assert_eq!(redact_url("postgres://u:pw@db/k"), "postgres://u:***@db/k");
+        assert_eq!(
+            redact_url("host=db password=pw user=u"),
+            "host=db password=*** user=u"
+        );
+        let env = |k: &str| match k {
+            "KUGETSU_NODE_ID" => Some("box-2".to_owned()),
+            "KUGETSU_LEASE_TTL" => Some("5s".to_owned()),
+            _ => None,
+        };
+        let cluster = Config::load(Some(&path), &env).unwrap().cluster.unwrap();
+        assert_eq!(cluster.node_id, "box-2");
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(5));
+        for (file, why) in [
+            ("lease_ttl = \"1s\"", "too short"),
+            ("lease_ttl = \"soon\"", "not a duration"),
+            ("node_id = \"a b\"", "may hold only"),
+            ("node_id = \"\"", "1 to 64"),
+        ] {
+            std::fs::write(&path, format!("cluster = \"postgres://db/k\"\n{file}\n")).unwrap();
+            let Err(CliError::Usage(message)) = Config::load(Some(&path), &none) else {
+                panic!("{file} was accepted");
+            };
+            assert!(message.contains(why), "{file}: {message}");
+        }
+        let env = |k: &str| (k == "KUGETSU_NODE_ID").then(|| "no/slash".to_owned());
+        assert!(Config::load(Some(Path::new("/dev/null")), &env).is_err());
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("2G"), Ok(2 << 30));

@@ -16,6 +16,9 @@ use crate::cluster::{Cluster, Lease, writer};
 use crate::daemon::command::{Adopted, Capacity, Command};
 use crate::task::control::ShadowControl;
 
+/// How long a starting node waits for its name to be free.
+const NAME_WAIT: Duration = Duration::from_secs(10);
+
 /// How often a node looks for work and for cancels and steers (NOTIFY wakes it sooner).
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -121,16 +124,25 @@ async fn open_listener(
         let _ = closed_tx.send(());
     });
     let name = format!("kugetsu node {}", cluster.node_id);
-    let locked: bool = timed(async {
-        Ok(client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&name],
-            )
-            .await?
-            .get(0))
-    })
-    .await?;
+    // An earlier run of this node that is still going away (or whose connection the server
+    // has not yet seen close) holds the name for a moment: wait a little for it.
+    let deadline = tokio::time::Instant::now() + NAME_WAIT;
+    let locked = loop {
+        let locked: bool = timed(async {
+            Ok(client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await?
+                .get(0))
+        })
+        .await?;
+        if locked || tokio::time::Instant::now() >= deadline {
+            break locked;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     if !locked {
         return Err(DbError::Schema(format!(
             "another live process already runs as node {:?}: give each node its own node_id",
@@ -361,6 +373,7 @@ async fn claim_loop(
 ) {
     let mut warned = false;
     let mut cancelled = HashSet::new();
+    let mut last_purge = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -381,6 +394,12 @@ async fn claim_loop(
             let Ok(capacity) = answer.await else {
                 return Ok(());
             };
+            if let Some(retention) = capacity.retention
+                && last_purge.elapsed() >= PURGE_EVERY
+            {
+                last_purge = Instant::now();
+                purge(&cluster, retention).await?;
+            }
             if capacity.slots == 0 {
                 return Ok(());
             }
@@ -405,6 +424,32 @@ async fn claim_loop(
             }
         }
     }
+}
+
+/// How often a node removes finished tasks older than `task_retention` from the database.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes finished tasks older than `retention` (their events, journal and steers go with
+/// them); any node may do it, doing it twice is harmless.
+async fn purge(cluster: &Cluster, retention: Duration) -> Result<(), DbError> {
+    let older = millis(retention);
+    let removed = timed(async {
+        let client = cluster.db.client().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM kugetsu.tasks WHERE state = 'finished'
+                   AND finished_at < now() - $1 * interval '1 millisecond'",
+                &[&older],
+            )
+            .await?)
+    })
+    .await?;
+    if removed > 0 {
+        tracing::info!(
+            "cluster: removed {removed} finished tasks past task_retention from the database"
+        );
+    }
+    Ok(())
 }
 
 /// Claims up to `capacity.slots` tasks that fit the memory this node has: tasks whose lease

@@ -705,6 +705,7 @@ impl Daemon {
         let none = crate::daemon::command::Capacity {
             slots: 0,
             memory: 0,
+            retention: self.config.task_retention,
         };
         if self.stopping.is_some() || !snapshot.valid || self.governor.daily_spent().is_some() {
             return none;
@@ -715,6 +716,7 @@ impl Daemon {
                 .available
                 .min(snapshot.total)
                 .saturating_sub(MEMORY_RESERVE),
+            retention: self.config.task_retention,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Capacity {
     pub slots: usize,
     /// The biggest `mem_limit` a new shadow may have for the host's free memory.
     pub memory: u64,
+    /// `task_retention` now (finished tasks older than it leave the database too).
+    pub retention: Option<std::time::Duration>,
 }
 
 /// Everything the actor hears.

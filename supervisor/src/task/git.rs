@@ -9,7 +9,9 @@
 //! - reads no configuration but the user's own repository config (`GIT_CONFIG_NOSYSTEM`,
 //!   `GIT_CONFIG_GLOBAL=/dev/null`, `HOME` and `XDG_CONFIG_HOME` pointing nowhere) and
 //!   overrides what could run code: `core.hooksPath=/dev/null`, `core.fsmonitor=false`,
-//!   `core.untrackedCache=false`, `core.attributesFile=/dev/null`, no external diff or textconv;
+//!   `core.untrackedCache=false`, `core.attributesFile=/dev/null`, no external diff or textconv
+//!   (a call that talks to a remote, [`Git::reaching_remote`], sets its own ssh command and
+//!   credential helpers from the daemon's user's config instead: `crate::cluster::checkpoint`);
 //! - runs with a scrubbed environment (no provider key, nothing secret), stdin closed, in its
 //!   own process group, killed after [`GIT_TIMEOUT`].
 //!
@@ -53,6 +55,9 @@ const INERT: [&str; 12] = [
     "maintenance.auto=false",
 ];
 
+/// The [`INERT`] settings a call that talks to a remote sets for itself.
+const REMOTE_REACH: [&str; 2] = ["core.sshCommand=", "credential.helper="];
+
 /// Variables passed to git from our environment; everything else is dropped.
 const KEPT_VARS: [&str; 5] = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
@@ -72,8 +77,12 @@ pub(crate) enum Repo<'a> {
 pub(crate) struct Git<'a> {
     repo: Repo<'a>,
     args: Vec<OsString>,
-    env: Vec<(&'static str, OsString)>,
+    env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
+    /// Talks to a remote: the caller sets how to reach it (see [`Git::reaching_remote`]).
+    remote: bool,
+    /// How many settings [`Git::config_env`] has numbered.
+    config_count: usize,
 }
 
 impl<'a> Git<'a> {
@@ -83,7 +92,17 @@ impl<'a> Git<'a> {
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
+            remote: false,
+            config_count: 0,
         }
+    }
+
+    /// For a call that talks to a remote: `core.sshCommand` and `credential.helper` are left
+    /// to the caller, which sets them itself (through `GIT_CONFIG_*`, after the repository's
+    /// config) instead of having them switched off.
+    pub(crate) fn reaching_remote(mut self) -> Self {
+        self.remote = true;
+        self
     }
 
     pub(crate) fn args<I, S>(mut self, args: I) -> Self
@@ -101,7 +120,26 @@ impl<'a> Git<'a> {
     }
 
     pub(crate) fn env(mut self, key: &'static str, value: impl Into<OsString>) -> Self {
-        self.env.push((key, value.into()));
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A setting for git's command-line scope, passed as `GIT_CONFIG_KEY_<n>` /
+    /// `GIT_CONFIG_VALUE_<n>` (in the environment, not on the command line), numbered in
+    /// the order given: read after the repository's config, before `-c`.
+    pub(crate) fn config_env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        let n = self.config_count;
+        self.config_count += 1;
+        self.env
+            .push((format!("GIT_CONFIG_KEY_{n}").into(), key.into()));
+        self.env
+            .push((format!("GIT_CONFIG_VALUE_{n}").into(), value.into()));
+        self.env
+            .retain(|(k, _)| k.as_os_str() != "GIT_CONFIG_COUNT");
+        self.env.push((
+            "GIT_CONFIG_COUNT".into(),
+            self.config_count.to_string().into(),
+        ));
         self
     }
 
@@ -128,6 +166,9 @@ impl<'a> Git<'a> {
             .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_OPTIONAL_LOCKS", "0");
         for setting in INERT {
+            if self.remote && REMOTE_REACH.iter().any(|key| setting.starts_with(key)) {
+                continue;
+            }
             command.arg("-c").arg(setting);
         }
         match self.repo {
@@ -183,6 +224,12 @@ impl<'a> Git<'a> {
     pub(crate) async fn run_status(self) -> Result<(Option<i32>, Vec<u8>), String> {
         let output = self.run_output().await?;
         Ok((output.status.code(), output.stdout))
+    }
+
+    /// Runs git and returns its whole output, whatever its exit status (for a caller that
+    /// reports git's full stderr or reads `push --porcelain`).
+    pub(crate) async fn output(self) -> Result<std::process::Output, String> {
+        self.run_output().await
     }
 
     async fn run_output(self) -> Result<std::process::Output, String> {
@@ -319,7 +366,7 @@ pub async fn common_dir(repo: &Path) -> Result<PathBuf, String> {
 
 /// Serializes worktree changes per repository: git's `worktree add`/`remove` are not safe to
 /// run concurrently on one repository (they read each other's half-written admin files).
-fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
+pub(crate) fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
         LazyLock::new(Default::default);
     let mut locks = LOCKS
@@ -412,6 +459,19 @@ async fn branch_exists(repo: &Path, branch: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the worktree admin dir `admin` records `path` as its worktree (its `gitdir` file
+/// names `path/.git`).
+fn points_back(admin: &Path, path: &Path) -> bool {
+    let Ok(gitdir) = std::fs::read_to_string(admin.join("gitdir")) else {
+        return false;
+    };
+    let expected = path.join(".git");
+    let recorded = PathBuf::from(gitdir.trim_end());
+    recorded == expected
+        || recorded.canonicalize().ok() == expected.canonicalize().ok()
+            && recorded.parent().and_then(|p| p.canonicalize().ok()) == path.canonicalize().ok()
+}
+
 /// A shadow's worktree as our records name it.
 #[derive(Debug, Clone)]
 pub struct Worktree {
@@ -432,21 +492,34 @@ impl Worktree {
         let name = path
             .file_name()
             .ok_or_else(|| format!("{} has no name", path.display()))?;
-        let admin = common.join("worktrees").join(name);
-        let gitdir = std::fs::read_to_string(admin.join("gitdir"))
-            .map_err(|e| format!("{}: {e}", admin.join("gitdir").display()))?;
-        let expected = path.join(".git");
-        let recorded = PathBuf::from(gitdir.trim_end());
-        let same = recorded == expected
-            || recorded.canonicalize().ok() == expected.canonicalize().ok()
-                && recorded.parent().and_then(|p| p.canonicalize().ok())
-                    == path.canonicalize().ok();
-        if !same {
-            return Err(format!(
-                "{} does not belong to the worktree {}",
-                admin.display(),
-                path.display()
-            ));
+        let mut admin = common.join("worktrees").join(name);
+        if !points_back(&admin, path) {
+            // Git names the admin dir after the worktree's directory, with a number added when
+            // that name is taken (a task taken over from another node of the cluster, whose
+            // stale worktree of the same name is registered in the same repository).
+            let numbered = std::fs::read_dir(common.join("worktrees"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|dir| {
+                    dir.file_name()
+                        .and_then(|n| n.to_str())
+                        .zip(name.to_str())
+                        .and_then(|(n, base)| n.strip_prefix(base))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .find(|dir| points_back(dir, path));
+            match numbered {
+                Some(dir) => admin = dir,
+                None => {
+                    return Err(format!(
+                        "{} does not belong to the worktree {}",
+                        admin.display(),
+                        path.display()
+                    ));
+                }
+            }
         }
         Ok(Worktree {
             path: path.to_path_buf(),
@@ -604,21 +677,48 @@ impl Worktree {
         Ok(self.snapshot(branch, scratch).await?.tree)
     }
 
+    /// The commit the worktree's `HEAD` names (read through our records of its admin dir).
+    pub(crate) async fn head(&self) -> Result<String, String> {
+        self.git()
+            .args(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            .run()
+            .await
+            .map_err(|_| format!("the worktree {} has no HEAD commit", self.path.display()))
+    }
+
+    /// The worktree as it is on disk now, hashed into a tree on top of the commit `base` the
+    /// same filter-free way as [`Worktree::commit_all`] (tracked files as they are, deletions,
+    /// untracked files that are not ignored); no ref, no index and no file of the worktree
+    /// changes. `scratch` is an index file of ours, left removed.
+    pub(crate) async fn tree_onto(&self, base: &str, scratch: &Path) -> Result<String, String> {
+        let _ = std::fs::remove_file(scratch);
+        let result = self.hash_tree(base, scratch).await;
+        remove_scratch(scratch);
+        Ok(result?.0)
+    }
+
     /// Hashes the worktree into a tree, leaving `scratch` removed.
     async fn snapshot(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
         let _ = std::fs::remove_file(scratch);
         let result = self.snapshot_with(branch, scratch).await;
-        let _ = std::fs::remove_file(scratch);
-        let mut lock = scratch.as_os_str().to_owned();
-        lock.push(".lock");
-        let _ = std::fs::remove_file(lock);
+        remove_scratch(scratch);
         result
     }
 
     async fn snapshot_with(&self, branch: &str, scratch: &Path) -> Result<Snapshot, String> {
         let tip = self.tip(branch).await?;
+        let (tree, tip_tree) = self.hash_tree(&tip, scratch).await?;
+        Ok(Snapshot {
+            tip,
+            tip_tree,
+            tree,
+        })
+    }
+
+    /// The worktree hashed into a tree on top of `tip` (and `tip`'s own tree).
+    async fn hash_tree(&self, tip: &str, scratch: &Path) -> Result<(String, String), String> {
         let index = || self.git().env("GIT_INDEX_FILE", scratch);
-        index().args(["read-tree"]).arg_ref(&tip).run().await?;
+        index().args(["read-tree"]).arg_ref(tip).run().await?;
         let tracked = index()
             .args(["ls-files", "-z", "--cached"])
             .run_bytes()
@@ -692,11 +792,7 @@ impl Worktree {
             .arg_ref(&format!("{tip}^{{tree}}"))
             .run()
             .await?;
-        Ok(Snapshot {
-            tip,
-            tip_tree,
-            tree,
-        })
+        Ok((tree, tip_tree))
     }
 
     /// What a path listed by git is on disk, never following a symbolic link.
@@ -768,6 +864,14 @@ impl Worktree {
             .run()
             .await
     }
+}
+
+/// Removes a scratch index file and the lock file git may have left beside it.
+fn remove_scratch(scratch: &Path) {
+    let _ = std::fs::remove_file(scratch);
+    let mut lock = scratch.as_os_str().to_owned();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
 }
 
 /// The worktree hashed into a tree, and the branch it would go on.

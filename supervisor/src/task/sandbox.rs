@@ -343,7 +343,8 @@ impl ShadowSandbox {
             extra_deny: &config.sandbox_paths.deny,
         };
         let policy = policy(&inputs);
-        let cgroup = ShadowCgroup::create(&host.cgroups, &record.id, config.pids_limit);
+        let cgroup =
+            ShadowCgroup::create(&host.cgroups, &cgroup_name(&record.id), config.pids_limit);
         let cgroup_state = match (&cgroup, &host.cgroups) {
             (Ok(_), _) => Ok(()),
             (Err(_), CgroupSupport::Unavailable(reason)) => Err(reason.clone()),
@@ -358,10 +359,21 @@ impl ShadowSandbox {
     }
 }
 
+/// The name of task `id`'s cgroup: the id, prefixed on a cluster node with the node's name
+/// (nodes sharing a machine may run one task one after the other, and must not share or
+/// remove each other's cgroup).
+fn cgroup_name(id: &str) -> String {
+    match crate::cluster::active() {
+        Some(cluster) => format!("{}.{id}", cluster.node_id),
+        None => id.to_owned(),
+    }
+}
+
 /// Removes task `id`'s cgroup once its last process is gone (reaping can trail the end of an
 /// attempt by a few milliseconds); gives up quietly after a second.
 pub async fn remove_cgroup(id: &str) {
-    let Some(cgroup) = ShadowCgroup::of(&kugetsu_os::probe::host().cgroups, id) else {
+    let Some(cgroup) = ShadowCgroup::of(&kugetsu_os::probe::host().cgroups, &cgroup_name(id))
+    else {
         return;
     };
     for _ in 0..50 {

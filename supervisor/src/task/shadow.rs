@@ -317,27 +317,23 @@ impl Drop for Shadow {
 /// On a node of a cluster, only this node's processes of the task are killed (another node on
 /// the same machine may run the task now).
 pub fn kill_task_leftovers(id: &str) -> usize {
-    if let Some(cluster) = crate::cluster::active() {
-        let mut killed = 0;
-        for _ in 0..4 {
-            let leftovers = crate::cluster::task_processes(id, &cluster.node_id);
-            if leftovers.is_empty() {
-                break;
-            }
-            killed += leftovers.len();
-            kugetsu_os::process::kill_pids(&leftovers);
-            kugetsu_os::process::reap(&leftovers, Duration::from_millis(500));
-        }
-        return killed;
-    }
     kill_marked(format!("{SHADOW_ENV}={id}").as_bytes(), None)
 }
 
+/// Kills the processes carrying `marker` (but `except`). On a cluster node, only those that
+/// also carry this node's `KUGETSU_NODE` marker: another node on the same machine may run
+/// the same task now, and its processes are not ours.
 fn kill_marked(marker: &[u8], except: Option<u32>) -> usize {
+    let node =
+        crate::cluster::active().map(|c| format!("{}={}", crate::cluster::NODE_ENV, c.node_id));
     let mut killed = 0;
     // A killed process's child may be mid-fork: look again until a round finds nothing.
     for _ in 0..4 {
-        let leftovers: Vec<u32> = kugetsu_os::process::processes_with_env(marker)
+        let found = match &node {
+            Some(node) => kugetsu_os::process::processes_with_envs(&[marker, node.as_bytes()]),
+            None => kugetsu_os::process::processes_with_env(marker),
+        };
+        let leftovers: Vec<u32> = found
             .into_iter()
             .filter(|&pid| Some(pid) != except)
             .collect();
