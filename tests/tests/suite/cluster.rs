@@ -24,11 +24,9 @@ use serde_json::Value;
 /// start). Not a performance figure: the contract the takeover path is built to.
 const TAKEOVER_CONTRACT_SLACK: Duration = Duration::from_secs(2);
 
-/// How the fault tests' tasks are submitted: in the repository itself, since a takeover of a
-/// task with a worktree restores it from a checkpoint, which `supervisor/src/cluster/
-/// checkpoint.rs` does not build yet (it refuses, and the task fails). The leases, fences and
-/// the journal under test are the same either way.
-const FAULT_TASK: &[&str] = &["--no-worktree"];
+/// How the fault tests' tasks are submitted: each in its own worktree (a takeover restores
+/// it from the task's checkpoint on `checkpoint_remote`).
+const FAULT_TASK: &[&str] = &[];
 
 /// `-m MODEL` and [`FAULT_TASK`].
 fn fault_args(model: &str) -> Vec<&str> {
@@ -306,9 +304,11 @@ async fn cluster_a_killed_node_loses_its_task_to_another_which_completes_it() {
         "the takeover took {took:?}, more than lease_ttl + {TAKEOVER_CONTRACT_SLACK:?}"
     );
     let starts = c.starts(&task);
-    assert!(
-        starts.iter().any(|(n, _)| n == &new),
-        "a `started` with node {new}: {starts:?}"
+    let nodes: Vec<&str> = starts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        nodes,
+        [old.as_str(), new.as_str()],
+        "one `started` per claim, each naming its node: {starts:?}"
     );
     // The interrupted step was not run again; the next one ran once, on the new node.
     let text = std::fs::read_to_string(&marker).unwrap();
@@ -404,10 +404,16 @@ async fn cluster_a_stopped_node_past_its_lease_is_fenced_out_and_its_shadow_kill
     second.open();
     c.assert_finishes(&task, "completed").await;
     let finished = c.finished(&task);
+    // One start per claim: the takeover (a `restarted` "resumed from its checkpoint", then a
+    // `started` on the new node), and no start after it (the new worker never died).
+    let starts = c.starts(&task);
+    let on_new = starts.iter().filter(|(n, _)| *n == new).count();
     assert_eq!(
-        finished["restarts"], 0,
-        "the new node's worker never died: {finished}"
+        (starts.len(), on_new),
+        (2, 1),
+        "the new node's worker started once: {starts:?}"
     );
+    assert_eq!(finished["restarts"], 1, "the takeover only: {finished}");
     let text = std::fs::read_to_string(&marker).unwrap();
     assert!(text.lines().any(|l| l == "s-2-done"), "{text}");
     // No row with the old fence after the new claim's first row.
