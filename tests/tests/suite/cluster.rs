@@ -486,6 +486,11 @@ async fn cluster_tasks_survive_a_database_restart_under_load() {
     for t in &tasks {
         c.assert_finishes(t, "completed").await;
     }
+    let claims: Vec<i64> = tasks
+        .iter()
+        .map(|t| c.task_row(t).map_or(0, |r| r.3))
+        .collect();
+    eprintln!("claims per task across the database restart: {claims:?}");
     for i in 0..6 {
         let text = std::fs::read_to_string(&marker).unwrap();
         assert!(
