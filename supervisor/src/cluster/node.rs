@@ -261,7 +261,7 @@ async fn keep_leases(
         if now >= freeze_at && !frozen.swap(true, Ordering::SeqCst) {
             let n = freeze_all(&cluster);
             tracing::warn!(
-                "cluster: no lease renewal for {} ms: froze {n} shadows until one lands",
+                "cluster: no lease renewal for {} ms: froze {n} processes of this node's shadows until one lands",
                 now.duration_since(last_ok).as_millis()
             );
         }
@@ -278,7 +278,7 @@ async fn keep_leases(
                 () = tokio::time::sleep_until(last_ok + freeze_after), if !frozen.load(Ordering::SeqCst) => {
                     frozen.store(true, Ordering::SeqCst);
                     let n = freeze_all(&cluster);
-                    tracing::warn!("cluster: lease renewal late: froze {n} shadows until one lands");
+                    tracing::warn!("cluster: lease renewal late: froze {n} processes of this node's shadows until one lands");
                 }
             }
         };

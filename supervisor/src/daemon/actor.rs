@@ -710,12 +710,17 @@ impl Daemon {
         if self.stopping.is_some() || !snapshot.valid || self.governor.daily_spent().is_some() {
             return none;
         }
+        let memory = snapshot
+            .available
+            .min(snapshot.total)
+            .saturating_sub(MEMORY_RESERVE);
+        // One claim takes several tasks: as many as the memory holds at the usual limit.
+        let fit = usize::try_from(memory / self.config.mem_limit.max(1)).unwrap_or(usize::MAX);
         crate::daemon::command::Capacity {
-            slots: (self.config.max_shadows as usize).saturating_sub(self.running),
-            memory: snapshot
-                .available
-                .min(snapshot.total)
-                .saturating_sub(MEMORY_RESERVE),
+            slots: (self.config.max_shadows as usize)
+                .saturating_sub(self.running)
+                .min(fit.max(1)),
+            memory,
             retention: self.config.task_retention,
         }
     }
