@@ -2,6 +2,7 @@
 
 mod bash;
 mod cli;
+mod cluster_governor;
 mod compaction;
 mod confinement;
 mod crash_loop;
