@@ -177,3 +177,98 @@ async fn a_429_seen_by_one_node_holds_the_other_nodes_requests() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_shared_ledger_charges_in_database_time_holds_and_hands_back() {
+    let Some(pg) = Postgres::start() else { return };
+    let repo = TestRepo::new();
+    // A node applies the schema.
+    let llm = FakeLlm::openai();
+    let _a = node(&pg, &repo, "a", &llm, "").await;
+    // Several statements in one call run in one transaction: one database time, so the
+    // buckets do not refill between them.
+    let waits = |sql: &str| -> Vec<String> {
+        pg.psql("kugetsu", sql)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let reserve = "SELECT round(o_wait_ms) FROM kugetsu.gov_reserve('k', '{6,NULL,NULL,NULL}', \
+                   '{1,500,0,0}', 90000);";
+    // Six a minute: six go at once, the seventh is covered ten seconds later, the eighth
+    // twenty.
+    assert_eq!(
+        waits(&reserve.repeat(8)),
+        ["0", "0", "0", "0", "0", "0", "10000", "20000"]
+    );
+    // Two handed back (reservations that never went): the next waits for one less.
+    let out = waits(&format!(
+        "SELECT kugetsu.gov_refund('k', '{{2,0,0,0}}'); {reserve}"
+    ));
+    assert!(
+        out.last()
+            .is_some_and(|w| w.parse::<f64>().unwrap_or(0.0) <= 10_000.0),
+        "{out:?}"
+    );
+    // No limit known for tokens: nothing is charged there, until the headers teach one.
+    assert_eq!(
+        pg.rows("SELECT lim[2] IS NULL FROM kugetsu.gov_accounts WHERE account = 'k'")[0][0],
+        "t"
+    );
+    pg.psql(
+        "kugetsu",
+        "SELECT kugetsu.gov_observe('k', '{NULL,1000,NULL,NULL}', '{NULL,NULL,NULL,NULL}', 0, '')",
+    );
+    waits(reserve);
+    assert_eq!(
+        pg.rows("SELECT lim[2], round(level[2]) FROM kugetsu.gov_accounts WHERE account = 'k'"),
+        [["1000", "500"]]
+    );
+    // The lower of a node's configured limit and the learned one applies.
+    pg.psql(
+        "kugetsu",
+        "SELECT kugetsu.gov_observe('k2', '{60,NULL,NULL,NULL}', '{NULL,NULL,NULL,NULL}', 0, '')",
+    );
+    let lower = "SELECT round(o_wait_ms) FROM kugetsu.gov_reserve('k2', '{6,NULL,NULL,NULL}', \
+                 '{1,0,0,0}', 90000);";
+    assert_eq!(
+        waits(&lower.repeat(7)).last().map(String::as_str),
+        Some("10000")
+    );
+    // A 429's hold: every node's next permit is held, and charged nothing meanwhile.
+    pg.psql(
+        "kugetsu",
+        "SELECT kugetsu.gov_observe('k3', '{6,NULL,NULL,NULL}', '{NULL,NULL,NULL,NULL}', 30000, \
+         'retry-after 30.0 s after a 429 (seen by node x)')",
+    );
+    let held = pg.rows(
+        "SELECT round(o_wait_ms), o_hold_ms > 25000, o_hold_why, o_learned[1], o_nodes \
+         FROM kugetsu.gov_reserve('k3', '{NULL,NULL,NULL,NULL}', '{1,0,0,0}', 90000)",
+    );
+    assert_eq!(
+        held,
+        [[
+            "0",
+            "t",
+            "retry-after 30.0 s after a 429 (seen by node x)",
+            "6",
+            "1"
+        ]]
+    );
+    assert_eq!(
+        pg.rows("SELECT level[1] IS NULL FROM kugetsu.gov_accounts WHERE account = 'k3'"),
+        [["t"]],
+        "a held permit was charged"
+    );
+    // Every permit learns what the cluster spent today.
+    pg.psql(
+        "kugetsu",
+        "INSERT INTO kugetsu.gov_daily VALUES ((now() AT TIME ZONE 'UTC')::date, 1234, 0.5)",
+    );
+    let spent = pg.rows(
+        "SELECT o_day_tokens, o_day_usd FROM kugetsu.gov_reserve('k4', '{NULL,NULL,NULL,NULL}', \
+         '{0,0,0,0}', 90000)",
+    );
+    assert_eq!(spent, [["1234", "0.5"]]);
+}
