@@ -272,3 +272,31 @@ async fn the_shared_ledger_charges_in_database_time_holds_and_hands_back() {
     );
     assert_eq!(spent, [["1234", "0.5"]]);
 }
+
+#[tokio::test]
+async fn with_the_database_down_a_node_keeps_to_its_share_and_says_so() {
+    let Some(pg) = Postgres::start() else { return };
+    let repo = TestRepo::new();
+    let llm = FakeLlm::openai();
+    // The first answer is a 429: the retry's permit comes while the database is down.
+    llm.push(ApiError::rate_limited().retry_after(3));
+    llm.push(Turn::text("done"));
+    let a = node(&pg, &repo, "a", &llm, "lease_ttl = \"60s\"\n").await;
+    let mark = a.stderr_mark();
+    let id = submit(&a, &repo, &llm, 1).await.remove(0);
+    llm.wait_for_turn_requests(1, WAIT).await;
+    pg.stop();
+    // The permit does not stall on the database: the retry goes, on the node's own governor.
+    llm.wait_for_turn_requests(2, WAIT).await;
+    let log = a
+        .wait_for_stderr(mark, "cluster governor: the database did not answer", WAIT)
+        .await;
+    assert!(
+        log.contains("keeps to its share of each account's limits (1/1"),
+        "{log}"
+    );
+    pg.restart();
+    pg.wait_ready(WAIT);
+    let events = a.wait_finished(&id, WAIT).await;
+    assert_eq!(events.status(), "completed", "{}", a.context(Some(&id)));
+}
