@@ -10,7 +10,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema's migrations, in order; each is applied once (see [`Db::migrate`]).
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_governor.sql")),
+];
 
 /// Connections one node keeps (the node loop, its task writers, and client requests share them).
 const POOL_SIZE: usize = 8;

@@ -29,6 +29,7 @@ pub mod adopt;
 pub mod api;
 pub mod checkpoint;
 pub mod db;
+pub mod governor;
 pub mod node;
 pub mod writer;
 

@@ -19,12 +19,17 @@
 //! - The daily budget: once today's (UTC) tokens or dollars reach `daily_budget_*`, permits
 //!   wait (and the daemon starts no queued task) until the day rolls over or the budget is
 //!   raised. What was spent today is kept in `<state_dir>/usage/daily.json`.
+//! - On a cluster node the accounts' state is the cluster's ([`shared`]): a permit the local
+//!   governor lets through is then charged on the account's buckets in the database, a 429
+//!   holds every node, the daily budget counts every node's spending. A single-box governor
+//!   never touches any of it.
 //!
 //! All decisions happen under one lock in plain methods ([`State`]); waiting is a
 //! [`Ticket`]'s loop over them.
 
 pub mod bucket;
 pub mod headers;
+mod shared;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -119,6 +124,9 @@ struct Inner {
     state: Mutex<State>,
     /// Woken when something may free a waiting permit.
     changed: Notify,
+    /// On a cluster node: the cluster's ledger, asked before a permit goes (`None` on a
+    /// single box, which then pays nothing for it).
+    shared: Option<Arc<shared::Node>>,
 }
 
 /// Counters of one account, for `/metrics`, the bench and the docs.
@@ -142,6 +150,9 @@ pub struct State {
     waiting: HashMap<String, String>,
     daily: Daily,
     ledger: Option<PathBuf>,
+    /// What each limit is divided by: 1, except on a cluster node whose database is
+    /// unreachable (then the nodes up, so together they stay within the limit).
+    share: u32,
 }
 
 #[derive(Debug)]
@@ -208,13 +219,38 @@ struct Daily {
     cost_usd: f64,
 }
 
+/// The refusal of a wait that would end after the task's deadline.
+fn refused(
+    request: &PermitRequest,
+    until: Instant,
+    deadline: Instant,
+    why: &str,
+    now: Instant,
+) -> Poll {
+    Poll::Ready(Answer::Deny {
+        reason: format!(
+            "rate limit: {} asks to wait {:.0} s ({why}), past the task's deadline in {:.0} s",
+            request.provider,
+            until.saturating_duration_since(now).as_secs_f64().ceil(),
+            deadline.saturating_duration_since(now).as_secs_f64()
+        ),
+        pause: false,
+    })
+}
+
 fn today(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 impl Account {
-    fn new(provider: &str, limits: Option<&RateLimit>, enabled: bool, now: Instant) -> Account {
+    fn new(
+        provider: &str,
+        limits: Option<&RateLimit>,
+        share: u32,
+        enabled: bool,
+        now: Instant,
+    ) -> Account {
         let mut account = Account {
             provider: provider.to_owned(),
             requests: None,
@@ -231,12 +267,13 @@ impl Account {
             strikes: 0,
             stats: AccountStats::default(),
         };
-        account.apply_limits(limits, now);
+        account.apply_limits(limits, share, now);
         account
     }
 
-    /// Sets each bucket's limit to the lower of the config's and the headers'.
-    fn apply_limits(&mut self, limits: Option<&RateLimit>, now: Instant) {
+    /// Sets each bucket's limit to the lower of the config's and the headers' (divided by
+    /// `share`, see [`State`]).
+    fn apply_limits(&mut self, limits: Option<&RateLimit>, share: u32, now: Instant) {
         let configured = [
             limits.and_then(|l| l.rpm),
             limits.and_then(|l| l.tpm),
@@ -254,6 +291,10 @@ impl Account {
             let limit = match (learned, configured) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            let limit = match limit {
+                Some(limit) if share > 1 => Some(crate::cluster::governor::share(limit, share)),
+                limit => limit,
             };
             match (limit, bucket.as_mut()) {
                 (None, _) => *bucket = None,
@@ -365,6 +406,7 @@ impl State {
             waiting: HashMap::new(),
             daily,
             ledger,
+            share: 1,
         }
     }
 
@@ -408,21 +450,39 @@ impl State {
         now: Instant,
         wall: SystemTime,
     ) -> Poll {
+        match self.admit(request, deadline, charged, now, wall) {
+            Some(poll) => poll,
+            None => self.grant(task, request, now),
+        }
+    }
+
+    /// Whether a permit must wait or is refused (`None`: it may go now).
+    fn admit(
+        &mut self,
+        request: &PermitRequest,
+        deadline: Option<Instant>,
+        charged: &mut Charged,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<Poll> {
         if let Some(reason) = self.daily_spent(wall) {
             let midnight = Duration::from_secs((self.daily.day + 1) * 86_400)
                 .saturating_sub(wall.duration_since(UNIX_EPOCH).unwrap_or_default());
-            return Poll::Wait {
+            return Some(Poll::Wait {
                 until: now + midnight.min(RECHECK),
                 reason,
                 rate_limited: false,
-            };
+            });
         }
         let enabled = self.settings.enabled;
         let limits = self.settings.rate_limits.get(&request.provider).copied();
+        let share = self.share;
         let account = self
             .accounts
             .entry(request.account.clone())
-            .or_insert_with(|| Account::new(&request.provider, limits.as_ref(), enabled, now));
+            .or_insert_with(|| {
+                Account::new(&request.provider, limits.as_ref(), share, enabled, now)
+            });
         if enabled {
             let mut until = None;
             let mut why = String::new();
@@ -444,22 +504,13 @@ impl State {
                     if let Some((_, marks)) = charged.take() {
                         account.uncharge(Charge::of(request), marks, now);
                     }
-                    return Poll::Ready(Answer::Deny {
-                        reason: format!(
-                            "rate limit: {} asks to wait {:.0} s ({why}), past the task's \
-                             deadline in {:.0} s",
-                            request.provider,
-                            until.saturating_duration_since(now).as_secs_f64().ceil(),
-                            deadline.saturating_duration_since(now).as_secs_f64()
-                        ),
-                        pause: false,
-                    });
+                    return Some(refused(request, until, deadline, &why, now));
                 }
-                return Poll::Wait {
+                return Some(Poll::Wait {
                     until,
                     reason: format!("rate limited: {why}"),
                     rate_limited: true,
-                };
+                });
             }
             if account.in_flight >= account.cap_now(now) {
                 // Looked at again when a permit ends (a notification), or when a slow first
@@ -467,7 +518,7 @@ impl State {
                 let until = account
                     .probe
                     .map_or(now + RECHECK, |p| (p + PROBE_TIMEOUT).min(now + RECHECK));
-                return Poll::Wait {
+                return Some(Poll::Wait {
                     until,
                     reason: format!(
                         "rate limited: {} of {} requests in flight on the account",
@@ -479,12 +530,25 @@ impl State {
                         }
                     ),
                     rate_limited: true,
-                };
+                });
             }
         } else if charged.is_none() {
             *charged = Some((now, [false; 4]));
         }
-        // Granted.
+        None
+    }
+
+    /// A permit [`State::admit`] let through goes out.
+    fn grant(&mut self, task: &str, request: &PermitRequest, now: Instant) -> Poll {
+        let enabled = self.settings.enabled;
+        let limits = self.settings.rate_limits.get(&request.provider).copied();
+        let share = self.share;
+        let account = self
+            .accounts
+            .entry(request.account.clone())
+            .or_insert_with(|| {
+                Account::new(&request.provider, limits.as_ref(), share, enabled, now)
+            });
         let charge = if enabled {
             Charge::of(request)
         } else {
@@ -517,6 +581,7 @@ impl State {
             return;
         };
         let limits = self.settings.rate_limits.clone();
+        let share = self.share;
         let Some(account) = self.accounts.get_mut(&granted.account) else {
             return;
         };
@@ -532,7 +597,7 @@ impl State {
                 account.learned[i] = Some(limit);
             }
         }
-        account.apply_limits(limits.get(&account.provider), now);
+        account.apply_limits(limits.get(&account.provider), share, now);
         let buckets = [
             &mut account.requests,
             &mut account.tokens,
@@ -588,12 +653,21 @@ impl State {
         }
     }
 
-    /// A permit's request is over.
-    fn end(&mut self, task: &str, id: u64, usage: Option<Usage>, now: Instant) {
+    /// A permit's request is over. Returns its account and what was handed back on each
+    /// bucket (requests, tokens, input, output).
+    fn end(
+        &mut self,
+        task: &str,
+        id: u64,
+        usage: Option<Usage>,
+        now: Instant,
+    ) -> Option<(String, [u64; 4])> {
+        let mut ended = None;
         if let Some(granted) = self.granted.remove(&(task.to_owned(), id))
             && let Some(account) = self.accounts.get_mut(&granted.account)
         {
             account.in_flight = account.in_flight.saturating_sub(1);
+            let mut given = [0; 4];
             if let Some(usage) = usage {
                 let refunds = [
                     (
@@ -609,12 +683,16 @@ impl State {
                         granted.charge.output.saturating_sub(usage.output_tokens),
                     ),
                 ];
-                for (bucket, amount) in refunds {
+                for ((bucket, amount), given) in refunds.into_iter().zip(&mut given[1..]) {
                     if let Some(bucket) = bucket {
+                        if !bucket.synced() {
+                            *given = amount;
+                        }
                         bucket.refund(amount, now);
                     }
                 }
             }
+            ended = Some((granted.account, given));
         }
         if let Some(usage) = usage {
             let wall = SystemTime::now();
@@ -623,6 +701,7 @@ impl State {
             self.daily.cost_usd += usage.cost_usd.unwrap_or(0.0);
             self.save_ledger();
         }
+        ended
     }
 
     fn save_ledger(&self) {
@@ -674,12 +753,15 @@ impl Account {
 
 impl Governor {
     /// A governor with `settings`, keeping today's spending in `ledger` (the daemon's
-    /// `<state_dir>/usage/daily.json`) when given.
+    /// `<state_dir>/usage/daily.json`) when given. On a cluster node (once `serve` joined
+    /// its cluster) it shares its accounts' state with the other nodes.
     pub fn new(settings: Settings, ledger: Option<PathBuf>) -> Governor {
         Governor {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(settings, ledger)),
                 changed: Notify::new(),
+                shared: crate::cluster::active()
+                    .map(|cluster| Arc::new(shared::Node::new(cluster.clone()))),
             }),
         }
     }
@@ -696,9 +778,10 @@ impl Governor {
         let now = Instant::now();
         {
             let mut state = self.lock();
+            let share = state.share;
             for account in state.accounts.values_mut() {
                 let limits = settings.rate_limits.get(&account.provider).copied();
-                account.apply_limits(limits.as_ref(), now);
+                account.apply_limits(limits.as_ref(), share, now);
                 if !settings.enabled {
                     account.cap = u32::MAX;
                     account.hold_until = None;
@@ -729,18 +812,29 @@ impl Governor {
             charged: None,
             waited: false,
             done: false,
+            step: if self.inner.shared.is_some() {
+                Step::Ask
+            } else {
+                Step::Local
+            },
         }
     }
 
     /// A permit's response began with `status` and `headers`.
     pub fn head(&self, task: &str, id: u64, status: u16, headers: &RateHeaders) {
         self.lock().head(task, id, status, headers, Instant::now());
+        if let Some(node) = &self.inner.shared {
+            node.head(self, task, id, status, headers);
+        }
         self.inner.changed.notify_waiters();
     }
 
     /// A permit's request is over.
     pub fn end(&self, task: &str, id: u64, usage: Option<Usage>) {
-        self.lock().end(task, id, usage, Instant::now());
+        let ended = self.lock().end(task, id, usage, Instant::now());
+        if let (Some(node), Some((account, given))) = (&self.inner.shared, ended) {
+            node.settle(self, account, given, usage);
+        }
         self.inner.changed.notify_waiters();
     }
 
@@ -769,6 +863,22 @@ pub struct Ticket {
     /// Whether it had to wait.
     waited: bool,
     done: bool,
+    /// Where it stands with the cluster's ledger.
+    step: Step,
+}
+
+/// Where a permit stands with the cluster's ledger (see [`shared`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// A single-box governor: there is none.
+    Local,
+    /// To be asked once the local governor lets the permit through.
+    Ask,
+    /// The local governor let it through: the ledger is being asked ([`Ticket::wait`]).
+    Asking,
+    /// The ledger answered: the permit is covered at `ready`; `charged` says whether the
+    /// ledger holds a charge for it, given back if the permit never goes.
+    Asked { ready: Instant, charged: bool },
 }
 
 impl Ticket {
@@ -786,16 +896,32 @@ impl Ticket {
     pub fn poll(&mut self) -> Poll {
         let now = Instant::now();
         let mut state = self.governor.lock();
-        let poll = state.poll(
-            &self.task,
-            &self.request,
-            self.deadline,
-            &mut self.charged,
-            now,
-            SystemTime::now(),
-        );
+        let poll = match self.step {
+            Step::Local => state.poll(
+                &self.task,
+                &self.request,
+                self.deadline,
+                &mut self.charged,
+                now,
+                SystemTime::now(),
+            ),
+            _ => shared::poll(
+                &mut state,
+                &mut self.step,
+                &self.task,
+                &self.request,
+                self.deadline,
+                &mut self.charged,
+                now,
+            ),
+        };
         match &poll {
-            Poll::Ready(_) => {
+            // Not a wait yet: the ledger is to be asked.
+            Poll::Wait { .. } if self.step == Step::Asking => {}
+            Poll::Ready(answer) => {
+                if *answer != Answer::Grant {
+                    self.give_back();
+                }
                 self.done = true;
                 state.waiting.remove(&self.task);
                 if self.waited
@@ -821,6 +947,7 @@ impl Ticket {
             notified.as_mut().enable();
             match self.poll() {
                 Poll::Ready(answer) => return (self.request.id, answer),
+                Poll::Wait { .. } if self.step == Step::Asking => self.consult().await,
                 Poll::Wait { until, .. } => {
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => {}
@@ -837,6 +964,7 @@ impl Drop for Ticket {
         if self.done {
             return;
         }
+        self.give_back();
         let mut state = self.governor.lock();
         state.waiting.remove(&self.task);
         if let Some((_, marks)) = self.charged.take()

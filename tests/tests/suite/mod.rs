@@ -3,6 +3,7 @@
 mod bash;
 mod cli;
 mod cluster;
+mod cluster_governor;
 mod compaction;
 mod confinement;
 mod crash_loop;
