@@ -619,9 +619,10 @@ pub struct StoredProgress {
     pub attempt: u32,
     pub pid: Option<u32>,
     pub tool: Option<String>,
-    #[serde(default)]
+    /// Written by the node's stats pass, not by the writer (whose summaries leave it alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
 }
 

@@ -374,6 +374,7 @@ async fn claim_loop(
     let mut warned = false;
     let mut cancelled = HashSet::new();
     let mut last_purge = Instant::now();
+    let mut last_stats = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
@@ -394,6 +395,10 @@ async fn claim_loop(
             let Ok(capacity) = answer.await else {
                 return Ok(());
             };
+            if last_stats.elapsed() >= STATS_EVERY {
+                last_stats = Instant::now();
+                publish_stats(&cluster, &commands).await?;
+            }
             if let Some(retention) = capacity.retention
                 && last_purge.elapsed() >= PURGE_EVERY
             {
@@ -424,6 +429,47 @@ async fn claim_loop(
             }
         }
     }
+}
+
+/// How often a node writes its shadows' memory and waits for `ps` on other nodes.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes this node's running shadows' memory and wait reasons into their summaries.
+async fn publish_stats(
+    cluster: &Cluster,
+    commands: &mpsc::UnboundedSender<Command>,
+) -> Result<(), DbError> {
+    let (reply, answer) = oneshot::channel();
+    if commands.send(Command::LocalStats { reply }).is_err() {
+        return Ok(());
+    }
+    let Ok(stats) = answer.await else {
+        return Ok(());
+    };
+    if stats.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = stats.iter().map(|(id, _, _)| id.clone()).collect();
+    let rss: Vec<Option<i64>> = stats
+        .iter()
+        .map(|(_, r, _)| r.and_then(|r| i64::try_from(r).ok()))
+        .collect();
+    let waiting: Vec<Option<String>> = stats.iter().map(|(_, _, w)| w.clone()).collect();
+    timed(async {
+        let client = cluster.db.client().await?;
+        client
+            .execute(
+                "UPDATE kugetsu.tasks t
+                    SET summary = coalesce(t.summary, '{}')
+                                  || jsonb_build_object('rss_bytes', x.rss, 'waiting', x.waiting)
+                   FROM unnest($1::text[], $2::bigint[], $3::text[]) AS x(id, rss, waiting)
+                  WHERE t.id = x.id AND t.node = $4 AND t.state = 'running'",
+                &[&ids, &rss, &waiting, &cluster.node_id],
+            )
+            .await?;
+        Ok(())
+    })
+    .await
 }
 
 /// How often a node removes finished tasks older than `task_retention` from the database.

@@ -247,7 +247,7 @@ impl Writer {
                 }
                 _ => {
                     tx.execute(
-                        "UPDATE kugetsu.tasks SET summary = $2 WHERE id = $1",
+                        "UPDATE kugetsu.tasks SET summary = coalesce(summary, '{}') || $2 WHERE id = $1",
                         &[&task, &summary],
                     )
                     .await?;

@@ -572,6 +572,24 @@ impl Daemon {
             Command::Capacity { reply } => {
                 let _ = reply.send(self.capacity());
             }
+            Command::LocalStats { reply } => {
+                let snapshot = self.sampler.latest();
+                let stats = self
+                    .table
+                    .live
+                    .iter()
+                    .filter(|(_, e)| e.status == TaskStatus::Running)
+                    .map(|(id, e)| {
+                        let rss = e
+                            .progress
+                            .pid
+                            .and_then(|pid| snapshot.shadow(pid))
+                            .map(|m| m.total());
+                        (id.clone(), rss, self.governor.waiting(id))
+                    })
+                    .collect();
+                let _ = reply.send(stats);
+            }
             Command::Fleet { reply } => {
                 let _ = reply.send(self.fleet_stats());
             }

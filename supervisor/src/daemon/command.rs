@@ -35,6 +35,9 @@ pub struct Adopted {
     pub failure: Option<String>,
 }
 
+/// A running shadow's memory and wait reason: (task, RSS bytes, why it waits).
+pub type LocalStat = (String, Option<u64>, Option<String>);
+
 /// What a node may claim now.
 #[derive(Debug, Clone, Copy)]
 pub struct Capacity {
@@ -107,6 +110,11 @@ pub enum Command {
     Adopt(Box<Adopted>),
     /// How many tasks a cluster node may claim now.
     Capacity { reply: oneshot::Sender<Capacity> },
+    /// What `ps` shows of this node's running shadows that only this node knows: per task,
+    /// its memory and why it waits (for the cluster's database).
+    LocalStats {
+        reply: oneshot::Sender<Vec<LocalStat>>,
+    },
     /// The pool, the queue and the counters now (the HTTP API's metrics and fleet chart).
     Fleet {
         reply: oneshot::Sender<crate::daemon::stats::FleetStats>,
