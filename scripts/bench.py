@@ -426,8 +426,9 @@ def cluster_block(c, q):
            "journal rows consecutive, event fences never decrease in seq order, tool_start/tool_end "
            "pair up, never one task running on two nodes at once (sampled from /proc every 0.1 s), no "
            "node panicked, no process left once the nodes stopped. Takeover: a node's SIGKILL to the "
-           "`started` event of each task it ran on another node. Claims+completions per second: over "
-           "the whole run, bounded by the tasks' own length (three 0.4 s steps) and the 12 slots.\n"]
+           "`started` event of each task it ran on another node. Claims+completions per second: from "
+           "the first submission to the last finish (database time), bounded by the tasks' own length "
+           "(three 0.4 s steps) and the 12 slots.\n"]
     if c is None:
         out.append("Soak: not measured.")
     elif isinstance(c, Failed):
