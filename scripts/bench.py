@@ -397,13 +397,17 @@ def bench_cluster_queue(ctx, tasks, claimers):
     binary = os.path.join(REL, "examples", "cluster_queue")
     if not os.access(binary, os.X_OK):
         raise RuntimeError(f"{binary} is missing; run scripts/bench, which builds it")
-    work = tempfile.mkdtemp(prefix="queue-", dir=ctx.work)
-    pg = chaos_cluster_module().Postgres(work)
+    # Under /tmp: the server runs as the postgres user (as root), which must reach its directory.
+    work = tempfile.mkdtemp(prefix="kugetsu-bench-queue-")
     try:
-        out = subprocess.run([binary, pg.url, "--tasks", str(tasks), "--claimers", str(claimers)],
-                             capture_output=True, text=True, timeout=1800)
+        pg = chaos_cluster_module().Postgres(work)
+        try:
+            out = subprocess.run([binary, pg.url, "--tasks", str(tasks), "--claimers", str(claimers)],
+                                 capture_output=True, text=True, timeout=1800)
+        finally:
+            pg.stop("immediate")
     finally:
-        pg.stop("immediate")
+        shutil.rmtree(work, ignore_errors=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if not lines:
         raise RuntimeError(f"cluster_queue printed no result: {out.stderr[-500:]}")
