@@ -26,14 +26,14 @@ FULL = dict(launch_runs=30, idle_copies=20, many=200, kills=15, cpu_shadows=100,
             subscribers=3, stalled_bytes=3 << 20, stalled_time=120.0, stalled_rss_cap=4 << 30,
             peer_copies=20, peer_launch_runs=5, peer_task_runs=3, peer_settle=1.0,
             governor=((20, 240, 8), (100, 600, 20)), governor_timeout=300.0, chaos_kills=1000,
-            fuzz_cases=10000)
+            fuzz_cases=10000, cluster_failures=1000, queue_tasks=5000, queue_claimers=8)
 SMOKE = dict(launch_runs=3, idle_copies=3, many=5, kills=2, cpu_shadows=3, cpu_window=1.0,
              journal=50, daemon_many=5, many_window=1.0, ps_runs=1, many_settle=20,
              spreads=(3, 5), stream_shadows=5, stream_warmup=0.5, stream_window=1.0,
              subscribers=3, stalled_bytes=256 << 10, stalled_time=15.0, stalled_rss_cap=1 << 30,
              peer_copies=2, peer_launch_runs=1, peer_task_runs=1, peer_settle=0.3,
              governor=((3, 600, 4),), governor_timeout=60.0, chaos_kills=5,
-             fuzz_cases=32)
+             fuzz_cases=32, cluster_failures=6, queue_tasks=200, queue_claimers=4)
 
 
 class Ctx:
@@ -339,6 +339,136 @@ def bench_chaos(kills):
     return json.loads(lines[-1])
 
 
+# The cluster part: scripts/chaos-cluster's soak, and the queue alone (examples/cluster_queue.rs)
+# against a PostgreSQL of its own. Without PostgreSQL it is skipped outside CI.
+
+
+class Skipped:
+    """A part that cannot run on this machine (outside CI only)."""
+
+    def __init__(self, why):
+        self.why = why
+
+    def __str__(self):
+        return f"skipped: {self.why}"
+
+
+def chaos_cluster_module():
+    """scripts/chaos-cluster as a module (its PostgreSQL starter)."""
+    import importlib.machinery, importlib.util
+    path = os.path.join(ROOT, "scripts", "chaos-cluster")
+    loader = importlib.machinery.SourceFileLoader("kugetsu_chaos_cluster", path)
+    spec = importlib.util.spec_from_loader("kugetsu_chaos_cluster", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def postgres_missing():
+    """Why the cluster part cannot run here, or None (in CI a missing PostgreSQL is an error)."""
+    try:
+        chaos_cluster_module().pg_bin_dir()
+        return None
+    except SystemExit as e:
+        if os.environ.get("CI"):
+            raise RuntimeError(str(e))
+        return str(e)
+
+
+def bench_cluster_chaos(failures):
+    """scripts/chaos-cluster with the release binaries: its JSON summary."""
+    why = postgres_missing()
+    if why:
+        return Skipped(why)
+    out = subprocess.run([os.path.join(ROOT, "scripts", "chaos-cluster"), "--failures", str(failures),
+                          "--json", "--bin", REL], capture_output=True, text=True, timeout=3600)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"scripts/chaos-cluster printed no summary: {out.stderr[-500:]}")
+    return json.loads(lines[-1])
+
+
+def bench_cluster_queue(ctx, tasks, claimers):
+    """examples/cluster_queue against a PostgreSQL of its own: submissions, then claims and
+    fenced finishes by `claimers` concurrent nodes."""
+    why = postgres_missing()
+    if why:
+        return Skipped(why)
+    binary = os.path.join(REL, "examples", "cluster_queue")
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"{binary} is missing; run scripts/bench, which builds it")
+    # Under /tmp: the server runs as the postgres user (as root), which must reach its directory.
+    work = tempfile.mkdtemp(prefix="kugetsu-bench-queue-")
+    try:
+        pg = chaos_cluster_module().Postgres(work)
+        try:
+            out = subprocess.run([binary, pg.url, "--tasks", str(tasks), "--claimers", str(claimers)],
+                                 capture_output=True, text=True, timeout=1800)
+        finally:
+            pg.stop("immediate")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"cluster_queue printed no result: {out.stderr[-500:]}")
+    q = json.loads(lines[-1])
+    if out.returncode != 0 or not q["ok"]:
+        raise RuntimeError(f"cluster_queue: tasks claimed or finished other than once: {lines[-1]}")
+    q["postgres"] = os.path.basename(os.path.dirname(pg.bin))
+    return q
+
+
+def cluster_block(c, q):
+    out = ["\n## Cluster\n",
+           "`scripts/chaos-cluster` on the release binaries: 3 nodes (`kugetsu serve`, max_shadows 4 "
+           "each, `lease_ttl = 3s`) on one PostgreSQL of the run's own and one repository, with a bare "
+           "`checkpoint_remote`; tasks of three shell calls submitted in waves to random nodes while a "
+           "failure is injected every 0.15 s: mostly SIGKILL of a running worker, 3% SIGKILL of a whole "
+           "node (restarted on its state once its leases ran out), 3% SIGSTOP of a whole node for 1.3 to "
+           "2.3 lease_ttl then SIGCONT, a PostgreSQL restart at most every 10 s (1.5%). Checked: every task "
+           "finished exactly once (one `finished` row, state finished) and completed, no step ran twice, "
+           "journal rows consecutive, event fences never decrease in seq order, tool_start/tool_end "
+           "pair up, never one task running on two nodes at once (sampled from /proc every 0.1 s), no "
+           "node panicked, no process left once the nodes stopped. Takeover: a node's SIGKILL to the "
+           "`started` event of each task it ran on another node. Claims+completions per second: from "
+           "the first submission to the last finish (database time), bounded by the tasks' own length "
+           "(three 0.4 s steps) and the 12 slots.\n"]
+    if c is None:
+        out.append("Soak: not measured.")
+    elif isinstance(c, Failed):
+        out.append(f"Soak: **error**: {c.error}")
+    elif isinstance(c, Skipped):
+        out.append(f"Soak: not measured ({c.why}).")
+    else:
+        verdict = "all invariants held" if not c["violations"] else (
+            f"**{len(c['violations'])} violations**: " + "; ".join(c["violations"][:5]).replace("|", "/"))
+        takeover = (f"takeover median {c['takeover_median_s']:.2f} s, max {c['takeover_max_s']:.2f} s "
+                    f"({c['takeovers']} tasks taken over after a node SIGKILL)"
+                    if c["takeovers"] else "no takeover measured")
+        out.append(f"Soak: {c['failures']} failures ({c['worker']} workers, {c['node_kill']} node kills, "
+                   f"{c['node_stop']} node stops, {c['pg_restart']} PostgreSQL restarts) over "
+                   f"{c['seconds']:.0f} s, {c['tasks']} tasks, {takeover}, "
+                   f"{c['claims_completions_per_s']:.1f} claims+completions/s, seed {c['seed']}: {verdict}.")
+    out.append("")
+    out.append("Queue alone (`supervisor/examples/cluster_queue.rs`, goal ≥ 500 claims+completions/s): the "
+               "node's own `Cluster::submit` and `node::claim` against a PostgreSQL of its own (fsync off), "
+               "N tasks submitted by K concurrent submitters, then claimed (up to 4 at a time) by K "
+               "concurrent nodes, each finished the way a task's writer does (one transaction: fence "
+               "checked, `started` and `finished` written with the fence, the task marked finished).")
+    if q is None:
+        out.append("Queue: not measured.")
+    elif isinstance(q, Failed):
+        out.append(f"Queue: **error**: {q.error}")
+    elif isinstance(q, Skipped):
+        out.append(f"Queue: not measured ({q.why}).")
+    else:
+        out.append(f"Queue: {q['tasks']} tasks, {q['claimers']} claimers, PostgreSQL {q['postgres']}: "
+                   f"**{q['claims_completions_per_s']:.0f} claims+completions/s** "
+                   f"({q['tasks_per_s']:.0f} tasks/s claimed and finished), submissions "
+                   f"{q['submits_per_s']:.0f}/s; every task claimed once and finished once.")
+    return out
+
+
 FUZZ_RUNS = [["cargo", "test", "--workspace", "--lib", "--locked", "--features", "kugetsu-os/failpoints",
               "properties"],
              ["cargo", "test", "-p", "kugetsu-protocol", "--test", "properties", "--locked"]]
@@ -447,6 +577,7 @@ def report(ctx, s, r):
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out += governor_block(r.get("governor"))
     out += chaos_block(r.get("chaos"))
+    out += cluster_block(r.get("cluster_chaos"), r.get("cluster_queue"))
     out += fuzz_block(r.get("fuzz"))
     if isinstance(r["peers"], Failed):
         out += ["\n## Peers\n", f"**error**: {r['peers'].error}"]
@@ -484,7 +615,8 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="tiny scale, offline, print the table instead of writing BENCHMARKS.md")
     ap.add_argument("--out", help="where to write the table (default BENCHMARKS.md; smoke: stdout only)")
-    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "chaos", "fuzz", "peers"],
+    ap.add_argument("--only", choices=["daemon-many", "spread", "events", "stalled", "governor", "chaos",
+                                       "cluster-chaos", "cluster-queue", "fuzz", "peers"],
                     help="run one daemon or peers part and print its raw figures as JSON")
     args = ap.parse_args()
     smoke = args.smoke or os.environ.get("KUGETSU_BENCH_SMOKE") == "1"
@@ -522,6 +654,9 @@ def main():
             bench_daemon.bench_governor(ctx, n, rpm, burst, governed, s["governor_timeout"])
             for n, rpm, burst in s["governor"] for governed in (True, False)]),
         ("chaos", "chaos", lambda: bench_chaos(s["chaos_kills"])),
+        ("cluster-chaos", "cluster_chaos", lambda: bench_cluster_chaos(s["cluster_failures"])),
+        ("cluster-queue", "cluster_queue", lambda: bench_cluster_queue(
+            ctx, s["queue_tasks"], s["queue_claimers"])),
         ("fuzz", "fuzz", lambda: bench_fuzz(s["fuzz_cases"])),
         ("peers", "peers", lambda: bench_peers.run_peers(
             ctx, s["peer_copies"], s["peer_launch_runs"], s["peer_task_runs"], s["peer_settle"])),
@@ -559,6 +694,9 @@ def main():
             problems.append("the streaming shadows did not finish after their streams ended")
         if not isinstance(events, Failed) and events["bad"]:
             problems.append(f"seq gaps in {events['bad']} events.jsonl: {events['first_problem']}")
+        cc = r.get("cluster_chaos")
+        if isinstance(cc, dict) and cc["violations"]:
+            problems.append(f"cluster chaos: {len(cc['violations'])} violations: {cc['violations'][0]}")
         if not isinstance(stalled, Failed) and stalled["capped"]:
             problems.append(f"stalled-subscriber run stopped early: {stalled['capped']}")
         if args.out or not smoke:
