@@ -134,9 +134,10 @@ impl Cluster {
         Ok(TaskList { tasks, nodes })
     }
 
-    /// The cluster's nodes: up when heard from within three of this node's lease times.
+    /// The cluster's nodes: up when heard from within one and a half of this node's lease times
+    /// (a node renews three times per lease).
     pub async fn nodes(&self) -> Result<Vec<rpc::NodeSummary>, RpcError> {
-        let window = crate::cluster::db::millis(self.ttl * 3);
+        let window = crate::cluster::db::millis(self.ttl.mul_f64(1.5));
         let rows = timed(async {
             let client = self.db.client().await?;
             Ok(client
