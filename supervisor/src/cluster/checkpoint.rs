@@ -346,6 +346,14 @@ async fn restore_as(
         .map_err(CheckpointError::Repository)?;
     let shown = redact(remote);
     let (name, git) = remote_git(&common, remote, user).await?;
+    // Fetched under a name of this process's own: the pushing node keeps `reference` itself
+    // as its record of what it pushed, and on a machine several nodes share, that node may
+    // move it while this one fetches.
+    let fetched = format!(
+        "refs/kugetsu-restore/{}/{}",
+        std::process::id(),
+        reference.trim_start_matches("refs/")
+    );
     let output = git
         .args([
             "fetch",
@@ -355,7 +363,7 @@ async fn restore_as(
             "--no-write-fetch-head",
         ])
         .arg_ref(&name)
-        .arg_ref(&format!("+{reference}:{reference}"))
+        .arg_ref(&format!("+{reference}:{fetched}"))
         .output()
         .await
         .map_err(|stderr| CheckpointError::Git {
@@ -376,7 +384,13 @@ async fn restore_as(
             }
         });
     }
-    let found = local_ref(&common, reference).await?.unwrap_or_default();
+    let found = local_ref(&common, &fetched).await?.unwrap_or_default();
+    // The objects stay; the name was only for the fetch.
+    let _ = Git::new(Repo::Common(&common))
+        .args(["update-ref", "-d"])
+        .arg_ref(&fetched)
+        .output()
+        .await;
     if found.is_empty() {
         return Err(CheckpointError::Mismatch {
             remote: shown,
@@ -1590,7 +1604,7 @@ mod tests {
         restore(&clone, &s.remote, &reference, &snap.commit, &target, BRANCH)
             .await
             .unwrap();
-        assert_eq!(sh(&clone, &["rev-parse", &reference]), snap.commit);
+        assert_eq!(sh(&clone, &["cat-file", "-t", &snap.commit]), "commit");
         assert_eq!(sh(&target, &["rev-parse", "HEAD"]), snap.parent);
         assert_eq!(
             fs::read_to_string(target.join("a.txt")).unwrap(),
