@@ -488,6 +488,7 @@ async fn lay_out(
     {
         let lock = git::worktree_lock(repo);
         let _held = lock.lock().await;
+        let _across = git::process_lock(repo).await;
         // `update-ref`, unlike `branch -f`, moves a branch another worktree has checked out.
         run(
             Git::new(Repo::Common(common))

@@ -375,6 +375,25 @@ pub(crate) fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
     locks.entry(repo.to_owned()).or_default().clone()
 }
 
+/// An exclusive lock on `<git common dir>/kugetsu-worktrees.lock` held while this process
+/// changes the repository's worktrees, so that processes sharing a repository (the nodes of a
+/// cluster on one machine) do not either; `None` (and no wait) where it cannot be taken.
+pub(crate) async fn process_lock(repo: &Path) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let common = common_dir(repo).await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(common.join("kugetsu-worktrees.lock"))
+            .ok()?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// `git worktree add <path> -b <branch> <base>`.
 ///
 /// Serialized per repository within this process; a failure caused by another process
@@ -391,6 +410,8 @@ pub async fn add_worktree(
     }
     let lock = worktree_lock(repo);
     let _held = lock.lock().await;
+    // Other processes (cluster nodes sharing a machine) add worktrees to the same repository.
+    let _across = process_lock(repo).await;
     let path_text = path.to_string_lossy();
     // A supervisor killed halfway through an earlier add may have left the branch (git makes
     // it first), an empty directory, or an admin entry for a directory that is gone. Such a
@@ -952,6 +973,7 @@ pub async fn changed_files(dir: &Path, base: Option<&str>) -> Vec<String> {
 pub async fn remove_worktree(repo: &Path, path: &Path) -> Result<(), String> {
     let lock = worktree_lock(repo);
     let _held = lock.lock().await;
+    let _across = process_lock(repo).await;
     let admin = match Worktree::open(repo, path).await {
         Ok(worktree) => Some(worktree.admin),
         Err(_) => None,
