@@ -980,7 +980,8 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
-    fn request(id: u64) -> PermitRequest {
+    /// A permit request of 100 input tokens and a 1000-token output cap on one account.
+    pub(super) fn request(id: u64) -> PermitRequest {
         PermitRequest {
             id,
             provider: "openai".to_owned(),

@@ -357,18 +357,9 @@ impl Ticket {
 mod tests {
     use std::time::Duration;
 
+    use super::super::tests::request;
     use super::super::{Answer, Settings};
     use super::*;
-
-    fn request(id: u64) -> PermitRequest {
-        PermitRequest {
-            id,
-            provider: "openai".to_owned(),
-            account: "openai http://x key:1".to_owned(),
-            input_tokens: 100,
-            max_output_tokens: 1000,
-        }
-    }
 
     fn on() -> State {
         State::new(
