@@ -475,14 +475,7 @@ impl State {
             });
         }
         let enabled = self.settings.enabled;
-        let limits = self.settings.rate_limits.get(&request.provider).copied();
-        let share = self.share;
-        let account = self
-            .accounts
-            .entry(request.account.clone())
-            .or_insert_with(|| {
-                Account::new(&request.provider, limits.as_ref(), share, enabled, now)
-            });
+        let account = self.account_for(request, now);
         if enabled {
             let mut until = None;
             let mut why = String::new();
@@ -538,17 +531,22 @@ impl State {
         None
     }
 
-    /// A permit [`State::admit`] let through goes out.
-    fn grant(&mut self, task: &str, request: &PermitRequest, now: Instant) -> Poll {
+    /// The account `request` goes to, made with the configured limits on first use.
+    fn account_for(&mut self, request: &PermitRequest, now: Instant) -> &mut Account {
         let enabled = self.settings.enabled;
         let limits = self.settings.rate_limits.get(&request.provider).copied();
         let share = self.share;
-        let account = self
-            .accounts
+        self.accounts
             .entry(request.account.clone())
             .or_insert_with(|| {
                 Account::new(&request.provider, limits.as_ref(), share, enabled, now)
-            });
+            })
+    }
+
+    /// A permit [`State::admit`] let through goes out.
+    fn grant(&mut self, task: &str, request: &PermitRequest, now: Instant) -> Poll {
+        let enabled = self.settings.enabled;
+        let account = self.account_for(request, now);
         let charge = if enabled {
             Charge::of(request)
         } else {
